@@ -1,0 +1,10 @@
+"""mmprune: detection-focused channel pruning for MMDetection 3.x.
+
+``import mmprune`` (or ``custom_imports = dict(imports=['mmprune'])`` in a
+config) registers every hook, model and component into mmdet's registries and
+makes mmengine checkpoints loadable under torch>=2.6 (see :mod:`mmprune.compat`).
+"""
+from .version import __version__
+from . import compat  # noqa: F401  (registers torch.load safe globals)
+
+__all__ = ['__version__']

@@ -1,0 +1,75 @@
+"""The only architecture knowledge mmprune has about mmdet detectors.
+
+Two things, by design (everything else is traced):
+
+1. Which modules must keep their output width: prediction convs/linears,
+   whose width is fixed by classes, boxes, objectness, centerness or anchors.
+   The tracer also pins whatever reaches the model output, so this list is a
+   second line of defence for heads whose outputs are post-processed inside
+   the tensor forward (the RPN of a two-stage detector).
+2. How to run a detector's tensor forward on a dummy batch, and which static
+   width attributes to refresh after surgery.
+"""
+import re
+from typing import Callable, List, Tuple
+
+import torch
+import torch.nn as nn
+
+# last name component of prediction layers in mmdet 3.x heads
+_PREDICTION = re.compile(
+    r'(^|\.)(multi_level_conv_(cls|reg|obj)|conv_(cls|reg|obj|centerness)|'
+    r'retina_(cls|reg)|rpn_(cls|reg)|fc_(cls|reg)|atss_(cls|reg|centerness)|'
+    r'gfl_(cls|reg)|vfnet_(cls|reg|reg_refine)|conv_logits|'
+    r'fcos_(cls|reg|centerness))(\.\d+)?$')
+
+
+def fixed_output_module(name: str, module: nn.Module) -> bool:
+    """True for prediction layers (their output width never changes)."""
+    return bool(_PREDICTION.search(name))
+
+
+def _is_two_stage(model) -> bool:
+    return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')
+
+
+def tensor_forward(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
+                   batch: int = 1, seed: int = 0
+                   ) -> Tuple[Callable, List[torch.Tensor]]:
+    """``(forward_fn, [x])`` running ``model``'s tensor forward.
+
+    For mmdet detectors this is ``model(x, data_samples, mode='tensor')``;
+    two-stage detectors need data samples with image meta for the RPN. Any
+    other ``nn.Module`` is called as ``model(x)``.
+    """
+    h, w = input_size
+    gen = torch.Generator().manual_seed(seed)
+    device = next((p.device for p in model.parameters()), torch.device('cpu'))
+    x = torch.rand(batch, 3, h, w, generator=gen).to(device)
+    try:
+        from mmdet.models.detectors import BaseDetector
+    except ImportError:  # plain torch model
+        BaseDetector = ()
+    if BaseDetector and isinstance(model, BaseDetector):
+        samples = None
+        if _is_two_stage(model):
+            from mmdet.structures import DetDataSample
+            meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                        batch_input_shape=(h, w), scale_factor=(1.0, 1.0))
+            samples = [DetDataSample(metainfo=meta) for _ in range(batch)]
+        return (lambda t: model(t, samples, mode='tensor')), [x]
+    return (lambda t: model(t)), [x]
+
+
+def sync_static_attributes(model: nn.Module) -> None:
+    """Refresh width attributes that wrappers copy from their conv after
+    surgery (mmcv ``ConvModule.in_channels/out_channels``), so ``repr`` and
+    code reading them stay true. Heads' ``feat_channels`` are left as built:
+    no forward of mmdet 3.3 reads them."""
+    for mod in model.modules():
+        conv = getattr(mod, 'conv', None)
+        if isinstance(conv, nn.modules.conv._ConvNd) and mod is not conv:
+            if hasattr(mod, 'in_channels'):
+                mod.in_channels = conv.in_channels
+            if hasattr(mod, 'out_channels'):
+                mod.out_channels = conv.out_channels

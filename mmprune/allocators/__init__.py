@@ -1,0 +1,3 @@
+from .budget import BudgetAllocator
+
+__all__ = ['BudgetAllocator']

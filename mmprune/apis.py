@@ -1,0 +1,184 @@
+"""High-level entry points: analyse, plan, prune and replay a detector.
+
+    graph = analyze(model)                       # channel groups
+    cost = cost_model(model, (640, 640))         # MACs/params
+    keep = BudgetAllocator(0.5).allocate(model, graph,
+                                         L1Criterion().score(model, graph),
+                                         cost)
+    plan = make_plan(graph, keep)
+    prune(model, plan, graph)                    # a smaller dense model
+
+A pruned checkpoint stores its plans in ``meta['mmprune']``;
+:func:`init_pruned_detector` rebuilds the dense model from the config,
+replays the plans and loads the weights strictly.
+"""
+import logging
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch.nn as nn
+
+from .adapters.detector import fixed_output_module, tensor_forward
+from .graph import RESIDUAL_MODES, ChannelGraph, build_channel_graph
+from .pruners.surgery import apply_compact
+from .structures import PruningPlan
+from .utils.flops import CostModel
+
+logger = logging.getLogger('mmprune')
+
+#: default size for tracing: small (fast) but divisible by every stride the
+#: supported detectors use (RetinaNet P7 = stride 128)
+TRACE_SIZE = (128, 128)
+META_KEY = 'mmprune'
+META_VERSION = 1
+
+
+def analyze(model: nn.Module, residual_mode: str = 'coupled',
+            input_size: Tuple[int, int] = TRACE_SIZE,
+            ignored: Sequence[str] = ()) -> ChannelGraph:
+    """Trace ``model``'s tensor forward and return its channel groups.
+
+    Args:
+        model (nn.Module): an mmdet detector (or any module taking images).
+        residual_mode (str): ``'coupled'`` or ``'fine'`` (FCP).
+        input_size (tuple): (H, W) of the dummy image used for tracing.
+        ignored (Sequence[str]): module names whose output channels must
+            stay (``ignored_layers``).
+    """
+    if residual_mode not in RESIDUAL_MODES:
+        raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES}, '
+                         f'got {residual_mode!r}')
+    names = dict(model.named_modules())
+    missing = [n for n in ignored if n not in names]
+    if missing:
+        raise ValueError(f'ignored_layers names modules that do not exist: '
+                         f'{missing}')
+    ignored = set(ignored)
+
+    def fixed(name, mod):
+        return name in ignored or fixed_output_module(name, mod)
+
+    was_training = model.training
+    model.eval()
+    try:
+        fn, inputs = tensor_forward(model, input_size)
+        graph = build_channel_graph(model, fn, inputs,
+                                    residual_mode=residual_mode, fixed=fixed)
+    finally:
+        model.train(was_training)
+    if not graph.prunable_groups():
+        raise RuntimeError(
+            f'no prunable channel group found in {type(model).__name__}: '
+            f'every channel is pinned. Pins: '
+            f'{sorted(set(graph.pinned_classes.values()))[:10]}')
+    frozen = sorted({r.split(' ', 1)[1] for r in graph.pinned_classes.values()
+                     if r.startswith('frozen ')})
+    if frozen:
+        logger.info('mmprune: %d frozen modules are not pruned (set '
+                    'frozen_stages=-1 to prune them): %s', len(frozen),
+                    ', '.join(frozen[:8]) + (' ...' if len(frozen) > 8 else ''))
+    for where, why in graph.opaque.items():
+        logger.info('mmprune: %s: %s', where, why)
+    return graph
+
+
+def cost_model(model: nn.Module, input_size: Tuple[int, int] = (640, 640)
+               ) -> CostModel:
+    """The FLOPs/params cost model of ``model`` at ``input_size`` (H, W)."""
+    was_training = model.training
+    model.eval()
+    try:
+        fn, inputs = tensor_forward(model, input_size)
+        return CostModel(model, fn, inputs)
+    finally:
+        model.train(was_training)
+
+
+def make_plan(graph: ChannelGraph, keep: Dict[str, np.ndarray]
+              ) -> PruningPlan:
+    """Wrap ``{group: kept indices}`` into a checked, JSON-safe plan."""
+    widths = {g.name: g.width for g in graph.groups}
+    for name, kept in keep.items():
+        if name not in widths:
+            raise ValueError(f'unknown group {name!r}')
+        if len(kept) == 0:
+            raise ValueError(f'plan would empty group {name!r}')
+    return PruningPlan(keep={k: sorted(int(i) for i in v)
+                             for k, v in keep.items()},
+                       residual_mode=graph.residual_mode,
+                       widths={k: widths[k] for k in keep})
+
+
+def prune(model: nn.Module, plan: PruningPlan,
+          graph: Optional[ChannelGraph] = None,
+          input_size: Tuple[int, int] = TRACE_SIZE) -> dict:
+    """Physically remove ``plan``'s channels from ``model`` (in place).
+
+    Returns the per-module index map that was applied.
+    """
+    if graph is None:
+        graph = analyze(model, plan.residual_mode, input_size)
+    plan.check_against(graph)
+    return apply_compact(model, graph, plan.keep_arrays())
+
+
+def replay(model: nn.Module, plans: List[dict],
+           input_size: Tuple[int, int] = TRACE_SIZE) -> None:
+    """Apply saved plans (``PruningPlan.to_dict()`` list) in order."""
+    for d in plans:
+        prune(model, PruningPlan.from_dict(d), input_size=input_size)
+
+
+def pruning_meta(plans: List[PruningPlan],
+                 input_size: Tuple[int, int] = TRACE_SIZE) -> dict:
+    """The JSON-safe ``checkpoint['meta']['mmprune']`` record."""
+    return dict(version=META_VERSION, trace_size=list(input_size),
+                plans=[p.to_dict() for p in plans])
+
+
+def read_pruning_meta(meta: dict) -> Tuple[List[dict], Tuple[int, int]]:
+    """Validate a ``meta['mmprune']`` record; return (plans, trace size)."""
+    if not isinstance(meta, dict) or meta.get('version') != META_VERSION:
+        raise ValueError(f'checkpoint meta[{META_KEY!r}] is not a version '
+                         f'{META_VERSION} mmprune record')
+    plans = meta.get('plans')
+    size = meta.get('trace_size')
+    if not isinstance(plans, list) or not (
+            isinstance(size, list) and len(size) == 2 and
+            all(isinstance(s, int) and s > 0 for s in size)):
+        raise ValueError(f'checkpoint meta[{META_KEY!r}] is malformed')
+    for p in plans:
+        PruningPlan.from_dict(p)  # validates
+    return plans, (size[0], size[1])
+
+
+def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
+    """Build the config's detector, replay the checkpoint's plans and load
+    its weights strictly. Works for dense checkpoints too."""
+    from mmengine.config import Config
+    from mmengine.runner import load_checkpoint
+    from mmengine.runner.checkpoint import _load_checkpoint
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from .utils.offline import check_offline_weights
+    register_all_modules()
+    cfg = config if isinstance(config, Config) else load_config(config)
+    check_offline_weights(cfg)
+    model = MODELS.build(cfg.model)
+    ckpt = _load_checkpoint(checkpoint, map_location='cpu')
+    meta = (ckpt.get('meta') or {}).get(META_KEY)
+    if meta is not None:
+        plans, size = read_pruning_meta(meta)
+        replay(model, plans, size)
+    load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    return model.to(device).eval()
+
+
+def load_config(path: str):
+    """Load a config file, accepting the ``mmdet::`` package prefix."""
+    from mmengine.config import Config
+    if '::' in path:
+        from mmengine.hub import get_config
+        return get_config(path)
+    return Config.fromfile(path)

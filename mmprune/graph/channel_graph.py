@@ -1,0 +1,259 @@
+"""Channel groups: the result of the analysis, keyed by module names.
+
+A *class* is one prunable unit (a union-find root of atoms). A *group* is a
+family of classes that share producers: for a plain conv it is the conv's
+output channels; for a coupled residual stream it is every conv writing into
+it. A group's index space is ``range(len(group.classes))``; plans, scores and
+masks all live in it.
+
+From a set of kept classes, :meth:`ChannelGraph.module_indices` derives for
+every recorded module which output rows and input columns to keep. Masking,
+surgery and the cost model all read those same indices, which is why masked
+and compact models agree.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Set
+
+import numpy as np
+import torch.nn as nn
+
+from .atoms import ModuleRecord
+
+
+@dataclass
+class Member:
+    """One module's view of a group: ``positions[i]`` of the module's
+    ``axis`` (``'out'`` rows or ``'in'`` columns) is group channel
+    ``group_index[i]``."""
+    module: str
+    kind: str
+    axis: str
+    positions: np.ndarray
+    group_index: np.ndarray
+
+
+@dataclass
+class ChannelGroup:
+    """A set of channels that producers write with aligned indices.
+
+    Attributes:
+        name (str): the first producer's module name (stable id).
+        classes (np.ndarray): (G,) class id of each group channel.
+        pinned (np.ndarray): (G,) True where the channel must stay.
+        members (list[Member]): every module slice indexed by the group.
+        pin_reasons (dict): group index -> why it is pinned.
+    """
+    name: str
+    classes: np.ndarray
+    pinned: np.ndarray
+    members: List[Member] = field(default_factory=list)
+    pin_reasons: Dict[int, str] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return len(self.classes)
+
+    @property
+    def prunable(self) -> int:
+        return int((~self.pinned).sum())
+
+    def producers(self) -> List[Member]:
+        return [m for m in self.members
+                if m.axis == 'out' and m.kind in ('conv', 'linear')]
+
+    def __repr__(self):
+        prods = ', '.join(m.module for m in self.producers())
+        return (f'ChannelGroup({self.name!r}, width={self.width}, '
+                f'prunable={self.prunable}, producers=[{prods}])')
+
+
+class ChannelGraph:
+    """Groups plus the per-module index maps of a traced model.
+
+    Built by :func:`mmprune.graph.build_channel_graph`; do not construct it
+    by hand.
+    """
+
+    def __init__(self, records: Dict[str, ModuleRecord], roots: np.ndarray,
+                 pinned: Dict[int, str], scatter: Set[str],
+                 residual_mode: str, opaque: Dict[str, str],
+                 fine_fallbacks: Sequence[str] = ()):
+        self.records = records
+        self.roots = roots
+        self.pinned_classes = pinned
+        self.scatter = set(scatter)
+        self.residual_mode = residual_mode
+        self.opaque = dict(opaque)
+        self.fine_fallbacks = list(fine_fallbacks)
+        self.groups: List[ChannelGroup] = []
+        self.class_to_group: Dict[int, tuple] = {}
+        self._build_groups()
+
+    # ------------------------------------------------------------ build
+    def _cls(self, atoms: np.ndarray) -> np.ndarray:
+        return self.roots[atoms]
+
+    def _build_groups(self):
+        # classes that share a producer's output vector form one group;
+        # connect them with a small union-find over classes
+        parent: Dict[int, int] = {}
+
+        def find(c):
+            while parent[c] != c:
+                parent[c] = parent[parent[c]]
+                c = parent[c]
+            return c
+
+        prods = sorted((r for r in self.records.values() if r.out is not None),
+                       key=lambda r: r.index)
+        for r in prods:
+            cls = self._cls(r.out)
+            for c in cls.tolist():
+                parent.setdefault(c, c)
+            first = find(int(cls[0]))
+            for c in cls[1:].tolist():
+                rc = find(c)
+                if rc != first:
+                    lo, hi = min(rc, first), max(rc, first)
+                    parent[hi] = lo
+                    first = lo
+        order: Dict[int, List[int]] = {}
+        names: Dict[int, str] = {}
+        seen: Set[int] = set()
+        for r in prods:
+            for c in self._cls(r.out).tolist():
+                g = find(c)
+                names.setdefault(g, r.name)
+                if c not in seen:
+                    seen.add(c)
+                    order.setdefault(g, []).append(c)
+        for gi, (g, classes) in enumerate(order.items()):
+            classes = np.asarray(classes, dtype=np.int64)
+            pinned = np.array([c in self.pinned_classes for c in classes])
+            grp = ChannelGroup(names[g], classes, pinned)
+            grp.pin_reasons = {i: self.pinned_classes[c]
+                               for i, c in enumerate(classes.tolist())
+                               if c in self.pinned_classes}
+            for i, c in enumerate(classes.tolist()):
+                self.class_to_group[c] = (gi, i)
+            self.groups.append(grp)
+        # attach members
+        for r in sorted(self.records.values(), key=lambda r: r.index):
+            for axis, atoms in (('out', r.out), ('in', r.inp)):
+                if atoms is None or (axis == 'in' and r.kind == 'opaque'):
+                    continue
+                cls = self._cls(atoms)
+                per_group: Dict[int, tuple] = {}
+                for pos, c in enumerate(cls.tolist()):
+                    hit = self.class_to_group.get(c)
+                    if hit is None:
+                        continue
+                    per_group.setdefault(hit[0], ([], []))
+                    per_group[hit[0]][0].append(pos)
+                    per_group[hit[0]][1].append(hit[1])
+                for gi, (pos, idx) in per_group.items():
+                    self.groups[gi].members.append(Member(
+                        r.name, r.kind, axis, np.asarray(pos),
+                        np.asarray(idx)))
+
+    # ----------------------------------------------------------- query
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(f'no channel group named {name!r}; groups are '
+                       f'{[g.name for g in self.groups][:20]}...')
+
+    def prunable_groups(self) -> List[ChannelGroup]:
+        return [g for g in self.groups if g.prunable > 0]
+
+    def full_through(self, rec: ModuleRecord) -> np.ndarray:
+        """(C_in,) True where an input column is read from a scattered
+        writer: the compact model keeps that column at full stream width."""
+        full = np.zeros(len(rec.inp), dtype=bool)
+        if not self.scatter:
+            return full
+        names = self._names_by_index()
+        for via in rec.in_vias:
+            full |= np.array([v >= 0 and names[v] in self.scatter
+                              for v in via.tolist()])
+        return full
+
+    def _names_by_index(self):
+        if not hasattr(self, '_by_index'):
+            self._by_index = {}
+        return _IndexNames(self.records, self._by_index)
+
+    def kept_classes(self, keep: Dict[str, np.ndarray]) -> np.ndarray:
+        """Boolean keep flag per class root, from ``{group: kept indices}``.
+        Groups absent from ``keep`` and pinned channels are kept whole."""
+        flags = np.ones(len(self.roots), dtype=bool)
+        for g in self.groups:
+            if g.name not in keep:
+                continue
+            kg = np.zeros(g.width, dtype=bool)
+            kg[np.asarray(keep[g.name], dtype=np.int64)] = True
+            kg |= g.pinned
+            flags[g.classes] = kg
+        return flags
+
+    def module_indices(self, keep: Dict[str, np.ndarray]
+                       ) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
+        """For each recorded module, the output rows and input columns to
+        keep (``None`` = untouched). Shapes: ``out`` (C_out',), ``in``
+        (C_in',) of int64 positions in the module's current layout."""
+        flags = self.kept_classes(keep)
+        result = {}
+        for r in self.records.values():
+            if r.kind == 'opaque':
+                continue
+            entry: Dict[str, Optional[np.ndarray]] = {'out': None, 'in': None}
+            if r.inp is not None:
+                k = flags[self._cls(r.inp)] | self.full_through(r)
+                entry['in'] = np.nonzero(k)[0]
+            if r.kind in ('conv', 'linear'):
+                entry['out'] = np.nonzero(flags[self._cls(r.out)])[0]
+            else:  # norm, dwconv, gn: out follows in
+                entry['out'] = entry['in']
+            result[r.name] = entry
+        return result
+
+    def summary(self) -> str:
+        lines = [f'{len(self.groups)} channel groups '
+                 f'({len(self.prunable_groups())} prunable), residual mode '
+                 f'{self.residual_mode!r}']
+        for g in self.groups:
+            lines.append(f'  {g.name}: width {g.width}, prunable '
+                         f'{g.prunable}, producers '
+                         f'{[m.module for m in g.producers()]}')
+        for k, v in self.opaque.items():
+            lines.append(f'  pinned: {k}: {v}')
+        for f in self.fine_fallbacks:
+            lines.append(f'  fine mode: {f}')
+        return '\n'.join(lines)
+
+
+class _IndexNames:
+    """Lazy map module index -> name over the records (scatter lookups)."""
+
+    def __init__(self, records, cache):
+        if not cache:
+            for r in records.values():
+                cache[r.index] = r.name
+        self._cache = cache
+
+    def __getitem__(self, i):
+        return self._cache.get(i, '')
+
+
+def build_channel_graph(model: nn.Module, forward_fn, inputs,
+                        residual_mode: str = 'coupled', fixed=None
+                        ) -> ChannelGraph:
+    """Trace ``forward_fn(*inputs)`` on ``model`` and return its groups."""
+    from .tracer import ChannelTracer
+    tracer = ChannelTracer(model, residual_mode=residual_mode, fixed=fixed)
+    tracer.trace(forward_fn, inputs)
+    roots = tracer.atoms.resolve()
+    pinned = tracer.atoms.pinned_classes(roots)
+    return ChannelGraph(tracer.records, roots, pinned, tracer.scatter,
+                        residual_mode, tracer.opaque, tracer.fine_fallbacks)

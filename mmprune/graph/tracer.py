@@ -1,0 +1,568 @@
+"""Trace a real forward pass and label every channel with its coupling atom.
+
+How it works (no per-architecture tables):
+
+* Known leaf modules (Conv, BatchNorm/SyncBN, GroupNorm, Linear, RoIAlign)
+  are observed through forward hooks. A conv or linear *produces* fresh atoms
+  for its output channels and *consumes* the labels of its input channels; a
+  BN or a depthwise conv *follows* its input labels.
+* Everything in between (adds, concats, slices, upsampling, pooling, flatten,
+  activations) is observed with a ``TorchFunctionMode`` and propagated label
+  by label, following :mod:`mmprune.graph.op_table`.
+* Couplings become unions in an :class:`~mmprune.graph.atoms.AtomTable`.
+  Anything the tracer does not understand pins the channels it touches, so
+  the analysis errs on the side of never pruning, never on misalignment.
+* A safety net checks every module's outputs: a tensor that needs grad but
+  carries no labels came from an op the mode could not see (a custom autograd
+  function such as DCN); the module is reported as opaque and its channels
+  pinned.
+
+Residual modes: in ``coupled`` mode an element-wise add unions its operands'
+atoms. In ``fine`` mode (FCP) it gives the sum fresh, pinned *stream* atoms
+and records each operand's last module as a *writer* that the compact model
+scatters back to full stream width (see :mod:`mmprune.pruners.scatter`).
+"""
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Set
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from . import op_table as ops
+from ..pruners.scatter import BUFFER as SCATTER_BUFFER
+from ..pruners.scatter import kept_positions
+from .atoms import AtomTable, Labels, ModuleRecord
+
+logger = logging.getLogger('mmprune')
+
+RESIDUAL_MODES = ('coupled', 'fine')
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, )
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _roi_types():
+    """mmcv RoI ops run a custom autograd Function the mode cannot see; they
+    are channel-wise (output channel c reads input channel c only)."""
+    try:
+        from mmcv.ops import RoIAlign, RoIPool
+        return (RoIAlign, RoIPool)
+    except ImportError:  # mmcv without ops: no RoI heads either
+        return ()
+
+
+def iter_tensors(obj):
+    """Yield the tensors inside nested tuples/lists/dicts (and data objects
+    with tensor attributes are skipped: only feature tensors matter)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from iter_tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from iter_tensors(o)
+
+
+def _norm_dim(dim, ndim):
+    return dim + ndim if dim < 0 else dim
+
+
+class ChannelTracer(TorchFunctionMode):
+    """Run ``forward_fn`` once and collect channel couplings.
+
+    Args:
+        model (nn.Module): the model to analyse (not modified).
+        residual_mode (str): ``'coupled'`` or ``'fine'``.
+        fixed (Callable[[str, nn.Module], bool]): True for modules whose
+            output width must never change (prediction convs).
+    """
+
+    def __init__(self, model: nn.Module, residual_mode: str = 'coupled',
+                 fixed: Optional[Callable[[str, nn.Module], bool]] = None):
+        super().__init__()
+        if residual_mode not in RESIDUAL_MODES:
+            raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES},'
+                             f' got {residual_mode!r}')
+        self.model = model
+        self.residual_mode = residual_mode
+        self.fixed = fixed or (lambda name, mod: False)
+        self.atoms = AtomTable()
+        self.records: Dict[str, ModuleRecord] = {}
+        self.scatter: Set[str] = set()  # fine mode: writers to scatter
+        self.opaque: Dict[str, str] = {}  # module/op -> why it was pinned
+        self.fine_fallbacks: List[str] = []
+        self._labels: Dict[int, tuple] = {}  # id(t) -> (t, Labels)
+        self._leaf_depth = 0
+        self._names = {m: n for n, m in model.named_modules()}
+        self._index = {n: i for i, n in enumerate(self._names.values())}
+        self._roi = _roi_types()
+        self._module_stack: List[str] = []
+
+    # ------------------------------------------------------------ labels
+    def get(self, t) -> Optional[Labels]:
+        if not isinstance(t, torch.Tensor):
+            return None
+        hit = self._labels.get(id(t))
+        if hit is None or hit[0] is not t:
+            return None
+        return hit[1]
+
+    def put(self, t: torch.Tensor, lab: Labels) -> None:
+        if t.dim() < 2 or t.shape[1] != lab.width:
+            # the channel axis is not where we think: stop tracking this
+            # tensor and pin what it came from
+            self.atoms.pin(lab.atoms, f'shape mismatch after {self._where()}')
+            lab = Labels(self.atoms.new(t.shape[1] if t.dim() >= 2 else 1,
+                                        pin='unknown channel axis'),
+                         np.full(t.shape[1] if t.dim() >= 2 else 1, -1))
+            if t.dim() < 2:
+                return
+        self._labels[id(t)] = (t, lab)
+
+    def _fresh(self, t: torch.Tensor, reason: str) -> None:
+        if isinstance(t, torch.Tensor) and t.dim() >= 2:
+            c = t.shape[1]
+            self._labels[id(t)] = (t, Labels(self.atoms.new(c, pin=reason),
+                                             np.full(c, -1)))
+
+    def _where(self):
+        return self._module_stack[-1] if self._module_stack else '<model>'
+
+    def _pin_unknown(self, name, args, kwargs, out):
+        reason = f"op '{name}' in {self._where()}"
+        touched = False
+        for t in list(iter_tensors(args)) + list(iter_tensors(kwargs)):
+            lab = self.get(t)
+            if lab is not None:
+                self.atoms.pin(lab.atoms, reason)
+                touched = True
+        if touched:
+            self.opaque.setdefault(reason, 'unsupported op: channels pinned')
+            for t in iter_tensors(out):
+                if self.get(t) is None:
+                    self._fresh(t, reason)
+
+    # --------------------------------------------------- function mode
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._leaf_depth > 0:
+            return out
+        name = getattr(func, '__name__', None) or str(func)
+        if name in ops.IGNORED:
+            return out
+        try:
+            self._propagate(name, args, kwargs, out)
+        except _Unsupported:
+            self._pin_unknown(name, args, kwargs, out)
+        return out
+
+    def _propagate(self, name, args, kwargs, out):
+        first = args[0] if args else None
+        if name in ops.CHANNELWISE_ZERO or name in ops.CHANNELWISE_OTHER:
+            lab = self.get(first)
+            if lab is None:
+                return
+            if not isinstance(out, torch.Tensor):
+                raise _Unsupported
+            self.put(out, lab.with_zero_kept(name in ops.CHANNELWISE_ZERO))
+        elif name in ops.ADDITIVE or name in ops.MULTIPLICATIVE:
+            self._binary(name, args, kwargs, out)
+        elif name in ops.CONCAT:
+            self._cat(args, kwargs, out)
+        elif name in ops.SPLIT:
+            self._split(name, args, kwargs, out)
+        elif name in ops.RESHAPE:
+            self._reshape(first, out)
+        elif name in ops.REDUCE:
+            self._reduce(args, kwargs, out)
+        elif name == '__getitem__':
+            self._getitem(first, args[1], out)
+        elif name == '__setitem__':
+            self._setitem(first, args[1], args[2])
+        elif name == 'where':
+            self._binary('mul', args[1:], {}, out)
+        else:
+            if any(self.get(t) is not None
+                   for t in list(iter_tensors(args)) +
+                   list(iter_tensors(kwargs))):
+                raise _Unsupported
+
+    # elementwise ------------------------------------------------------
+    def _binary(self, name, args, kwargs, out):
+        a = args[0] if len(args) > 0 else kwargs.get('input')
+        b = args[1] if len(args) > 1 else kwargs.get('other')
+        la, lb = self.get(a), self.get(b)
+        if la is None and lb is None:
+            return
+        if not isinstance(out, torch.Tensor):
+            raise _Unsupported
+        additive = name in ops.ADDITIVE
+        if la is not None and lb is not None:
+            if la.width != lb.width:
+                # (N,1,H,W) map times (N,C,H,W) feature: the width-1 side
+                # cannot be pruned anyway
+                narrow, wide = (la, lb) if la.width < lb.width else (lb, la)
+                if narrow.width != 1:
+                    raise _Unsupported
+                self.atoms.pin(narrow.atoms, f'broadcast in {self._where()}')
+                self.put(out, Labels(wide.atoms, wide.via,
+                                     wide.zero_kept and not additive))
+                return
+            if additive and self.residual_mode == 'fine':
+                if self._fine_add(la, lb, out):
+                    return
+            self.atoms.union_arrays(la.atoms, lb.atoms)
+            self.put(out, Labels(la.atoms, np.full(la.width, -1), False))
+            return
+        lab, other = (la, b) if la is not None else (lb, a)
+        zero = True
+        if isinstance(other, torch.Tensor):
+            per_channel = other.dim() >= 2 and other.shape[1] == lab.width \
+                and lab.width > 1
+            if per_channel and (other.requires_grad or
+                                bool(torch.count_nonzero(other))):
+                # a per-channel tensor no known module owns (e.g. layer
+                # scale): we cannot slice it, so these channels stay
+                self.atoms.pin(lab.atoms,
+                               f"per-channel operand of '{name}' in "
+                               f'{self._where()}')
+            if additive:
+                zero = not bool(torch.count_nonzero(other))
+        elif additive:
+            zero = other == 0
+        divides = name in ('div', 'div_', '__truediv__', '__itruediv__',
+                           'true_divide')
+        if name == '__rtruediv__' or (divides and la is None):
+            zero = False  # k / x maps 0 to inf
+        self.put(out, Labels(lab.atoms, lab.via, lab.zero_kept and zero))
+
+    def _fine_add(self, la: Labels, lb: Labels, out) -> bool:
+        """FCP: keep the add alive at full width; each writer keeps its own
+        channels. Returns False (caller couples) when a side cannot be
+        scattered back exactly."""
+        writers = []
+        for lab in (la, lb):
+            pinned = self.atoms.all_pinned(lab.atoms)
+            if pinned:
+                continue  # a stream, the input or a fixed tensor: full width
+            vias = np.unique(lab.via)
+            if len(vias) != 1 or vias[0] < 0 or not lab.zero_kept:
+                self.fine_fallbacks.append(
+                    f'add in {self._where()}: an operand is not the direct '
+                    f'output of one module (or passed a non-zero-preserving '
+                    f'op), coupled instead')
+                return False
+            writers.append(int(vias[0]))
+        names = list(self._names.values())
+        for w in writers:
+            self.scatter.add(names[w])
+        stream = self.atoms.new(la.width,
+                                pin=f'residual stream in {self._where()}')
+        self.put(out, Labels(stream, np.full(la.width, -1), False))
+        return True
+
+    def _cat(self, args, kwargs, out):
+        seq = args[0] if args else kwargs['tensors']
+        dim = args[1] if len(args) > 1 else kwargs.get('dim', 0)
+        labs = [self.get(t) for t in seq]
+        if all(lab is None for lab in labs):
+            return
+        dim = _norm_dim(dim, seq[0].dim())
+        parts = []
+        for t, lab in zip(seq, labs):
+            if lab is None:  # constant or unseen piece: new pinned channels
+                c = t.shape[1]
+                lab = Labels(self.atoms.new(c, pin='unlabelled concat input'),
+                             np.full(c, -1))
+            parts.append(lab)
+        if dim == 1:
+            self.put(out, Labels.cat(parts))
+        else:  # cat along batch/space: all pieces share the channel index
+            for p in parts[1:]:
+                if p.width != parts[0].width:
+                    raise _Unsupported
+                self.atoms.union_arrays(parts[0].atoms, p.atoms)
+            self.put(out, Labels(parts[0].atoms, np.full(parts[0].width, -1),
+                                 all(p.zero_kept for p in parts)))
+
+    def _split(self, name, args, kwargs, out):
+        x = args[0]
+        lab = self.get(x)
+        if lab is None:
+            return
+        dim = args[1] if name == 'narrow' else (
+            args[2] if len(args) > 2 else kwargs.get('dim', 0))
+        dim = _norm_dim(dim, x.dim())
+        outs = [out] if name == 'narrow' else list(out)
+        if dim != 1:
+            for t in outs:
+                self.put(t, lab)
+            return
+        # Channel split. Only chunk(n) survives pruning: its boundaries are
+        # recomputed from the width, so we couple channel j of every chunk,
+        # which keeps the chunks equal and aligned. Literal sizes (split,
+        # narrow) would cut a compact tensor at the wrong place: pin.
+        if name != 'chunk' or len({t.shape[1] for t in outs}) != 1:
+            raise _Unsupported
+        c = outs[0].shape[1]
+        parts = [lab.take(slice(i * c, (i + 1) * c)) for i in range(len(outs))]
+        for p in parts[1:]:
+            self.atoms.union_arrays(parts[0].atoms, p.atoms)
+        for t, p in zip(outs, parts):
+            self.put(t, p)
+
+    def _reshape(self, x, out):
+        lab = self.get(x)
+        if lab is None:
+            return
+        if not isinstance(out, torch.Tensor):
+            raise _Unsupported
+        if out.dim() >= 2 and tuple(out.shape[:2]) == tuple(x.shape[:2]):
+            self.put(out, lab)
+        elif (out.dim() == 2 and x.dim() > 2 and out.shape[0] == x.shape[0]
+              and out.shape[1] == x[0].numel()):
+            # flatten(1): channel c -> columns [c*k, (c+1)*k), k = H*W
+            k = int(np.prod(x.shape[2:]))
+            self.put(out, Labels(np.repeat(lab.atoms, k),
+                                 np.repeat(lab.via, k), lab.zero_kept))
+        else:
+            raise _Unsupported
+
+    def _reduce(self, args, kwargs, out):
+        x = args[0]
+        lab = self.get(x)
+        if lab is None:
+            return
+        dim = args[1] if len(args) > 1 else kwargs.get('dim')
+        if dim is None or isinstance(dim, str):
+            raise _Unsupported
+        dims = dim if isinstance(dim, (tuple, list)) else (dim, )
+        dims = {_norm_dim(d, x.dim()) for d in dims}
+        if 1 in dims or 0 in dims:
+            raise _Unsupported
+        res = out[0] if isinstance(out, tuple) else out
+        if not isinstance(res, torch.Tensor) or res.dim() < 2:
+            raise _Unsupported
+        self.put(res, lab)
+
+    def _channel_index(self, x, idx):
+        """Return (kind, value): ('all', None) when dim 1 is untouched,
+        ('take', ndarray) for a channel subset; raise when unsupported."""
+        if not isinstance(idx, tuple):
+            idx = (idx, )
+        n_real = sum(1 for e in idx if e is not None and e is not Ellipsis)
+        pos, chan = 0, ('all', None)
+        for e in idx:
+            if e is None:
+                if pos <= 1:
+                    raise _Unsupported  # new axis moves the channel axis
+                continue
+            if e is Ellipsis:
+                pos += x.dim() - n_real
+                continue
+            if pos == 0:
+                if isinstance(e, int):
+                    raise _Unsupported  # batch axis dropped
+                if isinstance(e, torch.Tensor) and e.dim() != 1:
+                    raise _Unsupported
+            elif pos == 1:
+                c = x.shape[1]
+                if isinstance(e, slice):
+                    chan = ('take', np.arange(c)[e])
+                elif isinstance(e, torch.Tensor) and e.dim() == 1:
+                    sel = e.detach().cpu().numpy()
+                    chan = ('take', np.nonzero(sel)[0] if sel.dtype == bool
+                            else sel.astype(np.int64))
+                elif isinstance(e, (list, tuple)):
+                    chan = ('take', np.asarray(e, dtype=np.int64))
+                else:
+                    raise _Unsupported
+            elif isinstance(e, torch.Tensor):
+                raise _Unsupported  # advanced indexing may move axes
+            pos += 1
+        return chan
+
+    def _getitem(self, x, idx, out):
+        lab = self.get(x)
+        if lab is None or not isinstance(out, torch.Tensor):
+            return
+        kind, sel = self._channel_index(x, idx)
+        if kind != 'all':
+            if len(sel) == lab.width and np.array_equal(sel,
+                                                        np.arange(lab.width)):
+                kind = 'all'
+            else:
+                # a literal channel slice picks other channels once the
+                # tensor is compact, so what it reads must stay
+                raise _Unsupported
+        self.put(out, lab)
+
+    def _setitem(self, target, idx, value):
+        lv, lt = self.get(value), self.get(target)
+        if lv is None and lt is None:
+            return
+        kind, _ = self._channel_index(target, idx)
+        if kind != 'all':
+            raise _Unsupported
+        if lt is None:  # writing features into a zeros buffer (RoI extractor)
+            self.put(target, lv)
+        elif lv is not None:
+            if lv.width != lt.width:
+                raise _Unsupported
+            self.atoms.union_arrays(lt.atoms, lv.atoms)
+            self.put(target, Labels(lt.atoms, np.full(lt.width, -1), False))
+
+    # ----------------------------------------------------- module hooks
+    def _kind(self, m: nn.Module) -> Optional[str]:
+        if isinstance(m, _CONV_TYPES):
+            if m.groups == 1:
+                return 'conv'
+            if m.groups == m.in_channels == m.out_channels:
+                return 'dwconv'
+            return 'gconv'
+        if isinstance(m, nn.Linear):
+            return 'linear'
+        if isinstance(m, _NORM_TYPES):
+            return 'norm'
+        if isinstance(m, nn.GroupNorm):
+            return 'gn'
+        if isinstance(m, nn.LayerNorm):
+            return 'ln'
+        if self._roi and isinstance(m, self._roi):
+            return 'roi'
+        return None
+
+    def _pre_hook(self, m, inputs):
+        self._module_stack.append(self._names.get(m, '?'))
+        if self._kind(m) is not None:
+            self._leaf_depth += 1
+
+    def _post_hook(self, m, inputs, output):
+        name = self._module_stack.pop()
+        kind = self._kind(m)
+        if kind is not None:
+            self._leaf_depth -= 1
+            if self._leaf_depth == 0:
+                self._leaf(name, m, kind, inputs, output)
+        elif self._leaf_depth == 0:
+            self._check_opaque(name, m, inputs, output)
+
+    def _record(self, name, kind) -> ModuleRecord:
+        rec = self.records.get(name)
+        if rec is None:
+            rec = ModuleRecord(name, kind, self._index[name])
+            self.records[name] = rec
+        rec.calls += 1
+        return rec
+
+    def _merge_input(self, rec: ModuleRecord, lab: Labels):
+        if rec.inp is None:
+            rec.inp = lab.atoms.copy()
+        elif len(rec.inp) == lab.width:
+            self.atoms.union_arrays(rec.inp, lab.atoms)  # shared module
+        else:
+            raise RuntimeError(f'{rec.name} was called with inputs of '
+                               f'different widths')
+        rec.in_vias.append(lab.via.copy())
+
+    def _put_module_output(self, m, out, lab: Labels):
+        gather = getattr(m, SCATTER_BUFFER, None)
+        if gather is not None:
+            # an already-scattered writer: its own channels sit at the kept
+            # stream positions, the rest are constant zeros (pinned)
+            full = self.atoms.new(len(gather), pin='scatter padding')
+            kept = kept_positions(gather).numpy()
+            full[kept] = lab.atoms
+            lab = Labels(full, np.full(len(gather), lab.via[0]))
+        self.put(out, lab)
+
+    def _leaf(self, name, m, kind, inputs, output):
+        x = next(iter_tensors(inputs), None)
+        lab = self.get(x)
+        if lab is None and x is not None and x.dim() >= 2:
+            lab = Labels(self.atoms.new(x.shape[1], pin=f'unlabelled input '
+                                        f'of {name}'), np.full(x.shape[1], -1))
+        out = output if isinstance(output, torch.Tensor) else None
+        frozen = any(not p.requires_grad for p in m.parameters(recurse=False))
+        via = np.full(out.shape[1], self._index[name]) if (
+            out is not None and out.dim() >= 2) else None
+        if kind in ('conv', 'linear'):
+            if kind == 'linear' and (x.dim() != 2):
+                self.atoms.pin(lab.atoms, f'{name}: Linear on a '
+                               f'{x.dim()}-D input')
+            rec = self._record(name, kind)
+            self._merge_input(rec, lab)
+            if rec.out is None:
+                rec.out = self.atoms.new(m.weight.shape[0])
+                if self.fixed(name, m):
+                    self.atoms.pin(rec.out, f'prediction output {name}')
+            if frozen:
+                self.atoms.pin(rec.out, f'frozen {name}')
+                self.atoms.pin(lab.atoms, f'frozen {name}')
+            self._put_module_output(m, out, Labels(rec.out, via[:len(rec.out)]))
+        elif kind in ('dwconv', 'norm', 'gn'):
+            rec = self._record(name, kind)
+            self._merge_input(rec, lab)
+            if frozen:
+                self.atoms.pin(lab.atoms, f'frozen {name}')
+            if kind == 'gn':
+                # removing a channel changes its group's statistics, so a
+                # masked and a compact GroupNorm would differ
+                self.atoms.pin(lab.atoms, f'GroupNorm {name}')
+            self._put_module_output(m, out, Labels(lab.atoms, via[:lab.width]))
+        elif kind == 'roi':
+            self.put(out, lab)
+        else:  # gconv, ln: understood enough to pin, not to prune
+            rec = self._record(name, 'opaque')
+            self.atoms.pin(lab.atoms, f'{type(m).__name__} {name}')
+            self.opaque[name] = f'{type(m).__name__}: channels pinned'
+            if out is not None:
+                self._fresh(out, f'{type(m).__name__} {name}')
+
+    def _check_opaque(self, name, m, inputs, output):
+        for t in iter_tensors(output):
+            if t.dim() >= 2 and t.requires_grad and self.get(t) is None:
+                # produced by something the mode could not see
+                for i in iter_tensors(inputs):
+                    lab = self.get(i)
+                    if lab is not None:
+                        self.atoms.pin(lab.atoms, f'opaque module {name}')
+                self.opaque[name] = (f'{type(m).__name__}: output made by an '
+                                     'op the tracer cannot see; channels '
+                                     'pinned')
+                self._fresh(t, f'opaque module {name}')
+
+    # -------------------------------------------------------------- run
+    def trace(self, forward_fn: Callable, inputs: Sequence[torch.Tensor]):
+        """Run ``forward_fn(*inputs)`` under the tracer; return the output."""
+        handles = []
+        for m in self.model.modules():
+            handles.append(m.register_forward_pre_hook(self._pre_hook))
+            handles.append(m.register_forward_hook(self._post_hook))
+        try:
+            traced = []
+            for x in inputs:
+                x = x.detach().clone().requires_grad_(True)
+                self._labels[id(x)] = (x, Labels(
+                    self.atoms.new(x.shape[1], pin='model input'),
+                    np.full(x.shape[1], -1)))
+                traced.append(x)
+            with torch.enable_grad(), self:
+                out = forward_fn(*traced)
+            for t in iter_tensors(out):
+                lab = self.get(t)
+                if lab is not None:
+                    self.atoms.pin(lab.atoms, 'model output')
+        finally:
+            for h in handles:
+                h.remove()
+            self._labels.clear()
+        return out
+
+
+class _Unsupported(Exception):
+    """Raised inside propagation; the op's channels get pinned."""

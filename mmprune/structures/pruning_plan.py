@@ -1,0 +1,80 @@
+"""PruningPlan: which channels of each group to keep, as JSON-safe data.
+
+Groups are named by their first producer's module name, and the index space
+is the group's (see :class:`mmprune.graph.ChannelGroup`). Re-tracing the same
+config in the same residual mode gives the same names and index spaces, so a
+plan replays onto a freshly built dense model.
+"""
+import json
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import numpy as np
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class PruningPlan:
+    """Args:
+        keep (dict[str, list[int]]): group name -> kept channel indices.
+        residual_mode (str): the residual mode the groups were traced in.
+        widths (dict[str, int]): group width when the plan was made (checked
+            on replay, so a plan never lands on the wrong model).
+    """
+    keep: Dict[str, List[int]] = field(default_factory=dict)
+    residual_mode: str = 'coupled'
+    widths: Dict[str, int] = field(default_factory=dict)
+    version: int = PLAN_VERSION
+
+    def to_dict(self) -> dict:
+        return dict(version=self.version, residual_mode=self.residual_mode,
+                    keep={k: [int(i) for i in v]
+                          for k, v in sorted(self.keep.items())},
+                    widths={k: int(v) for k, v in sorted(self.widths.items())})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'PruningPlan':
+        if not isinstance(d, dict):
+            raise ValueError(f'pruning plan must be a dict, got {type(d)}')
+        if d.get('version') != PLAN_VERSION:
+            raise ValueError(f'unsupported pruning plan version '
+                             f'{d.get("version")!r} (expected {PLAN_VERSION})')
+        keep = d.get('keep')
+        if not isinstance(keep, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and
+                all(isinstance(i, int) and i >= 0 for i in v)
+                for k, v in keep.items()):
+            raise ValueError('pruning plan "keep" must map group names to '
+                             'lists of non-negative ints')
+        return cls(keep=keep, residual_mode=d.get('residual_mode', 'coupled'),
+                   widths=dict(d.get('widths', {})))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def keep_arrays(self) -> Dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.int64) for k, v in self.keep.items()}
+
+    def check_against(self, graph) -> None:
+        """Raise a readable error when the plan does not fit ``graph``."""
+        problems = []
+        if graph.residual_mode != self.residual_mode:
+            problems.append(f'plan residual mode {self.residual_mode!r} != '
+                            f'graph {graph.residual_mode!r}')
+        names = {g.name: g for g in graph.groups}
+        for gname, kept in self.keep.items():
+            g = names.get(gname)
+            if g is None:
+                problems.append(f'group {gname!r} not found in the model')
+                continue
+            want = self.widths.get(gname, g.width)
+            if want != g.width:
+                problems.append(f'group {gname!r} has width {g.width}, the '
+                                f'plan expects {want}')
+            elif kept and max(kept) >= g.width:
+                problems.append(f'group {gname!r}: index {max(kept)} out of '
+                                f'range (width {g.width})')
+        if problems:
+            raise ValueError('pruning plan does not match the model:\n  ' +
+                             '\n  '.join(problems[:20]))

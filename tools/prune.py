@@ -1,0 +1,159 @@
+"""One-shot pruning of a detector to a FLOPs target.
+
+    python tools/prune.py CONFIG [--checkpoint CKPT] --flops-ratio R \
+        [--criterion NAME] [--residual-mode coupled|fine] [--round-to N] \
+        [--input-size H W] --work-dir DIR
+
+``--flops-ratio`` is the FLOPs to keep, as a fraction of the dense model's
+(0.5 = half). Writes into DIR, each file atomically:
+
+* ``pruned.pth``: the compact weights, with the plan in
+  ``meta['mmprune']`` (``mmprune.apis.init_pruned_detector`` loads it);
+* ``plan.json``: the plan (group -> kept indices);
+* ``report.json``: dense and pruned FLOPs (MACs at the input size) and
+  params, and per-group widths.
+
+This command line is a contract other tools and checks rely on.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('config', help='config file (or mmdet::path)')
+    p.add_argument('--checkpoint', help='dense (or already pruned) weights')
+    p.add_argument('--flops-ratio', type=float, required=True,
+                   help='fraction of FLOPs to keep, in (0, 1]')
+    p.add_argument('--criterion', default='l1',
+                   help='importance criterion name (l1, l2, bn_scale, ...)')
+    p.add_argument('--residual-mode', default='coupled',
+                   choices=['coupled', 'fine'])
+    p.add_argument('--round-to', type=int, default=1,
+                   help='kept channel counts are multiples of this')
+    p.add_argument('--min-keep', type=int, default=8)
+    p.add_argument('--max-prune-ratio', type=float, default=0.8)
+    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
+                   metavar=('H', 'W'), help='input size for FLOPs')
+    p.add_argument('--work-dir', required=True)
+    args = p.parse_args(argv)
+    if not 0 < args.flops_ratio <= 1:
+        p.error(f'--flops-ratio must be in (0, 1], got {args.flops_ratio}')
+    if args.round_to < 1:
+        p.error(f'--round-to must be >= 1, got {args.round_to}')
+    if min(args.input_size) < 32:
+        p.error(f'--input-size must be at least 32x32, got {args.input_size}')
+    return args
+
+
+def criterion_by_name(name: str):
+    """Resolve ``l1`` / ``L1Criterion`` / ``bn_scale`` to a criterion."""
+    from mmprune.registry import CRITERIA
+    import mmprune.criteria  # noqa: F401  (registers)
+    key = name.replace('_', '').lower()
+    for reg in CRITERIA.module_dict:
+        if reg.lower() in (key, key + 'criterion'):
+            return CRITERIA.module_dict[reg]()
+    raise SystemExit(f'--criterion: unknown criterion {name!r}; valid: '
+                     f'{sorted(CRITERIA.module_dict)}')
+
+
+def atomic_write(path: str, write) -> None:
+    """Write via a temp file in the same folder, then rename."""
+    d = osp.dirname(osp.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp_' + osp.basename(path))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+    from mmengine.runner import load_checkpoint
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    import mmprune  # noqa: F401
+    from mmprune import apis
+    from mmprune.allocators import BudgetAllocator
+    from mmprune.utils.offline import check_offline_weights
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules()
+    criterion = criterion_by_name(args.criterion)
+    cfg = apis.load_config(args.config)
+    check_offline_weights(cfg)
+    model = MODELS.build(cfg.model)
+    plans = []
+    if args.checkpoint:
+        ckpt = _load_checkpoint(args.checkpoint, map_location='cpu')
+        meta = (ckpt.get('meta') or {}).get(apis.META_KEY)
+        if meta is not None:  # already pruned: rebuild that structure first
+            old, size = apis.read_pruning_meta(meta)
+            apis.replay(model, old, size)
+            plans = [apis.PruningPlan.from_dict(p) for p in old]
+        load_checkpoint(model, args.checkpoint, map_location='cpu',
+                        strict=True)
+    model.eval()
+    size = tuple(args.input_size)
+    t0 = time.perf_counter()
+    graph = apis.analyze(model, args.residual_mode)
+    t_graph = time.perf_counter() - t0
+    cost = apis.cost_model(model, size)
+    dense_flops, dense_params = cost.flops(), cost.params(model)
+    scores = criterion.score(model, graph)
+    allocator = BudgetAllocator(args.flops_ratio, min_keep=args.min_keep,
+                                max_prune_ratio=args.max_prune_ratio,
+                                round_to=args.round_to)
+    keep = allocator.allocate(model, graph, scores, cost)
+    plan = apis.make_plan(graph, keep)
+    apis.prune(model, plan, graph)
+    plans.append(plan)
+    pruned_flops = apis.cost_model(model, size).flops()
+    pruned_params = sum(p.numel() for p in model.parameters())
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    report = dict(
+        config=args.config, checkpoint=args.checkpoint,
+        criterion=args.criterion, residual_mode=args.residual_mode,
+        flops_ratio_target=args.flops_ratio, input_size=list(size),
+        dense=dict(flops=dense_flops, params=dense_params),
+        pruned=dict(flops=pruned_flops, params=pruned_params),
+        flops_ratio=pruned_flops / dense_flops,
+        params_ratio=pruned_params / dense_params,
+        graph_seconds=round(t_graph, 3),
+        groups={g.name: dict(width=g.width, kept=len(keep.get(g.name,
+                                                               range(g.width))))
+                for g in graph.groups})
+    ckpt = dict(state_dict=model.state_dict(),
+                meta={apis.META_KEY: apis.pruning_meta(plans)})
+    atomic_write(osp.join(args.work_dir, 'pruned.pth'),
+                 lambda p: torch.save(ckpt, p))
+    atomic_write(osp.join(args.work_dir, 'plan.json'),
+                 lambda p: open(p, 'w').write(plan.to_json()))
+    atomic_write(osp.join(args.work_dir, 'report.json'),
+                 lambda p: open(p, 'w').write(json.dumps(report, indent=1)))
+    print(f'{"":8}{"FLOPs (G)":>12}{"params (M)":>12}')
+    print(f'{"dense":8}{dense_flops / 1e9:12.3f}{dense_params / 1e6:12.3f}')
+    print(f'{"pruned":8}{pruned_flops / 1e9:12.3f}'
+          f'{pruned_params / 1e6:12.3f}')
+    print(f'FLOPs ratio {report["flops_ratio"]:.3f} (target '
+          f'{args.flops_ratio}), written to {args.work_dir}')
+    return report
+
+
+if __name__ == '__main__':
+    main()
