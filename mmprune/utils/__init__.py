@@ -1,0 +1,1 @@
+"""Utilities: cost model, offline weight checks."""
