@@ -316,3 +316,25 @@ def test_l1_criterion_known_ranking():
     s = L1Criterion().score(model, graph)['0']
     assert torch.allclose(s, torch.tensor([2., 6., 1., 4.]))
     assert list(torch.argsort(s)) == [2, 0, 3, 1]
+
+
+def test_fine_mode_compact_exports_to_onnx(toy, tmp_path):
+    """The scatter is Concat + Gather: onnxruntime runs it and agrees."""
+    import warnings
+
+    import onnxruntime as ort
+    model, x = toy
+    graph = build_channel_graph(model, model, [x], residual_mode='fine')
+    apply_compact(model, graph, random_keep(graph, 0.5, 4))
+    path = str(tmp_path / 'fine.onnx')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (x, ), path, dynamo=False, opset_version=17)
+    sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    for a, b in zip(got, want):
+        assert np.abs(a - b.numpy()).max() <= 1e-4 * np.abs(b.numpy()).max()
+    ops = {n.op_type for n in __import__('onnx').load(path).graph.node}
+    assert 'Gather' in ops and 'ScatterND' not in ops

@@ -212,6 +212,19 @@ class ChannelTracer(TorchFunctionMode):
                 self.put(out, Labels(wide.atoms, wide.via,
                                      wide.zero_kept and not additive))
                 return
+            if np.array_equal(la.atoms, lb.atoms):
+                # two functions of the same channels (Swish: x * sigmoid(x)):
+                # still a channel-wise op, not a residual sum
+                via = la.via if np.array_equal(la.via, lb.via) else \
+                    np.full(la.width, -1)
+                if name in ops.ADDITIVE or name in ('maximum', 'minimum'):
+                    zero = la.zero_kept and lb.zero_kept
+                elif name.startswith(('mul', '__mul', '__rmul', '__imul')):
+                    zero = la.zero_kept or lb.zero_kept  # 0 * y = 0
+                else:  # division
+                    zero = la.zero_kept and name != '__rtruediv__'
+                self.put(out, Labels(la.atoms, via, zero))
+                return
             if additive and self.residual_mode == 'fine':
                 if self._fine_add(la, lb, out):
                     return

@@ -1,7 +1,9 @@
 """Per-channel FLOPs/params cost model.
 
-FLOPs are MACs of conv and linear layers (the mmengine/fvcore convention) at
-a stated input size, e.g. 640x640 for YOLOX. One shape pass with forward
+FLOPs are MACs of conv and linear layers plus BatchNorm's 2 ops per element
+in eval mode, i.e. mmengine's complexity counter's convention (it also
+counts upsampling, <0.1% on YOLOX, which we leave out), at a stated input
+size, e.g. 640x640 for YOLOX. One shape pass with forward
 hooks records, per leaf module, ``mult`` = the number of output positions it
 computes summed over calls (N*H_out*W_out for a conv, rows for a linear,
 levels for a head shared across FPN levels). Then for any plan
@@ -9,6 +11,7 @@ levels for a head shared across FPN levels). Then for any plan
     MACs(conv)   = mult * C_out' * (C_in' / groups) * k_h * k_w
     MACs(dwconv) = mult * C' * k_h * k_w
     MACs(linear) = mult * out' * in'
+    FLOPs(BN)    = mult * C' * 2   (1 without affine)
 
 where primes are kept widths from :meth:`ChannelGraph.module_indices`.
 Modules the graph does not record (opaque) are charged at their traced cost.
@@ -20,6 +23,7 @@ import torch
 import torch.nn as nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORMS = (nn.modules.batchnorm._BatchNorm, )
 
 
 class CostModel:
@@ -43,13 +47,16 @@ class CostModel:
             if isinstance(mod, _CONVS):
                 n = out.numel() // out.shape[1]  # N * spatial positions
                 self.kernel[name] = int(np.prod(mod.kernel_size))
+            elif isinstance(mod, _NORMS):
+                n = out.numel() // out.shape[1]
+                self.kernel[name] = 2 if mod.affine else 1
             else:
                 n = out.numel() // out.shape[-1]  # rows
                 self.kernel[name] = 1
             self.mult[name] = self.mult.get(name, 0) + n
 
         for m in model.modules():
-            if isinstance(m, _CONVS + (nn.Linear, )):
+            if isinstance(m, _CONVS + _NORMS + (nn.Linear, )):
                 handles.append(m.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -70,6 +77,8 @@ class CostModel:
         for name, mod in self._modules.items():
             if isinstance(mod, _CONVS):
                 c_out, c_in, g = mod.out_channels, mod.in_channels, mod.groups
+            elif isinstance(mod, _NORMS):
+                c_out, c_in, g = mod.num_features, 1, 1
             else:
                 c_out, c_in, g = mod.out_features, mod.in_features, 1
             entry = idx.get(name)
@@ -77,6 +86,8 @@ class CostModel:
                 kind = graph.records[name].kind
                 if kind == 'dwconv':
                     c_out = c_in = g = len(entry['out'])
+                elif kind == 'norm':
+                    c_out = len(entry['out'])
                 else:
                     c_out = len(entry['out']) if entry['out'] is not None \
                         else c_out

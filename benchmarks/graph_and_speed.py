@@ -1,0 +1,158 @@
+"""Graph-analysis time vs Torch-Pruning, and realized CPU speedup at a FLOPs
+target, for mmdet detectors built from their configs.
+
+    .venv/bin/python benchmarks/graph_and_speed.py [--models yolox_s retinanet_r50]
+        [--ratio 0.5] [--out benchmarks/results/graph_and_speed.json]
+
+For each model it reports:
+* mmprune ``analyze`` time (trace at 128 px, the default, and at 640 px);
+* Torch-Pruning 1.6.1 ``DependencyGraph.build_dependency`` time at 640 px
+  (if torch-pruning is installed: ``pip install --no-deps torch-pruning==1.6.1``);
+* dense vs compact (L1, ``--ratio`` FLOPs kept) MACs and CPU latency at
+  640 px batch 1 (median of N runs), and realized speedup / FLOPs speedup.
+Results are written atomically as JSON with the machine and versions.
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+CONFIGS = {
+    'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', (416, 416)),
+    'yolox_s': ('mmdet::yolox/yolox_s_8xb8-300e_coco.py', (640, 640)),
+    'yolox_l': ('mmdet::yolox/yolox_l_8xb8-300e_coco.py', (640, 640)),
+    'retinanet_r50': ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
+                      (800, 1344)),
+    'faster_rcnn_r50': ('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+                        (800, 1344)),
+}
+
+
+def build(name):
+    import mmprune  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmprune.apis import load_config
+    from mmprune.utils.offline import check_offline_weights
+    register_all_modules()
+    cfg = load_config(CONFIGS[name][0])
+    check_offline_weights(cfg)
+    return MODELS.build(cfg.model).eval()
+
+
+def latency(fn, x, runs):
+    import torch
+    with torch.no_grad():
+        for _ in range(2):
+            fn(x)
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn(x)
+            ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def tp_graph_time(model, size):
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        return None
+    import torch
+    x = torch.rand(1, 3, *size)
+
+    def fwd(m, inp):
+        return m(inp, None, mode='tensor')
+
+    def flat(out):
+        if isinstance(out, torch.Tensor):
+            return [out]
+        res = []
+        for o in out:
+            res += flat(o)
+        return res
+
+    t = time.perf_counter()
+    tp.DependencyGraph().build_dependency(
+        model, example_inputs=x, forward_fn=fwd,
+        output_transform=lambda o: sum(t.sum() for t in flat(o)))
+    return time.perf_counter() - t
+
+
+def run_model(name, ratio, runs):
+    import torch
+    from mmprune import apis
+    from mmprune.adapters import tensor_forward
+    from mmprune.allocators import BudgetAllocator
+    from mmprune.criteria import L1Criterion
+    size = CONFIGS[name][1]
+    model = build(name)
+    rec = dict(model=name, input_size=list(size))
+    t = time.perf_counter()
+    graph = apis.analyze(model)
+    rec['mmprune_graph_s'] = time.perf_counter() - t
+    t = time.perf_counter()
+    apis.analyze(model, input_size=size)
+    rec['mmprune_graph_s_full_size'] = time.perf_counter() - t
+    rec['torch_pruning_graph_s'] = tp_graph_time(copy.deepcopy(model), size)
+    cost = apis.cost_model(model, size)
+    keep = BudgetAllocator(ratio).allocate(
+        model, graph, L1Criterion().score(model, graph), cost)
+    compact = copy.deepcopy(model)
+    apis.prune(compact, apis.make_plan(graph, keep), graph)
+    rec['dense_gmacs'] = cost.flops() / 1e9
+    rec['compact_gmacs'] = apis.cost_model(compact, size).flops() / 1e9
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    fn_d, x = tensor_forward(model, size)
+    fn_c, _ = tensor_forward(compact, size)
+    rec['dense_latency_s'] = latency(fn_d, x[0], runs)
+    rec['compact_latency_s'] = latency(fn_c, x[0], runs)
+    flops_speedup = rec['dense_gmacs'] / rec['compact_gmacs']
+    real = rec['dense_latency_s'] / rec['compact_latency_s']
+    rec['flops_speedup'] = flops_speedup
+    rec['realized_speedup'] = real
+    rec['realized_over_flops'] = real / flops_speedup
+    return rec
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--models', nargs='+', default=['yolox_s',
+                                                   'retinanet_r50'],
+                   choices=sorted(CONFIGS))
+    p.add_argument('--ratio', type=float, default=0.5)
+    p.add_argument('--runs', type=int, default=5)
+    p.add_argument('--out',
+                   default='benchmarks/results/graph_and_speed.json')
+    a = p.parse_args()
+    import torch
+    import mmdet
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+                            text=True).stdout.strip()
+    res = dict(machine=dict(platform=platform.platform(),
+                            cpus=os.cpu_count(),
+                            processor=platform.processor()),
+               versions=dict(torch=torch.__version__, mmdet=mmdet.__version__),
+               commit=commit, ratio=a.ratio, results=[])
+    for m in a.models:
+        r = run_model(m, a.ratio, a.runs)
+        print(json.dumps(r))
+        res['results'].append(r)
+    os.makedirs(osp.dirname(a.out) or '.', exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(a.out) or '.')
+    with os.fdopen(fd, 'w') as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, a.out)
+
+
+if __name__ == '__main__':
+    main()
