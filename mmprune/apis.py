@@ -21,7 +21,9 @@ import torch.nn as nn
 from .adapters.detector import fixed_output_module, tensor_forward
 from .graph import RESIDUAL_MODES, ChannelGraph, build_channel_graph
 from .pruners.surgery import apply_compact
-from .structures import PruningPlan
+from .structures import (BUFFER as STRUCTURE_BUFFER, META_KEY,
+                         PruningPlan, StructureError, decode, encode,
+                         make_meta, read_meta)
 from .utils.flops import CostModel
 
 logger = logging.getLogger('mmprune')
@@ -29,13 +31,12 @@ logger = logging.getLogger('mmprune')
 #: default size for tracing: small (fast) but divisible by every stride the
 #: supported detectors use (RetinaNet P7 = stride 128)
 TRACE_SIZE = (128, 128)
-META_KEY = 'mmprune'
-META_VERSION = 1
 
 
 def analyze(model: nn.Module, residual_mode: str = 'coupled',
             input_size: Tuple[int, int] = TRACE_SIZE,
-            ignored: Sequence[str] = ()) -> ChannelGraph:
+            ignored: Sequence[str] = (), replay: bool = False
+            ) -> ChannelGraph:
     """Trace ``model``'s tensor forward and return its channel groups.
 
     Args:
@@ -44,6 +45,8 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
         input_size (tuple): (H, W) of the dummy image used for tracing.
         ignored (Sequence[str]): module names whose output channels must
             stay (``ignored_layers``).
+        replay (bool): analyse only to apply an existing plan: frozen
+            parameters pin nothing and an unprunable model is no error.
     """
     if residual_mode not in RESIDUAL_MODES:
         raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES}, '
@@ -63,9 +66,12 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
     try:
         fn, inputs = tensor_forward(model, input_size)
         graph = build_channel_graph(model, fn, inputs,
-                                    residual_mode=residual_mode, fixed=fixed)
+                                    residual_mode=residual_mode, fixed=fixed,
+                                    respect_frozen=not replay)
     finally:
         model.train(was_training)
+    if replay:
+        return graph
     if not graph.prunable_groups():
         raise RuntimeError(
             f'no prunable channel group found in {type(model).__name__}: '
@@ -117,39 +123,49 @@ def prune(model: nn.Module, plan: PruningPlan,
     Returns the per-module index map that was applied.
     """
     if graph is None:
-        graph = analyze(model, plan.residual_mode, input_size)
+        graph = analyze(model, plan.residual_mode, input_size, replay=True)
     plan.check_against(graph)
-    return apply_compact(model, graph, plan.keep_arrays())
+    index_map = apply_compact(model, graph, plan.keep_arrays())
+    _record(model, model_plans(model) + [plan], input_size)
+    return index_map
 
 
-def replay(model: nn.Module, plans: List[dict],
-           input_size: Tuple[int, int] = TRACE_SIZE) -> None:
-    """Apply saved plans (``PruningPlan.to_dict()`` list) in order."""
-    for d in plans:
-        prune(model, PruningPlan.from_dict(d), input_size=input_size)
+def model_plans(model: nn.Module) -> List[PruningPlan]:
+    """The plans already applied to ``model`` (from its structure buffer)."""
+    buf = getattr(model, STRUCTURE_BUFFER, None)
+    if buf is None:
+        return []
+    return read_meta(decode(buf))[0]
 
 
-def pruning_meta(plans: List[PruningPlan],
-                 input_size: Tuple[int, int] = TRACE_SIZE) -> dict:
-    """The JSON-safe ``checkpoint['meta']['mmprune']`` record."""
-    return dict(version=META_VERSION, trace_size=list(input_size),
-                plans=[p.to_dict() for p in plans])
+def _record(model: nn.Module, plans: List[PruningPlan],
+            trace_size: Tuple[int, int]) -> None:
+    """Store the structure in the model's persistent uint8 buffer."""
+    data = encode(make_meta(plans, trace_size))
+    device = next((p.device for p in model.parameters()), data.device)
+    if hasattr(model, STRUCTURE_BUFFER):
+        delattr(model, STRUCTURE_BUFFER)
+    model.register_buffer(STRUCTURE_BUFFER, data.to(device), persistent=True)
 
 
-def read_pruning_meta(meta: dict) -> Tuple[List[dict], Tuple[int, int]]:
-    """Validate a ``meta['mmprune']`` record; return (plans, trace size)."""
-    if not isinstance(meta, dict) or meta.get('version') != META_VERSION:
-        raise ValueError(f'checkpoint meta[{META_KEY!r}] is not a version '
-                         f'{META_VERSION} mmprune record')
-    plans = meta.get('plans')
-    size = meta.get('trace_size')
-    if not isinstance(plans, list) or not (
-            isinstance(size, list) and len(size) == 2 and
-            all(isinstance(s, int) and s > 0 for s in size)):
-        raise ValueError(f'checkpoint meta[{META_KEY!r}] is malformed')
-    for p in plans:
-        PruningPlan.from_dict(p)  # validates
-    return plans, (size[0], size[1])
+def replay(model: nn.Module, plans: List[PruningPlan],
+           trace_size: Tuple[int, int] = TRACE_SIZE) -> int:
+    """Bring ``model`` to the structure ``plans`` describe.
+
+    Plans already applied (the model's buffer holds a prefix of ``plans``)
+    are skipped, so replaying twice is harmless. Returns how many plans were
+    applied now; raises :class:`StructureError` when the model was pruned
+    differently.
+    """
+    have = [p.to_dict() for p in model_plans(model)]
+    want = [p.to_dict() for p in plans]
+    if want[:len(have)] != have:
+        raise StructureError(
+            f'the model was already pruned with {len(have)} different '
+            f'plan(s); cannot replay this structure onto it')
+    for p in plans[len(have):]:
+        prune(model, p, input_size=trace_size)
+    return len(plans) - len(have)
 
 
 def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
@@ -169,7 +185,7 @@ def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     meta = (ckpt.get('meta') or {}).get(META_KEY)
     if meta is not None:
-        plans, size = read_pruning_meta(meta)
+        plans, size, _ = read_meta(meta)
         replay(model, plans, size)
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.to(device).eval()

@@ -97,14 +97,12 @@ def main(argv=None):
     cfg = apis.load_config(args.config)
     check_offline_weights(cfg)
     model = MODELS.build(cfg.model)
-    plans = []
     if args.checkpoint:
         ckpt = _load_checkpoint(args.checkpoint, map_location='cpu')
         meta = (ckpt.get('meta') or {}).get(apis.META_KEY)
         if meta is not None:  # already pruned: rebuild that structure first
-            old, size = apis.read_pruning_meta(meta)
+            old, size, _ = apis.read_meta(meta)
             apis.replay(model, old, size)
-            plans = [apis.PruningPlan.from_dict(p) for p in old]
         load_checkpoint(model, args.checkpoint, map_location='cpu',
                         strict=True)
     model.eval()
@@ -121,7 +119,7 @@ def main(argv=None):
     keep = allocator.allocate(model, graph, scores, cost)
     plan = apis.make_plan(graph, keep)
     apis.prune(model, plan, graph)
-    plans.append(plan)
+    plans = apis.model_plans(model)
     pruned_flops = apis.cost_model(model, size).flops()
     pruned_params = sum(p.numel() for p in model.parameters())
 
@@ -139,7 +137,7 @@ def main(argv=None):
                                                                range(g.width))))
                 for g in graph.groups})
     ckpt = dict(state_dict=model.state_dict(),
-                meta={apis.META_KEY: apis.pruning_meta(plans)})
+                meta={apis.META_KEY: apis.make_meta(plans, apis.TRACE_SIZE)})
     atomic_write(osp.join(args.work_dir, 'pruned.pth'),
                  lambda p: torch.save(ckpt, p))
     atomic_write(osp.join(args.work_dir, 'plan.json'),

@@ -247,11 +247,12 @@ class _IndexNames:
 
 
 def build_channel_graph(model: nn.Module, forward_fn, inputs,
-                        residual_mode: str = 'coupled', fixed=None
-                        ) -> ChannelGraph:
+                        residual_mode: str = 'coupled', fixed=None,
+                        respect_frozen: bool = True) -> ChannelGraph:
     """Trace ``forward_fn(*inputs)`` on ``model`` and return its groups."""
     from .tracer import ChannelTracer
-    tracer = ChannelTracer(model, residual_mode=residual_mode, fixed=fixed)
+    tracer = ChannelTracer(model, residual_mode=residual_mode, fixed=fixed,
+                           respect_frozen=respect_frozen)
     tracer.trace(forward_fn, inputs)
     roots = tracer.atoms.resolve()
     pinned = tracer.atoms.pinned_classes(roots)

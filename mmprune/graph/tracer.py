@@ -81,7 +81,8 @@ class ChannelTracer(TorchFunctionMode):
     """
 
     def __init__(self, model: nn.Module, residual_mode: str = 'coupled',
-                 fixed: Optional[Callable[[str, nn.Module], bool]] = None):
+                 fixed: Optional[Callable[[str, nn.Module], bool]] = None,
+                 respect_frozen: bool = True):
         super().__init__()
         if residual_mode not in RESIDUAL_MODES:
             raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES},'
@@ -89,6 +90,9 @@ class ChannelTracer(TorchFunctionMode):
         self.model = model
         self.residual_mode = residual_mode
         self.fixed = fixed or (lambda name, mod: False)
+        # False when replaying a saved plan onto a copy whose parameters do
+        # not require grad (an EMA model): frozen-ness is a training policy
+        self.respect_frozen = respect_frozen
         self.atoms = AtomTable()
         self.records: Dict[str, ModuleRecord] = {}
         self.scatter: Set[str] = set()  # fine mode: writers to scatter
@@ -500,7 +504,8 @@ class ChannelTracer(TorchFunctionMode):
             lab = Labels(self.atoms.new(x.shape[1], pin=f'unlabelled input '
                                         f'of {name}'), np.full(x.shape[1], -1))
         out = output if isinstance(output, torch.Tensor) else None
-        frozen = any(not p.requires_grad for p in m.parameters(recurse=False))
+        frozen = self.respect_frozen and any(
+            not p.requires_grad for p in m.parameters(recurse=False))
         via = np.full(out.shape[1], self._index[name]) if (
             out is not None and out.dim() >= 2) else None
         if kind in ('conv', 'linear'):

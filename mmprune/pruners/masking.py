@@ -39,6 +39,15 @@ class ChannelMask:
             t.index_fill_(dim, pos.to(t.device), 0)
 
     @torch.no_grad()
+    def apply_state(self, model: nn.Module, optimizer) -> None:
+        """Zero the optimizer state (momentum, Adam moments) of masked
+        entries, so they do not drift back (methods spec §0.2, point 6)."""
+        for t, dim, pos in self._targets(model):
+            for v in optimizer.state.get(t, {}).values():
+                if isinstance(v, torch.Tensor) and v.shape == t.shape:
+                    v.index_fill_(dim, pos.to(v.device), 0)
+
+    @torch.no_grad()
     def zero_grads(self, model: nn.Module) -> None:
         for t, dim, pos in self._targets(model):
             if getattr(t, 'grad', None) is not None:

@@ -1,0 +1,3 @@
+from .channel_pruning_hook import ChannelPruningHook
+
+__all__ = ['ChannelPruningHook']

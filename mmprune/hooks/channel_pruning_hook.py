@@ -1,0 +1,359 @@
+"""ChannelPruningHook: prune channels during ordinary mmdet training.
+
+The hook decides *when*; the graph says what is coupled, the criterion which
+channels matter, the allocator how many to keep, the pruner cuts, and
+:mod:`mmprune.runtime.rebind` keeps optimizer, EMA and DDP consistent.
+
+Schedule: prune *events* at epochs (or iterations) ``begin, begin +
+interval, ...`` up to ``end``. Event ``k`` of ``E`` brings the model to the
+cumulative FLOPs (or params) fraction ``1 - (1 - target) * ramp(k / E)``
+of the dense model, with a cubic ramp ``1 - (1 - x)^3`` (Zhu & Gupta) or a
+linear one.
+
+* ``soft=False``: each event removes channels at once (hard event).
+* ``soft=True``: each event *selects* channels; they are masked (or, with a
+  ``regularizer``, penalised while still trainable) until the next schedule
+  position, where they are removed. The last selection is removed one
+  ``interval`` after the last event.
+
+Every rank computes the same plan (rank 0's plan is broadcast) and a hash of
+the resulting structure is compared across ranks after each event.
+"""
+import hashlib
+import json
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmdet.registry import HOOKS
+
+from .. import apis
+from ..allocators import BudgetAllocator
+from ..models.prunable_detector import make_prunable
+from ..pruners.masking import build_mask
+from ..registry import ALLOCATORS, CRITERIA, build_from
+from ..runtime.rebind import (find_ema, prune_runner, rebind_optimizer,
+                              rewrap, unwrap)
+from ..structures import META_KEY, PruningPlan, make_meta, read_meta
+
+logger = logging.getLogger('mmprune')
+
+RAMPS = ('cubic', 'linear')
+
+
+def _ramp(kind: str, x: float) -> float:
+    return 1 - (1 - x)**3 if kind == 'cubic' else x
+
+
+@HOOKS.register_module()
+class ChannelPruningHook(Hook):
+    """Prune a detector to a FLOPs/params target while it trains.
+
+    Args:
+        target (float): fraction of the dense FLOPs (or params) to keep,
+            in (0, 1]. Defaults to 0.5.
+        budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
+        criterion (str | dict): a registered criterion. Defaults to
+            'L1Criterion'.
+        allocator (dict, optional): allocator cfg; ``ratio`` is set per
+            event. Defaults to ``BudgetAllocator`` with ``min_keep``,
+            ``max_prune_ratio`` and ``round_to``.
+        residual_mode (str): ``'coupled'`` or ``'fine'``. Defaults to
+            'coupled'.
+        by_epoch (bool): schedule in epochs (else iterations).
+        begin (int): first event, after this many epochs/iters. Defaults 1.
+        end (int, optional): last event at or before this. Defaults to
+            ``begin`` (a single event).
+        interval (int): epochs/iters between events. Defaults to 1.
+        ramp (str): ``'cubic'`` or ``'linear'``. Defaults to 'cubic'.
+        soft (bool): select at events, cut at the next one. Defaults False.
+        regularizer (dict, optional): a regulariser cfg with ``loss(model)``
+            and ``select(graph, keep)``; implies ``soft``.
+        input_size (tuple): (H, W) for FLOPs. Defaults to (640, 640).
+        trace_size (tuple): (H, W) of the dummy image for the graph trace.
+        ignored_layers (Sequence[str]): modules whose outputs never prune.
+        min_keep, max_prune_ratio, round_to: allocator limits.
+
+    Note:
+        Priority 40 runs it before mmdet's YOLOX hooks (``SyncNormHook`` and
+        ``YOLOXModeSwitchHook`` at 48) and ``EMAHook`` (49): a cut must
+        reach the EMA copy before EMAHook updates or swaps it in the same
+        stage, and after a resume the structure must be rebuilt before
+        EMAHook loads its state dict.
+    """
+
+    priority = 40
+
+    def __init__(self, target: float = 0.5, budget: str = 'flops',
+                 criterion='L1Criterion', allocator: Optional[dict] = None,
+                 residual_mode: str = 'coupled', by_epoch: bool = True,
+                 begin: int = 1, end: Optional[int] = None,
+                 interval: int = 1, ramp: str = 'cubic', soft: bool = False,
+                 regularizer: Optional[dict] = None,
+                 input_size: Sequence[int] = (640, 640),
+                 trace_size: Sequence[int] = apis.TRACE_SIZE,
+                 ignored_layers: Sequence[str] = (), min_keep: int = 8,
+                 max_prune_ratio: float = 0.8, round_to: int = 1):
+        if not (isinstance(target, (int, float)) and 0 < target <= 1):
+            raise ValueError(f'target must be in (0, 1], got {target!r}')
+        if budget not in ('flops', 'params'):
+            raise ValueError(f"budget must be 'flops' or 'params', got "
+                             f'{budget!r}')
+        if residual_mode not in ('coupled', 'fine'):
+            raise ValueError(f"residual_mode must be one of ('coupled', "
+                             f"'fine'), got {residual_mode!r}")
+        if ramp not in RAMPS:
+            raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
+        end = begin if end is None else end
+        for name, v in (('begin', begin), ('end', end), ('interval',
+                                                          interval)):
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f'{name} must be a non-negative int, got '
+                                 f'{v!r}')
+        if interval < 1:
+            raise ValueError(f'interval must be >= 1, got {interval}')
+        if end < begin:
+            raise ValueError(f'end ({end}) is before begin ({begin})')
+        self.criterion = build_from(CRITERIA, criterion, 'criterion')
+        alloc_cfg = dict(allocator or dict(type='BudgetAllocator'))
+        alloc_cfg.setdefault('min_keep', min_keep)
+        alloc_cfg.setdefault('max_prune_ratio', max_prune_ratio)
+        alloc_cfg.setdefault('round_to', round_to)
+        alloc_cfg.setdefault('budget', budget)
+        alloc_cfg['ratio'] = 1.0
+        build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
+        self.allocator_cfg = alloc_cfg
+        self.regularizer_cfg = regularizer
+        self.target, self.budget = float(target), budget
+        self.residual_mode = residual_mode
+        self.by_epoch, self.ramp = by_epoch, ramp
+        self.soft = bool(soft or regularizer is not None)
+        self.positions = list(range(begin, end + 1, interval))
+        self.interval = interval
+        self.input_size = tuple(input_size)
+        self.trace_size = tuple(trace_size)
+        self.ignored_layers = tuple(ignored_layers)
+        # training state, JSON-safe, saved in checkpoints
+        self.state = dict(events_done=0, dense_cost=None, pending=None)
+        self.regularizer = None
+        self._mask = None
+
+    # ------------------------------------------------------------ setup
+    @property
+    def num_events(self) -> int:
+        return len(self.positions)
+
+    def _cut_positions(self):
+        """Positions where pending soft selections are removed."""
+        return self.positions[1:] + [self.positions[-1] + self.interval]
+
+    def before_run(self, runner) -> None:
+        model = unwrap(runner.model)
+        make_prunable(model)
+        if self.regularizer_cfg is not None:
+            from ..registry import REGULARIZERS
+            self.regularizer = build_from(REGULARIZERS, self.regularizer_cfg,
+                                          'regularizer')
+            model._mmprune_loss_terms = [lambda: self.regularizer.loss(
+                unwrap(runner.model))]
+
+    def before_train(self, runner) -> None:
+        last = self._cut_positions()[-1] if self.soft else self.positions[-1]
+        total = runner.max_epochs if self.by_epoch else runner.max_iters
+        unit = 'epoch' if self.by_epoch else 'iteration'
+        if last > total:
+            raise ValueError(
+                f'ChannelPruningHook: the schedule ends at {unit} {last}, '
+                f'after training ends ({total} {unit}s)')
+        if self.by_epoch:
+            for hook in runner.hooks:
+                n = getattr(hook, 'num_last_epochs', None)
+                if type(hook).__name__ == 'YOLOXModeSwitchHook' and n and \
+                        last > total - n:
+                    raise ValueError(
+                        f'ChannelPruningHook: pruning must finish before '
+                        f'the last {n} no-augmentation epochs (it ends at '
+                        f'epoch {last}, they start after {total - n})')
+        model = unwrap(runner.model)
+        if self.state['dense_cost'] is None:
+            # fail before training if the graph cannot be analysed
+            graph = apis.analyze(model, self.residual_mode, self.trace_size,
+                                 self.ignored_layers)
+            self.state['dense_cost'] = self._cost(model, graph)
+            runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
+
+    # ------------------------------------------------------- the events
+    def _cost(self, model, graph=None, keep=None) -> float:
+        cost = apis.cost_model(model, self.input_size)
+        if self.budget == 'flops':
+            return float(cost.flops(graph, keep) if keep else cost.flops())
+        return float(cost.params_after(model, graph, keep) if keep else
+                     cost.params(model))
+
+    def target_at(self, k: int) -> float:
+        """Cumulative cost fraction of dense after event k (1-based)."""
+        return 1 - (1 - self.target) * _ramp(self.ramp, k / self.num_events)
+
+    def _position(self, runner) -> int:
+        return (runner.epoch + 1) if self.by_epoch else (runner.iter + 1)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if self._mask is not None:
+            model = unwrap(runner.model)
+            self._mask.apply(model)
+            optimizer = getattr(runner.optim_wrapper, 'optimizer', None)
+            if optimizer is not None:
+                self._mask.apply_state(model, optimizer)
+        if not self.by_epoch:
+            self._maybe_event(runner)
+
+    def after_train_epoch(self, runner) -> None:
+        if self.by_epoch:
+            self._maybe_event(runner)
+
+    def _maybe_event(self, runner) -> None:
+        pos = self._position(runner)
+        if self.soft and self.state['pending'] is not None and \
+                pos in self._cut_positions():
+            self._cut(runner, PruningPlan.from_dict(self.state['pending']))
+            self.state['pending'] = None
+        if pos in self.positions and \
+                self.state['events_done'] < self.num_events and \
+                self.positions[self.state['events_done']] == pos:
+            self._event(runner)
+
+    def _event(self, runner) -> None:
+        from mmengine.dist import broadcast_object_list, get_rank
+        model = unwrap(runner.model)
+        k = self.state['events_done'] + 1
+        graph = apis.analyze(model, self.residual_mode, self.trace_size,
+                             self.ignored_layers)
+        current = self._cost(model, graph)
+        goal = self.target_at(k) * self.state['dense_cost']
+        plan = None
+        if get_rank() == 0:
+            if current > goal:
+                scores = self.criterion.score(model, graph)
+                cfg = dict(self.allocator_cfg, ratio=min(1.0,
+                                                         goal / current))
+                allocator = build_from(ALLOCATORS, cfg, 'allocator')
+                cost = apis.cost_model(model, self.input_size)
+                keep = allocator.allocate(model, graph, scores, cost)
+                plan = apis.make_plan(graph, keep).to_dict()
+        box = [plan]
+        broadcast_object_list(box)  # every rank applies rank 0's plan
+        plan = box[0]
+        self.state['events_done'] = k
+        if plan is None:
+            runner.logger.info(f'mmprune: event {k}/{self.num_events}: '
+                               f'target already met')
+            return
+        if self.soft:
+            self.state['pending'] = plan
+            plan_obj = PruningPlan.from_dict(plan)
+            if self.regularizer is not None:
+                self.regularizer.select(graph, plan_obj.keep_arrays())
+            else:
+                self._mask = build_mask(model, graph, plan_obj.keep_arrays())
+                self._mask.apply(model)
+            runner.logger.info(f'mmprune: event {k}/{self.num_events}: '
+                               f'selected channels (soft), removal at the '
+                               f'next position')
+        else:
+            self._cut(runner, PruningPlan.from_dict(plan), graph)
+
+    def _cut(self, runner, plan: PruningPlan, graph=None) -> None:
+        model = unwrap(runner.model)
+        if graph is None:
+            graph = apis.analyze(model, self.residual_mode, self.trace_size,
+                                 self.ignored_layers)
+        plan.check_against(graph)
+        before = self._cost(model, graph)
+        prune_runner(runner, graph, plan.keep_arrays())
+        model = unwrap(runner.model)
+        plans = apis.model_plans(model) + [plan]
+        apis._record(model, plans, self.trace_size)
+        ema = find_ema(runner)
+        if ema is not None:
+            apis._record(ema.module, plans, self.trace_size)
+        self._mask = None
+        if self.regularizer is not None:
+            self.regularizer.select(None, None)
+        self._check_ranks(model)
+        self._log(runner, model, before)
+
+    # ---------------------------------------------------- consistency
+    @staticmethod
+    def structure_hash(model) -> str:
+        shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+        return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+
+    def _check_ranks(self, model) -> None:
+        from mmengine.dist import all_gather_object, get_world_size
+        if get_world_size() < 2:
+            return
+        hashes = all_gather_object(self.structure_hash(model))
+        if len(set(hashes)) != 1:
+            raise RuntimeError(f'mmprune: ranks disagree on the pruned '
+                               f'structure after an event: {hashes}')
+
+    def _log(self, runner, model, before) -> None:
+        from ..utils.report import stage_table
+        after = self._cost(model)
+        dense = self.state['dense_cost']
+        params = sum(p.numel() for p in model.parameters())
+        runner.logger.info(
+            f'mmprune: cut at {"epoch" if self.by_epoch else "iter"} '
+            f'{self._position(runner)}: {self.budget} {before / dense:.3f} '
+            f'-> {after / dense:.3f} of dense (target {self.target})\n' +
+            stage_table(model, self.input_size))
+        hub = runner.message_hub
+        hub.update_scalar(f'train/prune_{self.budget}_ratio', after / dense)
+        hub.update_scalar('train/prune_params_M', params / 1e6)
+
+    # ---------------------------------------------------- checkpoints
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        model = unwrap(runner.model)
+        state = dict(self.state)
+        if self.regularizer is not None:
+            state['regularizer'] = self.regularizer.state_dict()
+        checkpoint.setdefault('meta', {})[META_KEY] = make_meta(
+            apis.model_plans(model), self.trace_size, state)
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        meta = (checkpoint.get('meta') or {}).get(META_KEY)
+        if meta is None:
+            return
+        plans, size, state = read_meta(meta)
+        model = unwrap(runner.model)
+        old = dict(model.named_parameters())
+        if apis.replay(model, plans, size):
+            # the optimizer was built on the dense parameters; its state
+            # (when resuming) is loaded after this hook, already pruned
+            optimizer = getattr(getattr(runner, 'optim_wrapper', None),
+                                'optimizer', None)
+            if isinstance(optimizer, torch.optim.Optimizer):
+                rebind_optimizer(optimizer, old,
+                                 dict(model.named_parameters()), {})
+            ema = find_ema(runner)
+            if ema is not None:
+                apis.replay(ema.module, plans, size)
+                if hasattr(ema, 'avg_parameters'):
+                    ema.avg_parameters = (
+                        ema.module.state_dict() if ema.update_buffers else
+                        dict(ema.module.named_parameters()))
+            rewrap(runner, model)
+        # NOTE: mmengine exposes "is this a resume" only as runner._resume
+        if getattr(runner, '_resume', False) and state:
+            self.state.update({k: state[k] for k in self.state if k in state})
+            if self.regularizer is not None and 'regularizer' in state:
+                self.regularizer.load_state_dict(state['regularizer'])
+            if self.state.get('pending') and self.regularizer is None:
+                graph = apis.analyze(model, self.residual_mode,
+                                     self.trace_size, self.ignored_layers)
+                self._mask = build_mask(model, graph, PruningPlan.from_dict(
+                    self.state['pending']).keep_arrays())
+

@@ -1,0 +1,5 @@
+from .rebind import (find_ema, prune_ema, prune_runner, rebind_optimizer,
+                     rewrap, unwrap)
+
+__all__ = ['find_ema', 'prune_ema', 'prune_runner', 'rebind_optimizer',
+           'rewrap', 'unwrap']

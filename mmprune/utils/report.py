@@ -1,0 +1,38 @@
+"""Per-stage channel/FLOPs/params table for the training log."""
+from collections import OrderedDict
+
+import torch.nn as nn
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def stage_of(name: str) -> str:
+    """``backbone.stage2.1.main_conv.conv`` -> ``backbone.stage2``."""
+    parts = name.split('.')
+    return '.'.join(parts[:2]) if len(parts) > 2 else parts[0]
+
+
+def stage_rows(model: nn.Module, input_size=(640, 640)):
+    """[(stage, out channels, MACs, params)] in module order."""
+    from ..apis import cost_model
+    cost = cost_model(model, input_size)
+    rows = OrderedDict()
+    for name, mod in model.named_modules():
+        if not isinstance(mod, _CONVS) or name not in cost.mult:
+            continue
+        st = stage_of(name)
+        ch, macs, params = rows.get(st, (0, 0, 0))
+        w = mod.weight
+        out = w.shape[0]
+        macs += cost.mult[name] * cost.kernel[name] * w[0].numel() * out
+        params += sum(p.numel() for p in mod.parameters(recurse=False))
+        rows[st] = (ch + out, macs, params)
+    return [(k, *v) for k, v in rows.items()]
+
+
+def stage_table(model: nn.Module, input_size=(640, 640)) -> str:
+    lines = [f'{"stage":<28}{"channels":>10}{"GMACs":>10}{"params(M)":>11}']
+    for st, ch, macs, params in stage_rows(model, input_size):
+        lines.append(f'{st:<28}{ch:>10}{macs / 1e9:>10.3f}'
+                     f'{params / 1e6:>11.3f}')
+    return '\n'.join(lines)
