@@ -1,5 +1,6 @@
+from .ddp import MMPruneDDP
 from .rebind import (find_ema, prune_ema, prune_runner, rebind_optimizer,
                      rewrap, unwrap)
 
-__all__ = ['find_ema', 'prune_ema', 'prune_runner', 'rebind_optimizer',
-           'rewrap', 'unwrap']
+__all__ = ['MMPruneDDP', 'find_ema', 'prune_ema', 'prune_runner',
+           'rebind_optimizer', 'rewrap', 'unwrap']
