@@ -185,8 +185,17 @@ class ChannelPruningHook(Hook):
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
 
     # ------------------------------------------------------- the events
+    def _cost_model(self, model):
+        # spatial sizes never change with pruning, so one shape pass serves
+        # the whole run (the model reads current widths at every call)
+        if getattr(self, '_costs', None) is None or \
+                self._costs_for is not model:
+            self._costs = apis.cost_model(model, self.input_size)
+            self._costs_for = model
+        return self._costs
+
     def _cost(self, model, graph=None, keep=None) -> float:
-        cost = apis.cost_model(model, self.input_size)
+        cost = self._cost_model(model)
         if self.budget == 'flops':
             return float(cost.flops(graph, keep) if keep else cost.flops())
         return float(cost.params_after(model, graph, keep) if keep else
@@ -240,8 +249,8 @@ class ChannelPruningHook(Hook):
                 cfg = dict(self.allocator_cfg, ratio=min(1.0,
                                                          goal / current))
                 allocator = build_from(ALLOCATORS, cfg, 'allocator')
-                cost = apis.cost_model(model, self.input_size)
-                keep = allocator.allocate(model, graph, scores, cost)
+                keep = allocator.allocate(model, graph, scores,
+                                          self._cost_model(model))
                 plan = apis.make_plan(graph, keep).to_dict()
         box = [plan]
         broadcast_object_list(box)  # every rank applies rank 0's plan
@@ -309,7 +318,7 @@ class ChannelPruningHook(Hook):
             f'mmprune: cut at {"epoch" if self.by_epoch else "iter"} '
             f'{self._position(runner)}: {self.budget} {before / dense:.3f} '
             f'-> {after / dense:.3f} of dense (target {self.target})\n' +
-            stage_table(model, self.input_size))
+            stage_table(model, self._cost_model(model)))
         hub = runner.message_hub
         hub.update_scalar(f'train/prune_{self.budget}_ratio', after / dense)
         hub.update_scalar('train/prune_params_M', params / 1e6)

@@ -12,10 +12,9 @@ def stage_of(name: str) -> str:
     return '.'.join(parts[:2]) if len(parts) > 2 else parts[0]
 
 
-def stage_rows(model: nn.Module, input_size=(640, 640)):
-    """[(stage, out channels, MACs, params)] in module order."""
-    from ..apis import cost_model
-    cost = cost_model(model, input_size)
+def stage_rows(model: nn.Module, cost):
+    """[(stage, out channels, MACs, params)] in module order, with ``cost``
+    a :class:`~mmprune.utils.flops.CostModel` of ``model``."""
     rows = OrderedDict()
     for name, mod in model.named_modules():
         if not isinstance(mod, _CONVS) or name not in cost.mult:
@@ -30,9 +29,9 @@ def stage_rows(model: nn.Module, input_size=(640, 640)):
     return [(k, *v) for k, v in rows.items()]
 
 
-def stage_table(model: nn.Module, input_size=(640, 640)) -> str:
+def stage_table(model: nn.Module, cost) -> str:
     lines = [f'{"stage":<28}{"channels":>10}{"GMACs":>10}{"params(M)":>11}']
-    for st, ch, macs, params in stage_rows(model, input_size):
+    for st, ch, macs, params in stage_rows(model, cost):
         lines.append(f'{st:<28}{ch:>10}{macs / 1e9:>10.3f}'
                      f'{params / 1e6:>11.3f}')
     return '\n'.join(lines)
