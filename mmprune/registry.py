@@ -21,3 +21,7 @@ def build_from(registry: Registry, cfg, what: str):
         raise ValueError(f'unknown {what} {name!r}; valid names: {valid}')
     return registry.module_dict[name](**{k: v for k, v in cfg.items()
                                          if k != 'type'})
+
+# appended with the regularisers (mmprune/regularizers): training-loss terms
+# a pruning hook or model adds (TPP trainability protection, BN-L1)
+REGULARIZERS = Registry('pruning regularizer', scope='mmprune')

@@ -30,7 +30,7 @@ from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
 
 from .. import apis
-from ..allocators import BudgetAllocator
+from ..methods import get_method
 from ..models.prunable_detector import make_prunable
 from ..pruners.masking import build_mask
 from ..registry import ALLOCATORS, CRITERIA, build_from
@@ -52,6 +52,11 @@ class ChannelPruningHook(Hook):
     """Prune a detector to a FLOPs/params target while it trains.
 
     Args:
+        method (str, optional): a method preset (``'acp_tp'``, ``'bpc'``,
+            ``'fcp'``, ``'gcp_frs'``; see :mod:`mmprune.methods`). It
+            supplies the criterion, allocator, regularisers, residual mode,
+            soft/hard events, scoring pass and group filter; any argument
+            given here overrides it.
         target (float): fraction of the dense FLOPs (or params) to keep,
             in (0, 1]. Defaults to 0.5.
         budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
@@ -67,10 +72,21 @@ class ChannelPruningHook(Hook):
         end (int, optional): last event at or before this. Defaults to
             ``begin`` (a single event).
         interval (int): epochs/iters between events. Defaults to 1.
-        ramp (str): ``'cubic'`` or ``'linear'``. Defaults to 'cubic'.
-        soft (bool): select at events, cut at the next one. Defaults False.
-        regularizer (dict, optional): a regulariser cfg with ``loss(model)``
-            and ``select(graph, keep)``; implies ``soft``.
+        ramp (str, optional): ``'cubic'`` or ``'linear'``. Defaults to the
+            preset allocator's ramp, else 'cubic'.
+        soft (bool, optional): select at events, cut at the next one.
+            Defaults to True when a selection regulariser (TPP) is set.
+        regularizers (list[dict], optional): REGULARIZERS cfgs. A
+            regulariser with ``set_selection`` (TPP) penalises the channels
+            selected at a soft event; one with ``attach`` (BN-L1) acts on
+            every prunable channel all along. Their ``loss(model)`` terms
+            are added to the detector's loss.
+        scoring_batches (int, optional): for data-driven criteria with
+            ``attach`` (feature relevance): run this many training batches
+            (eval mode, no update) at each event to score. Without it such
+            a criterion accumulates during training (Taylor).
+        exclude_groups (dict, optional): ``filter_groups`` arguments
+            (``exclude_coupled``, ``exclude`` regexes).
         input_size (tuple): (H, W) for FLOPs. Defaults to (640, 640).
         trace_size (tuple): (H, W) of the dummy image for the graph trace.
         ignored_layers (Sequence[str]): modules whose outputs never prune.
@@ -86,16 +102,43 @@ class ChannelPruningHook(Hook):
 
     priority = 40
 
-    def __init__(self, target: float = 0.5, budget: str = 'flops',
-                 criterion='L1Criterion', allocator: Optional[dict] = None,
-                 residual_mode: str = 'coupled', by_epoch: bool = True,
+    def __init__(self, method: Optional[str] = None, target: float = 0.5,
+                 budget: str = 'flops', criterion=None,
+                 allocator: Optional[dict] = None,
+                 regularizers: Optional[Sequence[dict]] = None,
+                 residual_mode: Optional[str] = None, by_epoch: bool = True,
                  begin: int = 1, end: Optional[int] = None,
-                 interval: int = 1, ramp: str = 'cubic', soft: bool = False,
-                 regularizer: Optional[dict] = None,
+                 interval: int = 1, ramp: Optional[str] = None,
+                 soft: Optional[bool] = None,
+                 scoring_batches: Optional[int] = None,
+                 exclude_groups: Optional[dict] = None,
                  input_size: Sequence[int] = (640, 640),
                  trace_size: Sequence[int] = apis.TRACE_SIZE,
                  ignored_layers: Sequence[str] = (), min_keep: int = 8,
                  max_prune_ratio: float = 0.8, round_to: int = 1):
+        preset = get_method(method) if method is not None else None
+        if preset is not None:
+            criterion = criterion or preset.criterion
+            allocator = allocator or preset.allocator
+            residual_mode = residual_mode or preset.residual_mode
+            if regularizers is None:
+                regularizers = list(preset.regularizers)
+            if exclude_groups is None:
+                exclude_groups = dict(preset.groups)
+            if scoring_batches is None:
+                # data-driven presets score on a few batches at the event
+                # (GCP-FRS's scoring subset, BPC's calibration batches)
+                if 'scoring_images' in preset.options:
+                    scoring_batches = 16
+                elif 'search' in preset.options:
+                    scoring_batches = preset.options['search'].get(
+                        'calib_batches', 32)
+            if ramp is None:
+                ramp = preset.allocator.get('ramp', 'cubic')
+        criterion = criterion or 'L1Criterion'
+        ramp = ramp or 'cubic'
+        residual_mode = residual_mode or 'coupled'
+        regularizers = [dict(r) for r in (regularizers or ())]
         if not (isinstance(target, (int, float)) and 0 < target <= 1):
             raise ValueError(f'target must be in (0, 1], got {target!r}')
         if budget not in ('flops', 'params'):
@@ -109,13 +152,18 @@ class ChannelPruningHook(Hook):
         end = begin if end is None else end
         for name, v in (('begin', begin), ('end', end), ('interval',
                                                           interval)):
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f'{name} must be a non-negative int, got '
                                  f'{v!r}')
         if interval < 1:
             raise ValueError(f'interval must be >= 1, got {interval}')
         if end < begin:
             raise ValueError(f'end ({end}) is before begin ({begin})')
+        if scoring_batches is not None and not (
+                isinstance(scoring_batches, int) and scoring_batches >= 1):
+            raise ValueError(f'scoring_batches must be an int >= 1, got '
+                             f'{scoring_batches!r}')
+        self.method = preset.name if preset is not None else None
         self.criterion = build_from(CRITERIA, criterion, 'criterion')
         alloc_cfg = dict(allocator or dict(type='BudgetAllocator'))
         alloc_cfg.setdefault('min_keep', min_keep)
@@ -125,11 +173,17 @@ class ChannelPruningHook(Hook):
         alloc_cfg['ratio'] = 1.0
         build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
         self.allocator_cfg = alloc_cfg
-        self.regularizer_cfg = regularizer
+        from ..registry import REGULARIZERS
+        self.regularizers = [build_from(REGULARIZERS, r, 'regularizer')
+                             for r in regularizers]
+        selective = any(hasattr(r, 'set_selection')
+                        for r in self.regularizers)
         self.target, self.budget = float(target), budget
         self.residual_mode = residual_mode
         self.by_epoch, self.ramp = by_epoch, ramp
-        self.soft = bool(soft or regularizer is not None)
+        self.soft = selective if soft is None else bool(soft)
+        self.scoring_batches = scoring_batches
+        self.exclude_groups = dict(exclude_groups or {})
         self.positions = list(range(begin, end + 1, interval))
         self.interval = interval
         self.input_size = tuple(input_size)
@@ -137,7 +191,6 @@ class ChannelPruningHook(Hook):
         self.ignored_layers = tuple(ignored_layers)
         # training state, JSON-safe, saved in checkpoints
         self.state = dict(events_done=0, dense_cost=None, pending=None)
-        self.regularizer = None
         self._mask = None
 
     # ------------------------------------------------------------ setup
@@ -152,12 +205,11 @@ class ChannelPruningHook(Hook):
     def before_run(self, runner) -> None:
         model = unwrap(runner.model)
         make_prunable(model)
-        if self.regularizer_cfg is not None:
-            from ..registry import REGULARIZERS
-            self.regularizer = build_from(REGULARIZERS, self.regularizer_cfg,
-                                          'regularizer')
-            model._mmprune_loss_terms = [lambda: self.regularizer.loss(
-                unwrap(runner.model))]
+        if self.regularizers:
+            # read through runner.model: DDP may be re-wrapped after a cut
+            model._mmprune_loss_terms = [
+                (lambda r=r: r.loss(unwrap(runner.model)))
+                for r in self.regularizers]
 
     def before_train(self, runner) -> None:
         last = self._cut_positions()[-1] if self.soft else self.positions[-1]
@@ -183,6 +235,27 @@ class ChannelPruningHook(Hook):
                                  self.ignored_layers)
             self.state['dense_cost'] = self._cost(model, graph)
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
+        self._attach(model)
+
+    def _graph(self, model):
+        return apis.analyze(model, self.residual_mode, self.trace_size,
+                            self.ignored_layers)
+
+    def _attach(self, model, graph=None) -> None:
+        """(Re)attach whole-model regularisers and in-training criteria to
+        the current structure."""
+        if hasattr(self.criterion, 'detach'):
+            # forward hooks bound to the old structure must not see the
+            # trace of the new one
+            self.criterion.detach()
+        graph = graph or self._graph(model)
+        for r in self.regularizers:
+            if hasattr(r, 'attach'):
+                r.attach(graph)
+            if hasattr(r, 'set_selection') and not self.state['pending']:
+                r.set_selection(graph, {})
+        if hasattr(self.criterion, 'attach') and not self.scoring_batches:
+            self.criterion.attach(model, graph)
 
     # ------------------------------------------------------- the events
     def _cost_model(self, model):
@@ -210,6 +283,9 @@ class ChannelPruningHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
+        for r in self.regularizers:
+            if hasattr(r, 'step'):
+                r.step()
         if self._mask is not None:
             model = unwrap(runner.model)
             self._mask.apply(model)
@@ -243,9 +319,10 @@ class ChannelPruningHook(Hook):
         current = self._cost(model, graph)
         goal = self.target_at(k) * self.state['dense_cost']
         plan = None
+        scores = self._scores(runner, model, graph) if current > goal \
+            else None
         if get_rank() == 0:
             if current > goal:
-                scores = self.criterion.score(model, graph)
                 cfg = dict(self.allocator_cfg, ratio=min(1.0,
                                                          goal / current))
                 allocator = build_from(ALLOCATORS, cfg, 'allocator')
@@ -262,17 +339,82 @@ class ChannelPruningHook(Hook):
             return
         if self.soft:
             self.state['pending'] = plan
-            plan_obj = PruningPlan.from_dict(plan)
-            if self.regularizer is not None:
-                self.regularizer.select(graph, plan_obj.keep_arrays())
-            else:
-                self._mask = build_mask(model, graph, plan_obj.keep_arrays())
-                self._mask.apply(model)
+            self._select(runner, model, graph, PruningPlan.from_dict(plan))
             runner.logger.info(f'mmprune: event {k}/{self.num_events}: '
                                f'selected channels (soft), removal at the '
                                f'next position')
         else:
             self._cut(runner, PruningPlan.from_dict(plan), graph)
+
+    def _scores(self, runner, model, graph) -> dict:
+        """Scores of the groups this method prunes, identical on all ranks
+        (data-driven criteria all-reduce their sums)."""
+        crit = self.criterion
+        if hasattr(crit, 'attach') and self.scoring_batches:
+            self._scoring_pass(runner, model, graph)
+        if hasattr(crit, 'sync'):
+            crit.sync()
+        scores = crit.score(model, graph)
+        if hasattr(crit, 'detach') and self.scoring_batches:
+            crit.detach()
+        if self.exclude_groups:
+            from ..methods import filter_groups
+            keep = set(filter_groups(graph, **self.exclude_groups))
+            scores = {k: v for k, v in scores.items() if k in keep}
+        if hasattr(crit, 'reset') and not self.scoring_batches:
+            crit.reset()
+        return scores
+
+    def _scoring_pass(self, runner, model, graph) -> None:
+        """Backward ``scoring_batches`` training batches (BN in eval mode,
+        no optimizer step) so a relevance criterion can accumulate."""
+        from mmengine.dist import get_rank
+        from mmengine.utils import ProgressBar
+        self.criterion.attach(model, graph)
+        loader = runner.train_dataloader
+        bar = ProgressBar(self.scoring_batches) if get_rank() == 0 else None
+        was_training = model.training
+        model.eval()
+        try:
+            for i, batch in enumerate(loader):
+                if i >= self.scoring_batches:
+                    break
+                # training=False: no random resize of the scoring images
+                data = model.data_preprocessor(batch, False)
+                losses = model(**data, mode='loss')
+                loss, _ = model.parse_losses(losses)
+                loss.backward()
+                if bar is not None:
+                    bar.update()
+        finally:
+            model.train(was_training)
+            model.zero_grad(set_to_none=True)
+        if hasattr(self.criterion, 'sync'):
+            self.criterion.sync()
+
+    def _select(self, runner, model, graph, plan: PruningPlan) -> None:
+        """Soft event: penalise (TPP) or mask the selected channels."""
+        keep = plan.keep_arrays()
+        selective = [r for r in self.regularizers
+                     if hasattr(r, 'set_selection')]
+        if not selective:
+            self._mask = build_mask(model, graph, keep)
+            self._mask.apply(model)
+            return
+        drop = {}
+        for g in graph.groups:
+            if g.name in keep:
+                d = np.setdiff1d(np.arange(g.width), keep[g.name])
+                if len(d):
+                    drop[g.name] = d.tolist()
+        window = self.interval * (len(runner.train_dataloader)
+                                  if self.by_epoch else 1)
+        for r in selective:
+            if hasattr(r, 'delta_for_window') and hasattr(r, 'delta'):
+                # lambda ramps 0 -> lambda_max over the window to the cut
+                r.delta = r.delta_for_window(window, r.lambda_max,
+                                             getattr(r, 'interval', 1))
+            r.set_selection(graph, drop, reset_lambda=True)
 
     def _cut(self, runner, plan: PruningPlan, graph=None) -> None:
         model = unwrap(runner.model)
@@ -281,6 +423,8 @@ class ChannelPruningHook(Hook):
                                  self.ignored_layers)
         plan.check_against(graph)
         before = self._cost(model, graph)
+        if hasattr(self.criterion, 'detach'):
+            self.criterion.detach()
         prune_runner(runner, graph, plan.keep_arrays())
         model = unwrap(runner.model)
         plans = apis.model_plans(model) + [plan]
@@ -289,8 +433,7 @@ class ChannelPruningHook(Hook):
         if ema is not None:
             apis._record(ema.module, plans, self.trace_size)
         self._mask = None
-        if self.regularizer is not None:
-            self.regularizer.select(None, None)
+        self._attach(model)
         self._check_ranks(model)
         self._log(runner, model, before)
 
@@ -327,8 +470,8 @@ class ChannelPruningHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
         state = dict(self.state)
-        if self.regularizer is not None:
-            state['regularizer'] = self.regularizer.state_dict()
+        state['regularizers'] = [r.state_dict() for r in self.regularizers
+                                 if hasattr(r, 'state_dict')]
         checkpoint.setdefault('meta', {})[META_KEY] = make_meta(
             apis.model_plans(model), self.trace_size, state)
 
@@ -358,11 +501,19 @@ class ChannelPruningHook(Hook):
         # NOTE: mmengine exposes "is this a resume" only as runner._resume
         if getattr(runner, '_resume', False) and state:
             self.state.update({k: state[k] for k in self.state if k in state})
-            if self.regularizer is not None and 'regularizer' in state:
-                self.regularizer.load_state_dict(state['regularizer'])
-            if self.state.get('pending') and self.regularizer is None:
-                graph = apis.analyze(model, self.residual_mode,
-                                     self.trace_size, self.ignored_layers)
+            regs = [r for r in self.regularizers if hasattr(r,
+                                                            'state_dict')]
+            saved = state.get('regularizers', [])
+            graph = None
+            if self.state.get('pending') or regs:
+                graph = self._graph(model)
+            for r, st in zip(regs, saved):
+                if 'graph' in r.load_state_dict.__code__.co_varnames:
+                    r.load_state_dict(st, graph=graph)
+                else:
+                    r.load_state_dict(st)
+            if self.state.get('pending') and not any(
+                    hasattr(r, 'set_selection') for r in self.regularizers):
                 self._mask = build_mask(model, graph, PruningPlan.from_dict(
                     self.state['pending']).keep_arrays())
 

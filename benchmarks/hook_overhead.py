@@ -1,0 +1,156 @@
+"""Cost of ChannelPruningHook itself (issue: prune-while-training overhead).
+
+    .venv/bin/python benchmarks/hook_overhead.py \
+        [--out benchmarks/results/hook_overhead.json]
+
+Measures, on CPU, in one process (ratios are taken within this one run):
+
+1. ``masked_iter_ratio``: a training iteration of YOLOX-tiny (batch 2,
+   320 px) with the hook in a masked (soft) phase, over one without the
+   hook (median of N iterations each, alternating blocks to share noise);
+2. ``event_seconds``: one hard prune event (trace, score, allocate to 50 %
+   FLOPs, cut, rebind optimizer) on YOLOX-s at 640 px;
+3. ``prune_run_ratio``: wall time of a short training run that prunes to
+   50 % FLOPs after its first epoch, over the dense run with the same epochs.
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def build(cfg_name):
+    import mmprune  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmprune.apis import load_config
+    from mmprune.utils.offline import check_offline_weights
+    import warnings
+    register_all_modules()
+    cfg = load_config(cfg_name)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        check_offline_weights(cfg)
+    cfg.model.data_preprocessor.batch_augments = None
+    return MODELS.build(cfg.model)
+
+
+class FakeRunner:
+    """What the hook touches of a Runner, for timing outside mmengine's
+    loop (the optimizer wrapper is real)."""
+
+    def __init__(self, model, optim_wrapper):
+        import logging
+        from mmengine.logging import MessageHub
+        self.model, self.optim_wrapper = model, optim_wrapper
+        self.hooks, self.epoch, self.iter = [], 0, 0
+        self.logger = logging.getLogger('bench')
+        self.message_hub = MessageHub.get_instance('bench')
+        self.max_epochs = self.max_iters = 10**6
+
+
+def train_step(model, wrapper, batch):
+    with wrapper.optim_context(model):
+        losses = model(*batch, mode='loss')
+    loss = sum(v for k, v in losses.items() if 'loss' in k and
+               not isinstance(v, list))
+    wrapper.update_params(loss)
+
+
+def fake_batch(n, size, num_classes=80):
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, size, size, generator=gen)
+    samples = []
+    for _ in range(n):
+        s = DetDataSample(metainfo=dict(img_shape=(size, size),
+                                        batch_input_shape=(size, size),
+                                        pad_shape=(size, size),
+                                        scale_factor=(1., 1.)))
+        inst = InstanceData()
+        inst.bboxes = torch.tensor([[10., 20., 120., 160.],
+                                    [150., 40., 300., 300.]])
+        inst.labels = torch.tensor([1, 5])
+        s.gt_instances = inst
+        samples.append(s)
+    return x, samples
+
+
+def masked_iteration_ratio(iters):
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmprune.hooks import ChannelPruningHook
+    model = build('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py').train()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
+                                           momentum=0.9))
+    batch = fake_batch(2, 320)
+    runner = FakeRunner(model, wrapper)
+    hook = ChannelPruningHook(target=0.5, soft=True, input_size=(320, 320))
+    hook.before_run(runner)
+    hook.state['dense_cost'] = hook._cost(model)
+    hook._event(runner)  # select + mask; the masked phase starts
+    assert hook._mask is not None and len(hook._mask) > 0
+    for _ in range(2):
+        train_step(model, wrapper, batch)
+    plain, hooked = [], []
+    for _ in range(iters):
+        for times, with_hook in ((plain, False), (hooked, True)):
+            t = time.perf_counter()
+            train_step(model, wrapper, batch)
+            if with_hook:
+                hook.after_train_iter(runner, 0)
+            times.append(time.perf_counter() - t)
+    return statistics.median(hooked) / statistics.median(plain)
+
+
+def event_seconds():
+    import torch
+    from mmengine.optim import OptimWrapper
+    from mmprune.hooks import ChannelPruningHook
+    model = build('mmdet::yolox/yolox_s_8xb8-300e_coco.py').train()
+    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
+                                           momentum=0.9))
+    runner = FakeRunner(model, wrapper)
+    hook = ChannelPruningHook(target=0.5, input_size=(640, 640))
+    hook.before_run(runner)
+    hook.state['dense_cost'] = hook._cost(model)  # done once, before_train
+    t = time.perf_counter()
+    hook._event(runner)
+    return time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument('--iters', type=int, default=10)
+    p.add_argument('--out', default='benchmarks/results/hook_overhead.json')
+    a = p.parse_args()
+    import torch
+    res = dict(machine=dict(platform=platform.platform(),
+                            cpus=os.cpu_count()),
+               torch=torch.__version__,
+               commit=subprocess.run(['git', 'rev-parse', 'HEAD'],
+                                     capture_output=True,
+                                     text=True).stdout.strip())
+    res['masked_iter_ratio'] = masked_iteration_ratio(a.iters)
+    res['event_seconds'] = event_seconds()
+    print(json.dumps(res, indent=1))
+    os.makedirs(osp.dirname(a.out), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(a.out))
+    with os.fdopen(fd, 'w') as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, a.out)
+
+
+if __name__ == '__main__':
+    main()

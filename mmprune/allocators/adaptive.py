@@ -1,0 +1,161 @@
+"""Adaptive sparsity allocation to a global target, ramped over events.
+
+ACP-TP's "adaptive sparsity control module" (Liu et al., "Adaptive Channel
+Pruning for Trainability Protection", PRCV 2023, DOI
+10.1007/978-981-99-8549-4_12; abstract only: per-layer pruning rates are
+assigned from a preset target). Reconstruction, methods spec §1B(b), all
+**our choice**:
+
+* prune events ``k = 1..E``; the cumulative reduction at event ``k`` is
+  ``R_k = R* (1 - (1 - k/E)^3)`` (``ramp='cubic'``, Zhu & Gupta,
+  https://arxiv.org/abs/1710.01878) or ``R* k / E`` (``'linear'``), where
+  ``R* = 1 - ratio``; so event ``k`` keeps ``1 - R_k`` of ``dense_cost``
+  (the unpruned model's cost, by default the current model's);
+* scores are layer-normalised by the group median (``normalize``), then
+  one global order is cut by the exact-cost budget solver (§0.5); the
+  per-group rates emerge from the global ranking - the "adaptive" part;
+* optional cost awareness: ``cost_weight`` ``eta`` divides group ``g``'s
+  normalised scores by ``(delta_g / mean delta)^eta``, ``delta_g`` the
+  exact cost saved by dropping one of its channels, so expensive channels
+  go first at equal importance (0 = off, the default);
+* channels pruned at earlier events (``pruned=``) stay pruned and count
+  towards ``R_k`` (hard-masked channels are never revived);
+* ``min_keep``, ``max_prune_ratio``, ``round_to``, ``fill`` as in
+  :mod:`mmprune.allocators.base`.
+"""
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..registry import ALLOCATORS
+from .base import (NORMALIZATIONS, BaseAllocator, GlobalOrder, fill_budget,
+                   global_entries)
+
+RAMPS = ('cubic', 'linear')
+
+
+def ramp_reduction(reduction: float, event: int, num_events: int,
+                   ramp: str = 'cubic') -> float:
+    """Cumulative reduction ``R_k`` of event ``event`` out of
+    ``num_events`` for a final reduction ``reduction`` (``R*``)."""
+    if ramp not in RAMPS:
+        raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
+    if isinstance(num_events, bool) or not (isinstance(num_events, int)
+                                            and num_events >= 1):
+        raise ValueError(f'num_events must be an int >= 1, got '
+                         f'{num_events!r}')
+    if isinstance(event, bool) or not (isinstance(event, int)
+                                       and 1 <= event <= num_events):
+        raise ValueError(f'event must be an int in [1, {num_events}], got '
+                         f'{event!r}')
+    frac = event / num_events
+    if ramp == 'cubic':
+        return reduction * (1.0 - (1.0 - frac) ** 3)
+    return reduction * frac
+
+
+@ALLOCATORS.register_module()
+class AdaptiveAllocator(BaseAllocator):
+    """ACP-TP adaptive allocation to a global target with a ramp.
+
+    Args:
+        ratio (float): final cost to keep, fraction of ``dense_cost`` in
+            (0, 1] (``R* = 1 - ratio``). Defaults to 0.5.
+        ramp (str): ``'cubic'`` or ``'linear'``. Defaults to 'cubic'.
+        normalize (str): per-group normalisation (``'median'``, ``'mean'``,
+            ``'max'``, ``'l2'``, ``'none'``). Defaults to 'median'.
+        cost_weight (float): ``eta`` >= 0 (see module docstring). Defaults
+            to 0.
+        Others: see :class:`mmprune.allocators.base.BaseAllocator`.
+
+    Examples:
+        >>> alloc = AdaptiveAllocator(ratio=0.5, round_to=8)
+        >>> keep = alloc.allocate(model, graph, scores, cost, event=3,
+        ...                       num_events=18, pruned=previous_pruned)
+    """
+
+    def __init__(self, ratio: float = 0.5, ramp: str = 'cubic',
+                 normalize: str = 'median', cost_weight: float = 0.0,
+                 **kwargs):
+        super().__init__(ratio, **kwargs)
+        if ramp not in RAMPS:
+            raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f'normalize must be one of {NORMALIZATIONS}, '
+                             f'got {normalize!r}')
+        if isinstance(cost_weight, bool) or not (
+                isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+            raise ValueError(f'cost_weight must be a number >= 0, got '
+                             f'{cost_weight!r}')
+        self.ramp, self.normalize = ramp, normalize
+        self.cost_weight = float(cost_weight)
+
+    def target_ratio(self, event: Optional[int] = None,
+                     num_events: Optional[int] = None) -> float:
+        """Cost to keep at ``event`` of ``num_events`` (both None: the final
+        ``ratio``), as a fraction of the dense cost."""
+        if event is None and num_events is None:
+            return self.ratio
+        if event is None or num_events is None:
+            raise ValueError('event and num_events must be given together')
+        return 1.0 - ramp_reduction(1.0 - self.ratio, event, num_events,
+                                    self.ramp)
+
+    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
+                 event: Optional[int] = None,
+                 num_events: Optional[int] = None,
+                 pruned: Optional[dict] = None,
+                 dense_cost: Optional[float] = None
+                 ) -> Dict[str, np.ndarray]:
+        """Return ``{group name: kept indices}`` for event ``event``.
+
+        Args:
+            event (int | None): prune event, 1-based. Defaults to None (the
+                final target).
+            num_events (int | None): number of events E.
+            pruned (dict | None): ``{group: indices}`` pruned earlier.
+            dense_cost (float | None): reference cost of the unpruned
+                model. Defaults to the current model's cost.
+        """
+        keep_ratio = self.target_ratio(event, num_events)
+        gs = self.prepare(graph, scores)
+        groups = [g for g, _ in gs]
+        measure = self.measure_fn(model, graph, cost)
+        base = measure({})
+        if dense_cost is None:
+            dense_cost = base
+        elif not (isinstance(dense_cost, (int, float)) and dense_cost > 0):
+            raise ValueError(f'dense_cost must be > 0, got {dense_cost!r}')
+        weights = None
+        if self.cost_weight > 0:
+            weights = self._cost_weights(groups, measure, base)
+        entries = global_entries(gs, self.normalize, weights)
+        order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
+                            [self.floor(g.width) for g in groups],
+                            self.round_to, self.forced_drops(groups, pruned))
+        target = keep_ratio * dense_cost
+        when = 'the final target' if event is None else \
+            f'event {event}/{num_events}'
+        drop = order.solve(
+            measure, target,
+            f'{self.budget} ratio {keep_ratio:.4f} of the dense cost at '
+            f'{when} (min_keep={self.min_keep}, max_prune_ratio='
+            f'{self.max_prune_ratio}, round_to={self.round_to})', dense_cost)
+        if self.fill:
+            rank = {(gi, c): s for s, gi, c in entries}
+            prio = [(lambda d, gi=gi: rank.get((gi, d[-1]), -np.inf)
+                     if d else -np.inf) for gi in range(len(groups))]
+            drop = fill_budget(groups, drop, order.forced, prio,
+                               self.round_to, measure, target, order.keep)
+        return order.keep(drop)
+
+    def _cost_weights(self, groups, measure, base):
+        """``(delta_g / mean delta)^eta`` per group slot."""
+        delta = []
+        for g in groups:
+            free = np.nonzero(~np.asarray(g.pinned))[0]
+            kept = np.setdiff1d(np.arange(g.width), free[:1])
+            delta.append(max(base - measure({g.name: kept}), 1e-12))
+        delta = np.asarray(delta, dtype=np.float64)
+        return (delta / delta.mean()) ** self.cost_weight

@@ -1,0 +1,282 @@
+"""Shared allocator machinery: argument checks, score preparation and the
+exact-cost solvers every allocator uses.
+
+An allocator turns ``{group: (G,) scores}`` into ``{group: kept indices}``
+that meet a FLOPs or params target measured by the exact cost model
+(:class:`mmprune.utils.flops.CostModel`). Two solvers live here:
+
+* :class:`GlobalOrder`: drop channels in one global ascending order (after
+  per-group normalisation), bisecting on *how many* to drop, since cost is
+  not additive once both sides of a conv shrink (~log2(#channels) exact
+  cost evaluations). Budget, global-threshold and adaptive allocation use
+  it.
+* :func:`fill_budget` (**our choice**, ``fill=True``): the last channel the
+  bisection drops can cost far more than the remaining slack (one channel
+  of a wide 3x3 conv is several % of a small net). Filling re-adds, group
+  by group, the best dropped channel (one ``round_to`` unit) while the
+  target still holds, so every allocator lands within about one channel's
+  cost of its target.
+
+Constraints every allocator honours: keep at least ``max(min_keep,
+ceil((1 - max_prune_ratio) * width))`` channels per group (never fewer than
+1, never more than the width), kept counts rounded up to multiples of
+``round_to`` (unless the group has too few prunable channels), pinned
+channels kept, and previously pruned channels (``pruned=``) kept pruned.
+"""
+import abc
+import logging
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+logger = logging.getLogger('mmprune')
+
+NORMALIZATIONS = ('none', 'mean', 'median', 'max', 'l2')
+NAN_POLICIES = ('raise', 'skip')
+
+
+def check_ratio(ratio, name: str = 'ratio') -> float:
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float))
+                                       and 0 < ratio <= 1):
+        raise ValueError(f'{name} must be in (0, 1], got {ratio!r}')
+    return float(ratio)
+
+
+def normalize_group(s: np.ndarray, free: np.ndarray, mode: str
+                    ) -> np.ndarray:
+    """Scale one group's scores by a statistic of its prunable channels
+    (``none``/``mean``/``median``/``max``/``l2``); a non-positive
+    statistic leaves them unscaled."""
+    if mode == 'none' or not free.any():
+        return s
+    f = s[free]
+    stat = {'mean': f.mean, 'median': lambda: np.median(f),
+            'max': f.max, 'l2': lambda: np.linalg.norm(f)}[mode]()
+    return s / stat if stat > 0 else s
+
+
+class BaseAllocator(metaclass=abc.ABCMeta):
+    """Validated common arguments and helpers.
+
+    Args:
+        ratio (float): cost to keep as a fraction of the reference cost,
+            in (0, 1]. 0.5 = keep half the FLOPs.
+        budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
+        min_keep (int): fewest channels kept per group, >= 1. Defaults
+            to 8.
+        max_prune_ratio (float): largest fraction removed from one group,
+            in [0, 1). Defaults to 0.8.
+        round_to (int): kept counts are multiples of this. Defaults to 1.
+        nan_policy (str): non-finite scores in a group: ``'raise'`` a
+            ValueError naming it, or ``'skip'`` the group (kept whole,
+            logged once). Defaults to 'raise'.
+        fill (bool): fill the leftover budget (see module docstring).
+            Defaults to True.
+    """
+
+    def __init__(self, ratio: float = 0.5, budget: str = 'flops',
+                 min_keep: int = 8, max_prune_ratio: float = 0.8,
+                 round_to: int = 1, nan_policy: str = 'raise',
+                 fill: bool = True):
+        self.ratio = check_ratio(ratio)
+        if budget not in ('flops', 'params'):
+            raise ValueError(f"budget must be 'flops' or 'params', got "
+                             f'{budget!r}')
+        if isinstance(min_keep, bool) or not (isinstance(min_keep, int)
+                                              and min_keep >= 1):
+            raise ValueError(f'min_keep must be an int >= 1, got {min_keep!r}')
+        if isinstance(max_prune_ratio, bool) or not (
+                isinstance(max_prune_ratio, (int, float))
+                and 0 <= max_prune_ratio < 1):
+            raise ValueError(f'max_prune_ratio must be in [0, 1), got '
+                             f'{max_prune_ratio!r}')
+        if isinstance(round_to, bool) or not (isinstance(round_to, int)
+                                              and round_to >= 1):
+            raise ValueError(f'round_to must be an int >= 1, got {round_to!r}')
+        if nan_policy not in NAN_POLICIES:
+            raise ValueError(f'nan_policy must be one of {NAN_POLICIES}, got '
+                             f'{nan_policy!r}')
+        self.budget = budget
+        self.min_keep, self.max_prune_ratio = min_keep, float(max_prune_ratio)
+        self.round_to = round_to
+        self.nan_policy = nan_policy
+        self.fill = bool(fill)
+        self._warned = set()
+
+    @abc.abstractmethod
+    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
+                 **kwargs) -> Dict[str, np.ndarray]:
+        """Return ``{group name: kept indices}`` meeting the target."""
+
+    # ------------------------------------------------------------ helpers
+    def floor(self, width: int) -> int:
+        keep = max(self.min_keep,
+                   math.ceil((1 - self.max_prune_ratio) * width - 1e-9))
+        return max(1, min(width, keep))
+
+    def measure_fn(self, model, graph, cost) -> Callable[[dict], int]:
+        if self.budget == 'flops':
+            return lambda keep: cost.flops(graph, keep)
+        return lambda keep: cost.params_after(model, graph, keep)
+
+    def prepare(self, graph, scores: Dict[str, torch.Tensor]
+                ) -> List[Tuple[object, np.ndarray]]:
+        """``[(group, (G,) float64 scores)]`` of the prunable groups that
+        have scores, validated (shape, finiteness per ``nan_policy``)."""
+        out = []
+        for g in graph.prunable_groups():
+            if g.name not in scores:
+                continue
+            s = scores[g.name]
+            s = s.detach().double().cpu().numpy() if isinstance(
+                s, torch.Tensor) else np.asarray(s, dtype=np.float64)
+            if s.shape != (g.width, ):
+                raise ValueError(f'criterion gave {s.shape} scores for group '
+                                 f'{g.name!r} of width {g.width}')
+            if not np.all(np.isfinite(s)):
+                if self.nan_policy == 'raise':
+                    raise ValueError(
+                        f'non-finite scores (NaN/Inf) in group {g.name!r}; '
+                        f"set nan_policy='skip' to keep such groups whole")
+                if g.name not in self._warned:
+                    self._warned.add(g.name)
+                    logger.warning('mmprune: group %s has non-finite scores; '
+                                   'it is kept whole', g.name)
+                continue
+            out.append((g, s))
+        return out
+
+    def forced_drops(self, groups, pruned: Optional[dict]
+                     ) -> List[List[int]]:
+        """Per group slot, the already pruned channels (kept pruned)."""
+        forced = [[] for _ in groups]
+        if not pruned:
+            return forced
+        names = {g.name: i for i, g in enumerate(groups)}
+        for name, idx in pruned.items():
+            if name not in names:
+                continue
+            g = groups[names[name]]
+            idx = sorted({int(i) for i in np.asarray(idx).reshape(-1)})
+            if idx and (idx[0] < 0 or idx[-1] >= g.width):
+                raise ValueError(f'pruned[{name!r}] has indices outside '
+                                 f'[0, {g.width})')
+            if any(g.pinned[i] for i in idx):
+                raise ValueError(f'pruned[{name!r}] names pinned channels')
+            forced[names[name]] = idx
+        return forced
+
+
+class GlobalOrder:
+    """Drop a prefix of one global order, with per-group caps, forced drops
+    and ``round_to`` rounding.
+
+    Args:
+        groups (list): channel groups (slot = position in this list).
+        entries (list[tuple]): ``(slot, channel)`` in drop order.
+        floors (list[int]): fewest kept channels per slot.
+        round_to (int): kept counts rounded up to multiples of this.
+        forced (list[list[int]]): channels dropped regardless of ``n``.
+    """
+
+    def __init__(self, groups, entries, floors, round_to: int = 1,
+                 forced: Optional[List[List[int]]] = None):
+        self.groups = groups
+        self.floors = floors
+        self.round_to = round_to
+        self.forced = forced or [[] for _ in groups]
+        fset = [set(f) for f in self.forced]
+        self.entries = [(gi, c) for gi, c in entries if c not in fset[gi]]
+
+    def drops(self, n: int) -> List[List[int]]:
+        """Per slot dropped channels for the first ``n`` order entries:
+        forced ones first, then in order, then rounded."""
+        drop = [list(f) for f in self.forced]
+        for gi, c in self.entries[:n]:
+            if self.groups[gi].width - len(drop[gi]) > self.floors[gi]:
+                drop[gi].append(c)
+        for gi, g in enumerate(self.groups):
+            d, nf = drop[gi], len(self.forced[gi])
+            kept = g.width - len(d)
+            rounded = min(g.width, -(-kept // self.round_to) * self.round_to)
+            undo = min(rounded - kept, len(d) - nf)  # never un-drop forced
+            drop[gi] = d[:len(d) - undo]
+        return drop
+
+    def keep(self, drop: List[List[int]]) -> Dict[str, np.ndarray]:
+        keep = {}
+        for gi, g in enumerate(self.groups):
+            mask = np.ones(g.width, dtype=bool)
+            mask[drop[gi]] = False
+            keep[g.name] = np.nonzero(mask)[0]
+        return keep
+
+    def solve(self, measure, target: float, what: str, base: float
+              ) -> List[List[int]]:
+        """Smallest prefix whose cost is <= ``target``; raises a
+        ValueError quoting ``what`` when even the largest misses it."""
+        lo, hi = 0, len(self.entries)
+        most = measure(self.keep(self.drops(hi)))
+        if most > target:
+            raise ValueError(
+                f'{what} cannot be met: the most it can prune reaches '
+                f'{most / max(base, 1):.3f} of the reference cost (target '
+                f'{target / max(base, 1):.3f})')
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if measure(self.keep(self.drops(mid))) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.drops(lo)
+
+
+def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
+                priority: Sequence[Callable[[List[int]], float]],
+                round_to: int, measure, target: float,
+                keep_fn) -> List[List[int]]:
+    """Re-add dropped channels while the cost stays <= ``target``.
+
+    Each round offers every group one unit: its last ``round_to`` non-forced
+    dropped channels (``drop`` lists are in drop order, so the last are the
+    most important), groups ordered by ``priority[slot](drop)`` descending.
+    Rounds repeat until no group accepts.
+    """
+    drop = [list(d) for d in drop]
+    nforced = [len(f) for f in forced]
+    changed = True
+    while changed:
+        changed = False
+        order = sorted(range(len(groups)),
+                       key=lambda gi: (-priority[gi](drop[gi]), gi))
+        for gi in order:
+            free = len(drop[gi]) - nforced[gi]
+            if free <= 0:
+                continue
+            unit = min(round_to, free)
+            trial = list(drop)
+            trial[gi] = drop[gi][:len(drop[gi]) - unit]
+            if measure(keep_fn(trial)) <= target:
+                drop = trial
+                changed = True
+    return drop
+
+
+def global_entries(groups_scores, normalize: str,
+                   weights: Optional[Sequence[float]] = None
+                   ) -> List[Tuple[float, int, int]]:
+    """``(normalised score, slot, channel)`` of every prunable channel,
+    sorted ascending (ties by slot, channel). ``weights[slot]`` divides a
+    group's scores (cost-aware orders)."""
+    entries = []
+    for gi, (g, s) in enumerate(groups_scores):
+        free = ~np.asarray(g.pinned)
+        s = normalize_group(s, free, normalize)
+        if weights is not None:
+            s = s / weights[gi]
+        for c in np.nonzero(free)[0]:
+            entries.append((float(s[c]), gi, int(c)))
+    entries.sort(key=lambda e: (e[0], e[1], e[2]))
+    return entries

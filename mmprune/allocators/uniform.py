@@ -1,0 +1,93 @@
+"""Uniform allocation: the same prune ratio in every group.
+
+The classic layer-wise-uniform protocol (e.g. FPGM, He et al. CVPR 2019,
+https://arxiv.org/abs/1811.00250; the probable BPC protocol, methods spec
+§2B(b)): every group drops the same fraction ``p`` of its width, keeping
+its highest-scoring channels, and ``p`` is solved so that the FLOPs or
+params target is met.
+
+Our choices: group ``g`` keeps ``max(floor_g, ceil((1 - p) * W_g))``
+channels rounded up to ``round_to``; ``p`` is found by bisection over the
+finite set of ratios ``j / W_g`` where some group's count changes (exact
+cost at each step). With ``fill`` (default) the leftover budget is then
+filled one unit at a time, most-pruned groups first, so groups differ by at
+most about one unit from a common ratio and the target is met tightly.
+Scores only choose *which* channels go; the counts do not depend on them.
+"""
+import math
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from ..registry import ALLOCATORS
+from .base import BaseAllocator, fill_budget
+
+
+@ALLOCATORS.register_module()
+class UniformAllocator(BaseAllocator):
+    """Same prune ratio per group, solved to meet the target.
+
+    Args: see :class:`mmprune.allocators.base.BaseAllocator`.
+
+    Examples:
+        >>> alloc = UniformAllocator(ratio=0.5, round_to=8)
+        >>> keep = alloc.allocate(model, graph, scores, cost)
+        >>> alloc.prune_ratio_     # the common ratio found
+    """
+
+    prune_ratio_ = None
+
+    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost
+                 ) -> Dict[str, np.ndarray]:
+        """Return ``{group name: kept indices}`` meeting the target."""
+        gs = self.prepare(graph, scores)
+        groups = [g for g, _ in gs]
+        orders = []
+        for g, s in gs:
+            free = np.nonzero(~np.asarray(g.pinned))[0]
+            orders.append(free[np.argsort(s[free], kind='stable')].tolist())
+        floors = [self.floor(g.width) for g in groups]
+
+        def drops(p: float) -> List[List[int]]:
+            out = []
+            for g, order, fl in zip(groups, orders, floors):
+                kept = max(fl, math.ceil((1 - p) * g.width - 1e-9))
+                kept = min(g.width, -(-kept // self.round_to) * self.round_to)
+                out.append(order[:min(g.width - kept, len(order))])
+            return out
+
+        def keep_of(drop):
+            keep = {}
+            for g, d in zip(groups, drop):
+                mask = np.ones(g.width, dtype=bool)
+                mask[d] = False
+                keep[g.name] = np.nonzero(mask)[0]
+            return keep
+
+        measure = self.measure_fn(model, graph, cost)
+        base = measure({})
+        target = self.ratio * base
+        ratios = sorted({j / g.width for g in groups
+                         for j in range(g.width + 1)})
+        if measure(keep_of(drops(ratios[-1]))) > target:
+            most = measure(keep_of(drops(ratios[-1])))
+            raise ValueError(
+                f'{self.budget} ratio {self.ratio} cannot be met under '
+                f'min_keep={self.min_keep}, max_prune_ratio='
+                f'{self.max_prune_ratio}: the most it can prune reaches '
+                f'{most / max(base, 1):.3f}')
+        lo, hi = 0, len(ratios) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if measure(keep_of(drops(ratios[mid]))) <= target:
+                hi = mid
+            else:
+                lo = mid + 1
+        self.prune_ratio_ = ratios[lo]
+        drop = drops(ratios[lo])
+        if self.fill:
+            prio = [(lambda d, w=g.width: len(d) / w) for g in groups]
+            drop = fill_budget(groups, drop, [[] for _ in groups], prio,
+                               self.round_to, measure, target, keep_of)
+        return keep_of(drop)

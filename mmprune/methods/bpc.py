@@ -1,0 +1,73 @@
+"""BPC preset: Blending Pruning Criteria.
+
+Paper: He, Huang, Liang, Liang, Yang, "Blending Pruning Criteria for
+Convolutional Neural Networks", ICANN 2021, LNCS 12894 pp. 3-15,
+arXiv 2107.05033 (abstract only). Specification: methods spec §2.
+
+Confirmed: criteria are clustered layer-wise by the rank of their scores;
+calibration factors weigh the blending candidates; an evolutionary
+algorithm searches the blend.
+
+Our choices (methods spec §2B, all configurable here):
+
+* pool {L1, L2, FPGM, BN-gamma, Taylor-FO, HRank}
+  (:data:`mmprune.criteria.blended.DEFAULT_POOL`), data-driven members on
+  32 calibration batches;
+* Spearman clustering per group cut at rho >= 0.9, medoid representatives,
+  candidates voted per stage, alphas in [0, 1] shared within a stage;
+* EA (``tools/search_blend.py``): population 32 (seeded with one-hot
+  candidates and the uniform blend), 20 generations, elite 8, binary
+  tournament, uniform crossover p=0.5, Gaussian mutation sigma=0.2 p=0.1;
+  fitness = negative detection loss on 200 held-out images after
+  adaptive-BN recalibration on 50 train batches (mAP optional), under a
+  fixed uniform allocation at the target;
+* allocation: uniform ratio per group solved for the FLOPs target
+  (``'global'`` optional); prune once after training, then fine-tune
+  (YOLOX 100 epochs at 0.5x LR; Faster R-CNN 12 epochs);
+* residual streams, FPN (coupled), heads shared across levels and the RoI
+  head excluded.
+
+The preset's criterion is the uniform blend of the pool; replace it with
+the blend the search writes (``criterion=dict(type='BlendedCriterion',
+**blend)``).
+"""
+import copy
+
+from ..criteria.blended import DEFAULT_POOL
+from .preset import MethodPreset
+
+BPC = MethodPreset(
+    name='bpc',
+    title='Blending Pruning Criteria for Convolutional Neural Networks',
+    paper='He et al., ICANN 2021, LNCS 12894 pp. 3-15, arXiv 2107.05033',
+    residual_mode='coupled',
+    criterion=dict(type='BlendedCriterion',
+                   criteria=copy.deepcopy(DEFAULT_POOL),
+                   alphas={'*': {k: 1.0 for k in DEFAULT_POOL}}),
+    allocator=dict(type='UniformAllocator', ratio=0.5, budget='flops',
+                   min_keep=8, max_prune_ratio=0.8, round_to=1),
+    regularizers=(),
+    schedules=dict(
+        yolox=dict(unit='once', when='before_train', finetune_epochs=100,
+                   lr_mult=0.5, no_mosaic_last_epochs=15),
+        rcnn_1x=dict(unit='once', when='before_train', finetune_epochs=12,
+                     lr_mult=1.0),
+    ),
+    family='yolox',
+    groups=dict(exclude_coupled=True, exclude_shared=True,
+                exclude=('^rpn_head', '^roi_head')),
+    options=dict(search=dict(pool=sorted(DEFAULT_POOL), rho_threshold=0.9,
+                             vote=0.5, pop_size=32, generations=20, elite=8,
+                             crossover_p=0.5, mutation_sigma=0.2,
+                             mutation_p=0.1, calib_batches=32,
+                             bn_batches=50, fitness_images=200,
+                             fitness='neg_det_loss', allocation='uniform')),
+    our_choices=(
+        'pool {L1, L2, FPGM, BN-gamma, Taylor-FO, HRank}',
+        'Spearman, average linkage at rho >= 0.9, medoids, stage vote',
+        'rank normalisation, alphas in [0, 1] shared per stage',
+        'EA 32 x 20, elite 8, tournament, crossover 0.5, mutation 0.2/0.1',
+        'fitness: -detection loss after adaptive BN (50 batches)',
+        'uniform allocation solved for the FLOPs target',
+    ),
+)
