@@ -11,8 +11,11 @@ PYTEST_ARGS ?= -q -x --durations=15
 setup:
 	bash tools/setup_env.sh
 
+# One intra-op thread: the test models are small, and on a busy 2-core machine
+# torch's second thread spins against other processes (measured: a YOLOX-tiny
+# training test took 76 s with 2 threads under load, 10 s with one).
 test: setup
-	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 demo: setup
 	$(PYTHON) tools/demo.py

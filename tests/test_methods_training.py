@@ -14,11 +14,12 @@ from test_hook_training import pruning_cfg, shapes
 @pytest.mark.parametrize('method', ['acp_tp', 'bpc', 'fcp', 'gcp_frs'])
 def test_method_prunes_to_target_in_training(method, tmp_path, mmdet_config,
                                              synth_data):
-    hook = dict(method=method, target=0.6, begin=1, end=2, interval=1)
-    if method == 'gcp_frs':
-        hook['scoring_batches'] = 1
-    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path, max_epochs=3,
+    # one event after epoch 1 (ACP-TP: select there, cut after epoch 2)
+    hook = dict(method=method, target=0.6, begin=1, end=1, interval=1,
+                scoring_batches=1)
+    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path, max_epochs=2,
                       **hook)
+    cfg.train_cfg.val_interval = 100  # no validation: keep the test short
     runner = Runner.from_cfg(cfg)
     runner.train()
     model = runner.model
