@@ -8,8 +8,10 @@ For each model it reports:
 * mmprune ``analyze`` time (trace at 128 px, the default, and at 640 px);
 * Torch-Pruning 1.6.1 ``DependencyGraph.build_dependency`` time at 640 px
   (if torch-pruning is installed: ``pip install --no-deps torch-pruning==1.6.1``);
-* dense vs compact (L1, ``--ratio`` FLOPs kept) MACs and CPU latency at
-  640 px batch 1 (median of N runs), and realized speedup / FLOPs speedup.
+* dense vs compact (L1, ``--ratio`` FLOPs kept, BudgetAllocator with its
+  default limits and with the "speed" limits ``max_prune_ratio=0.5,
+  round_to=8``) MACs and CPU latency at the model's usual input size,
+  batch 1, median of N runs, and realized speedup / FLOPs speedup.
 Results are written atomically as JSON with the machine and versions.
 """
 import argparse
@@ -24,6 +26,12 @@ import tempfile
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+# BudgetAllocator settings compared (L1 scores, same FLOPs target)
+SETTINGS = {
+    'default': dict(),  # max_prune_ratio=0.8, round_to=1
+    'speed': dict(max_prune_ratio=0.5, round_to=8),
+}
 
 CONFIGS = {
     'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', (416, 416)),
@@ -105,22 +113,26 @@ def run_model(name, ratio, runs):
     rec['mmprune_graph_s_full_size'] = time.perf_counter() - t
     rec['torch_pruning_graph_s'] = tp_graph_time(copy.deepcopy(model), size)
     cost = apis.cost_model(model, size)
-    keep = BudgetAllocator(ratio).allocate(
-        model, graph, L1Criterion().score(model, graph), cost)
-    compact = copy.deepcopy(model)
-    apis.prune(compact, apis.make_plan(graph, keep), graph)
     rec['dense_gmacs'] = cost.flops() / 1e9
-    rec['compact_gmacs'] = apis.cost_model(compact, size).flops() / 1e9
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     fn_d, x = tensor_forward(model, size)
-    fn_c, _ = tensor_forward(compact, size)
     rec['dense_latency_s'] = latency(fn_d, x[0], runs)
-    rec['compact_latency_s'] = latency(fn_c, x[0], runs)
-    flops_speedup = rec['dense_gmacs'] / rec['compact_gmacs']
-    real = rec['dense_latency_s'] / rec['compact_latency_s']
-    rec['flops_speedup'] = flops_speedup
-    rec['realized_speedup'] = real
-    rec['realized_over_flops'] = real / flops_speedup
+    scores = L1Criterion().score(model, graph)
+    rec['settings'] = {}
+    for label, kw in SETTINGS.items():
+        keep = BudgetAllocator(ratio, **kw).allocate(model, graph, scores,
+                                                     cost)
+        compact = copy.deepcopy(model)
+        apis.prune(compact, apis.make_plan(graph, keep), graph)
+        r = dict(allocator=kw)
+        r['compact_gmacs'] = apis.cost_model(compact, size).flops() / 1e9
+        fn_c, _ = tensor_forward(compact, size)
+        r['compact_latency_s'] = latency(fn_c, x[0], runs)
+        r['flops_speedup'] = rec['dense_gmacs'] / r['compact_gmacs']
+        r['realized_speedup'] = rec['dense_latency_s'] / \
+            r['compact_latency_s']
+        r['realized_over_flops'] = r['realized_speedup'] / \
+            r['flops_speedup']
+        rec['settings'][label] = r
     return rec
 
 
@@ -131,18 +143,23 @@ def main():
                    choices=sorted(CONFIGS))
     p.add_argument('--ratio', type=float, default=0.5)
     p.add_argument('--runs', type=int, default=5)
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch intra-op threads for the latency runs (1 is '
+                   'the least sensitive to other load on the machine)')
     p.add_argument('--out',
                    default='benchmarks/results/graph_and_speed.json')
     a = p.parse_args()
     import torch
     import mmdet
+    torch.set_num_threads(a.threads)
     commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
                             text=True).stdout.strip()
     res = dict(machine=dict(platform=platform.platform(),
                             cpus=os.cpu_count(),
                             processor=platform.processor()),
                versions=dict(torch=torch.__version__, mmdet=mmdet.__version__),
-               commit=commit, ratio=a.ratio, results=[])
+               commit=commit, ratio=a.ratio, threads=a.threads, runs=a.runs,
+               results=[])
     for m in a.models:
         r = run_model(m, a.ratio, a.runs)
         print(json.dumps(r))

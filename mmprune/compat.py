@@ -1,5 +1,5 @@
 # Copyright (c) mmprune contributors. All rights reserved.
-"""Make mmengine/mmdet checkpoints load under ``torch.load(weights_only=True)``.
+"""Load mmengine/mmdet checkpoints with ``torch.load(weights_only=True)``.
 
 Since torch 2.6, ``torch.load`` defaults to ``weights_only=True``. mmengine
 0.10.7 calls ``torch.load(filename, map_location=...)`` without the argument

@@ -204,3 +204,25 @@ def test_one_step_after_cut_equals_small_model_step():
                               small.named_parameters()):
         assert torch.equal(p, q), n
     assert [g['lr'] for g in opt.param_groups] == [0.1, 0.05]
+
+
+def test_det_inferencer_loads_pruned_checkpoint(trained, tmp_path):
+    """mmdet's own DetInferencer, given the training config with the model
+    wrapped in PrunableDetector, rebuilds the pruned model from the state
+    dict alone and predicts."""
+    import numpy as np
+    from mmdet.apis import DetInferencer
+    runner, cfg, work = trained
+    cfg = copy.deepcopy(cfg)
+    cfg.model = dict(type='PrunableDetector', architecture=cfg.model)
+    path = str(tmp_path / 'infer_cfg.py')
+    cfg.dump(path)
+    inferencer = DetInferencer(model=path,
+                               weights=osp.join(work, 'epoch_3.pth'),
+                               device='cpu', show_progress=False)
+    assert shapes(inferencer.model) == shapes(runner.model)
+    img = (np.random.default_rng(0).random((128, 128, 3)) * 255).astype(
+        np.uint8)
+    out = inferencer(img, return_datasamples=True)
+    pred = out['predictions'][0].pred_instances
+    assert pred.bboxes.shape[-1] == 4 and len(pred.scores) > 0

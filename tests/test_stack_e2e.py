@@ -363,8 +363,9 @@ def test_resume_continues_from_saved_iteration(yolox_run, mmdet_config,
     # ... and training moved them on afterwards.
     final = runner.optim_wrapper.state_dict()
     first = next(iter(ckpt['optimizer']['state']))
-    assert not torch.equal(ckpt['optimizer']['state'][first]['momentum_buffer'],
-                           final['state'][first]['momentum_buffer'])
+    assert not torch.equal(
+        ckpt['optimizer']['state'][first]['momentum_buffer'],
+        final['state'][first]['momentum_buffer'])
     # The LR schedulers resumed too.
     assert record.start_sched_steps == [
         s['last_step'] for s in ckpt['param_schedulers']

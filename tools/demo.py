@@ -24,6 +24,9 @@ import time
 import warnings
 
 import mmprune  # noqa: F401  (first: torch.load safe globals, registries)
+import mmcv
+import mmdet
+import mmengine
 import torch
 from mmengine.hooks import Hook
 from mmengine.hub import get_config
@@ -38,9 +41,9 @@ BASE_CONFIG = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
 DATA_DIR = 'data/synth'
 WORK_DIR = 'work_dirs/demo'
 IMG_SIZE = 320  # train and test input side (the dataset is drawn at 320)
-EPOCHS = 8
+EPOCHS = 10
 BATCH_SIZE = 8
-BASE_LR = 0.01  # SGD, per batch of BATCH_SIZE (mmdet: 0.01 per batch of 64)
+BASE_LR = 0.002  # AdamW (mmdet's YOLOX recipe: SGD 0.01 per batch of 64)
 NUM_WORKERS = 2
 # -----------------------------------------------------------------------------
 
@@ -145,7 +148,14 @@ def build_config(args, data: dict):
         type='EpochBasedTrainLoop',
         max_epochs=args.epochs,
         val_interval=args.epochs)
-    cfg.optim_wrapper.optimizer.lr = args.lr
+    # From scratch and only a few hundred iterations: AdamW got further than
+    # mmdet's SGD recipe in our short CPU runs (SGD lr 0.01, 10 epochs:
+    # mAP@50 0.001; AdamW lr 0.002, 8 epochs: 0.013). Norm and bias weights
+    # are not decayed, as in mmdet's config.
+    cfg.optim_wrapper = dict(
+        type='OptimWrapper',
+        optimizer=dict(type='AdamW', lr=args.lr, weight_decay=0.05),
+        paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
     # mmdet's YOLOX schedule, shrunk: quadratic warm-up, then cosine.
     warmup = max(1, args.epochs // 8)
     cfg.param_scheduler = [
@@ -272,7 +282,6 @@ def print_table(summary: dict) -> None:
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     register_all_modules(init_default_scope=False)
 
     data = prepare_data(args.data_dir)
@@ -291,6 +300,12 @@ def main(argv=None):
         for k, v in (val.metrics or {}).items()
         if isinstance(v, (int, float))
     }
+    if not metrics:
+        # mmdet's CocoMetric returns nothing (and logs "The testing results
+        # of the whole dataset is empty") when no box passes score_thr.
+        print('[demo] CocoMetric returned no metrics: no detection scored '
+              f'above {cfg.model.test_cfg.score_thr}; train longer '
+              '(--epochs)')
     summary = dict(
         model=BASE_CONFIG.split('/')[-1],
         dense=True,
@@ -302,6 +317,7 @@ def main(argv=None):
         epochs=args.epochs,
         iterations=runner.iter,
         batch_size=args.batch_size,
+        optimizer='AdamW',
         lr=args.lr,
         metrics=metrics,
         params=cost['params'],
@@ -312,6 +328,9 @@ def main(argv=None):
         torch_threads=torch.get_num_threads(),
         versions=dict(
             torch=torch.__version__,
+            mmengine=mmengine.__version__,
+            mmcv=mmcv.__version__,
+            mmdet=mmdet.__version__,
             mmprune=mmprune.__version__,
             python=sys.version.split()[0]),
         checkpoint=osp.join(args.work_dir, f'epoch_{args.epochs}.pth'))

@@ -1,11 +1,12 @@
 # Copyright (c) mmprune contributors. All rights reserved.
 """Keep mmdet configs from reaching for the network.
 
-mmdet configs name pretrained weights by URL: ``init_cfg=dict(type='Pretrained',
-checkpoint='torchvision://resnet50')``, ``open-mmlab://...``, ``https://...``
-and a top-level ``load_from``. mmengine fetches them at ``init_weights()`` /
-``load_or_resume()`` time. On a machine without internet that either hangs
-on a socket or fails deep inside the Runner, after the dataset has been built.
+mmdet configs name pretrained weights by URL, in
+``init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')``
+(or ``open-mmlab://...``, ``https://...``) and in a top-level ``load_from``.
+mmengine fetches them at ``init_weights()`` / ``load_or_resume()`` time. On a
+machine without internet that either hangs on a socket or fails deep inside
+the Runner, after the dataset has been built.
 
 :func:`check_offline_weights` resolves every such reference *without any
 network call*, using only the URL tables that ship with mmengine
@@ -48,7 +49,8 @@ class RemoteWeights(NamedTuple):
     Attributes:
         key (str): Dotted location in the config, e.g.
             ``'model.backbone.init_cfg.checkpoint'`` or ``'load_from'``.
-        spec (str): The reference as written, e.g. ``'torchvision://resnet50'``.
+        spec (str): The reference as written, e.g.
+            ``'torchvision://resnet50'``.
         local_path (str, optional): The cached file it resolves to, or None
             when it is not available offline.
     """
