@@ -70,6 +70,21 @@ def latency(fn, x, runs):
     return ts[len(ts) // 2]
 
 
+def latencies(fns, x, runs):
+    """Median seconds per forward of each callable, measured in interleaved
+    rounds after two warm-up rounds."""
+    import torch
+    times = {k: [] for k in fns}
+    with torch.no_grad():
+        for r in range(runs + 2):
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn(x)
+                if r >= 2:
+                    times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
 def tp_graph_time(model, size):
     try:
         import torch_pruning as tp
@@ -115,24 +130,27 @@ def run_model(name, ratio, runs):
     cost = apis.cost_model(model, size)
     rec['dense_gmacs'] = cost.flops() / 1e9
     fn_d, x = tensor_forward(model, size)
-    rec['dense_latency_s'] = latency(fn_d, x[0], runs)
     scores = L1Criterion().score(model, graph)
+    fns = {'dense': fn_d}
     rec['settings'] = {}
     for label, kw in SETTINGS.items():
         keep = BudgetAllocator(ratio, **kw).allocate(model, graph, scores,
                                                      cost)
         compact = copy.deepcopy(model)
         apis.prune(compact, apis.make_plan(graph, keep), graph)
-        r = dict(allocator=kw)
-        r['compact_gmacs'] = apis.cost_model(compact, size).flops() / 1e9
-        fn_c, _ = tensor_forward(compact, size)
-        r['compact_latency_s'] = latency(fn_c, x[0], runs)
+        rec['settings'][label] = dict(
+            allocator=kw,
+            compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
+        fns[label] = tensor_forward(compact, size)[0]
+    # interleaved rounds: every variant sees the same machine noise
+    lat = latencies(fns, x[0], runs)
+    rec['dense_latency_s'] = lat['dense']
+    for label, r in rec['settings'].items():
+        r['compact_latency_s'] = lat[label]
         r['flops_speedup'] = rec['dense_gmacs'] / r['compact_gmacs']
-        r['realized_speedup'] = rec['dense_latency_s'] / \
-            r['compact_latency_s']
+        r['realized_speedup'] = lat['dense'] / lat[label]
         r['realized_over_flops'] = r['realized_speedup'] / \
             r['flops_speedup']
-        rec['settings'][label] = r
     return rec
 
 
