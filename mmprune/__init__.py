@@ -6,7 +6,8 @@ makes mmengine checkpoints loadable under torch>=2.6 (see :mod:`mmprune.compat`)
 """
 from .version import __version__
 from . import compat  # noqa: F401  (registers torch.load safe globals)
-from . import allocators, criteria  # noqa: F401  (register components)
+from . import allocators, criteria, regularizers  # noqa: F401  (register)
+from . import methods  # noqa: F401  (the four presets)
 from . import hooks, models, runtime  # noqa: F401  (mmdet registries)
 
 __all__ = ['__version__']

@@ -52,6 +52,18 @@ def _guarded_connect(self, address):
 
 
 @pytest.fixture(autouse=True, scope='session')
+def _one_thread():
+    """The test models are tiny: one intra-op thread is faster than two
+    that spin against other processes on a shared 2-core machine (the
+    Makefile also sets OMP_NUM_THREADS=1)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope='session')
 def _no_network():
     socket.socket.connect = _guarded_connect
     yield

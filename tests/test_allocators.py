@@ -19,15 +19,6 @@ from mmprune.registry import ALLOCATORS, build_from
 from mmprune.utils.flops import CostModel
 from test_graph_toy import ToyDetector, randomise_bn
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two that spin
-    against other processes on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 ALLOCS = {
     'budget': lambda **kw: BudgetAllocator(fill=True, **kw),

@@ -20,16 +20,6 @@ from mmprune.utils.flops import CostModel
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two that spin
-    against other processes on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def load_tool():
     spec = importlib.util.spec_from_file_location(
         'search_blend', osp.join(ROOT, 'tools', 'search_blend.py'))

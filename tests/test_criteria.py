@@ -28,16 +28,6 @@ from mmprune.registry import CRITERIA, build_from
 from test_graph_toy import ToyDetector, randomise_bn
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two that spin
-    against other processes on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def conv_bn(cin, cout, k=1, bias=False):
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias),
                          nn.BatchNorm2d(cout))

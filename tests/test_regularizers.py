@@ -16,16 +16,6 @@ from mmprune.regularizers import (BNL1Regularizer, TPPRegularizer,
                                   selected_norm_ratio)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny tensors: one intra-op thread is much faster than two that spin
-    against other processes on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Net(nn.Module):
     """conv(+bias)-bn-relu -> conv-bn-relu -> conv head; the first group
     is a plain conv group, the second a conv with bias but no BN."""

@@ -58,8 +58,16 @@ def criterion_by_name(name: str):
     from mmprune.registry import CRITERIA
     import mmprune.criteria  # noqa: F401  (registers)
     key = name.replace('_', '').lower()
+    data_driven = ('taylorcriterion', 'featurerelevancecriterion',
+                   'hrankcriterion', 'blendedcriterion')
     for reg in CRITERIA.module_dict:
         if reg.lower() in (key, key + 'criterion'):
+            if reg.lower() in data_driven:
+                raise SystemExit(
+                    f'--criterion: {reg} needs data or a searched blend; '
+                    f'use ChannelPruningHook (training) or '
+                    f'tools/search_blend.py. One-shot weight criteria: l1, '
+                    f'l2, bn_scale, fpgm, weight_similarity')
             return CRITERIA.module_dict[reg]()
     raise SystemExit(f'--criterion: unknown criterion {name!r}; valid: '
                      f'{sorted(CRITERIA.module_dict)}')
