@@ -29,8 +29,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # BudgetAllocator settings compared (L1 scores, same FLOPs target)
 SETTINGS = {
-    'default': dict(),  # max_prune_ratio=0.8, round_to=1
-    'speed': dict(max_prune_ratio=0.5, round_to=8),
+    'default': dict(type='BudgetAllocator'),  # max_prune_ratio=0.8
+    'speed': dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=8),
+    # cost-aware global order: expensive channels go first, so fewer
+    # channels (and fewer thin layers) are needed for the same FLOPs
+    'cost_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
+                       max_prune_ratio=0.5, round_to=8),
 }
 
 CONFIGS = {
@@ -115,7 +119,7 @@ def run_model(name, ratio, runs):
     import torch
     from mmprune import apis
     from mmprune.adapters import tensor_forward
-    from mmprune.allocators import BudgetAllocator
+    from mmprune.registry import ALLOCATORS, build_from
     from mmprune.criteria import L1Criterion
     size = CONFIGS[name][1]
     model = build(name)
@@ -134,8 +138,8 @@ def run_model(name, ratio, runs):
     fns = {'dense': fn_d}
     rec['settings'] = {}
     for label, kw in SETTINGS.items():
-        keep = BudgetAllocator(ratio, **kw).allocate(model, graph, scores,
-                                                     cost)
+        alloc = build_from(ALLOCATORS, dict(kw, ratio=ratio), 'allocator')
+        keep = alloc.allocate(model, graph, scores, cost)
         compact = copy.deepcopy(model)
         apis.prune(compact, apis.make_plan(graph, keep), graph)
         rec['settings'][label] = dict(
