@@ -87,6 +87,7 @@ class ChannelGraph:
         self.fine_fallbacks = list(fine_fallbacks)
         self.groups: List[ChannelGroup] = []
         self.class_to_group: Dict[int, tuple] = {}
+        self._full: Dict[str, np.ndarray] = {}  # see full_through
         self._build_groups()
 
     # ------------------------------------------------------------ build
@@ -169,20 +170,17 @@ class ChannelGraph:
 
     def full_through(self, rec: ModuleRecord) -> np.ndarray:
         """(C_in,) True where an input column is read from a scattered
-        writer: the compact model keeps that column at full stream width."""
-        full = np.zeros(len(rec.inp), dtype=bool)
-        if not self.scatter:
-            return full
-        names = self._names_by_index()
-        for via in rec.in_vias:
-            full |= np.array([v >= 0 and names[v] in self.scatter
-                              for v in via.tolist()])
-        return full
-
-    def _names_by_index(self):
-        if not hasattr(self, '_by_index'):
-            self._by_index = {}
-        return _IndexNames(self.records, self._by_index)
+        writer: the compact model keeps that column at full stream width.
+        It does not depend on the plan, so it is computed once."""
+        if rec.name not in self._full:
+            full = np.zeros(len(rec.inp), dtype=bool)
+            if self.scatter:
+                scattered = {r.index for r in self.records.values()
+                             if r.name in self.scatter}
+                for via in rec.in_vias:
+                    full |= np.isin(via, list(scattered))
+            self._full[rec.name] = full
+        return self._full[rec.name]
 
     def kept_classes(self, keep: Dict[str, np.ndarray]) -> np.ndarray:
         """Boolean keep flag per class root, from ``{group: kept indices}``.
@@ -231,19 +229,6 @@ class ChannelGraph:
         for f in self.fine_fallbacks:
             lines.append(f'  fine mode: {f}')
         return '\n'.join(lines)
-
-
-class _IndexNames:
-    """Lazy map module index -> name over the records (scatter lookups)."""
-
-    def __init__(self, records, cache):
-        if not cache:
-            for r in records.values():
-                cache[r.index] = r.name
-        self._cache = cache
-
-    def __getitem__(self, i):
-        return self._cache.get(i, '')
 
 
 def build_channel_graph(model: nn.Module, forward_fn, inputs,

@@ -35,7 +35,7 @@ from ..models.prunable_detector import make_prunable
 from ..pruners.masking import build_mask
 from ..registry import ALLOCATORS, CRITERIA, build_from
 from ..runtime.rebind import (find_ema, prune_runner, rebind_optimizer,
-                              rewrap, unwrap)
+                              refresh_ema_cache, rewrap, unwrap)
 from ..structures import META_KEY, PruningPlan, make_meta, read_meta
 
 logger = logging.getLogger('mmprune')
@@ -493,10 +493,7 @@ class ChannelPruningHook(Hook):
             ema = find_ema(runner)
             if ema is not None:
                 apis.replay(ema.module, plans, size)
-                if hasattr(ema, 'avg_parameters'):
-                    ema.avg_parameters = (
-                        ema.module.state_dict() if ema.update_buffers else
-                        dict(ema.module.named_parameters()))
+                refresh_ema_cache(ema)
             rewrap(runner, model)
         # NOTE: mmengine exposes "is this a resume" only as runner._resume
         if getattr(runner, '_resume', False) and state:

@@ -73,13 +73,18 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, old: Dict[str, nn.Paramet
         group['params'] = params
 
 
-def prune_ema(ema_model, graph, keep) -> None:
-    """Cut mmengine's averaged model with the same plan."""
-    apply_compact(ema_model.module, graph, keep)
+def refresh_ema_cache(ema_model) -> None:
+    """Rebuild the averaged model's cache of (now replaced) tensors."""
     if hasattr(ema_model, 'avg_parameters'):
         ema_model.avg_parameters = (
             ema_model.module.state_dict() if ema_model.update_buffers else
             dict(ema_model.module.named_parameters()))
+
+
+def prune_ema(ema_model, graph, keep) -> None:
+    """Cut mmengine's averaged model with the same plan."""
+    apply_compact(ema_model.module, graph, keep)
+    refresh_ema_cache(ema_model)
 
 
 def find_ema(runner) -> Optional[object]:
