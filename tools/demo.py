@@ -16,10 +16,8 @@ published COCO results.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
-import tempfile
 import time
 import warnings
 
@@ -34,6 +32,7 @@ from mmengine.runner import Runner
 
 from mmdet.utils import register_all_modules
 from mmprune.datasets.synthetic import make_synthetic_dataset
+from mmprune.utils.io import write_json_atomic
 from mmprune.utils.offline import check_offline_weights
 
 # ---- demo settings: edit these ---------------------------------------------
@@ -231,22 +230,6 @@ def model_cost(model, size: int) -> dict:
     finally:
         model.train(was_training)
     return out
-
-
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON through a temporary file in the same folder + os.replace,
-    so a reader never sees a half-written summary."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.summary.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def print_table(summary: dict) -> None:

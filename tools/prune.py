@@ -10,17 +10,22 @@
 * ``pruned.pth``: the compact weights, with the plan in
   ``meta['mmprune']`` (``mmprune.apis.init_pruned_detector`` loads it);
 * ``plan.json``: the plan (group -> kept indices);
-* ``report.json``: dense and pruned FLOPs (MACs at the input size) and
-  params, and per-group widths.
+* ``report.json``: ``flops_before/after`` (MACs at the input size),
+  ``params_before/after``, ``input_shape``, ``residual_mode``,
+  ``num_groups``, ``max_abs_diff`` (masked vs compact on one random input)
+  and ``layers`` (module -> [channels before, channels after]);
+* ``config.py``: CONFIG with ``custom_imports=['mmprune']`` and the model
+  wrapped in ``PrunableDetector``, so ``tools/test.py DIR/config.py
+  DIR/pruned.pth`` (or mmdet's own test script) rebuilds the pruned
+  structure from the checkpoint before loading its weights.
 
 This command line is a contract other tools and checks rely on.
 """
 import argparse
-import json
+import copy
 import os
 import os.path as osp
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -73,18 +78,15 @@ def criterion_by_name(name: str):
                      f'{sorted(CRITERIA.module_dict)}')
 
 
-def atomic_write(path: str, write) -> None:
-    """Write via a temp file in the same folder, then rename."""
-    d = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp_' + osp.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+def pruned_config(cfg):
+    """``cfg`` with mmprune imported and its detector in PrunableDetector."""
+    imports = list((cfg.get('custom_imports') or {}).get('imports', []))
+    if 'mmprune' not in imports:
+        imports.append('mmprune')
+    cfg.custom_imports = dict(imports=imports, allow_failed_imports=False)
+    if cfg.model.get('type') != 'PrunableDetector':
+        cfg.model = dict(type='PrunableDetector', architecture=cfg.model)
+    return cfg
 
 
 def main(argv=None):
@@ -96,6 +98,11 @@ def main(argv=None):
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.allocators import BudgetAllocator
+    from mmprune.adapters import output_diff, tensor_outputs
+    from mmprune.pruners.masking import build_mask
+    from mmprune.utils.io import (atomic_write, write_json_atomic,
+                                  write_text_atomic)
+    from mmprune.utils.report import module_widths
     from mmprune.utils.offline import check_offline_weights
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -120,38 +127,64 @@ def main(argv=None):
     t_graph = time.perf_counter() - t0
     cost = apis.cost_model(model, size)
     dense_flops, dense_params = cost.flops(), cost.params(model)
+    widths_before = module_widths(model)
     scores = criterion.score(model, graph)
     allocator = BudgetAllocator(args.flops_ratio, min_keep=args.min_keep,
                                 max_prune_ratio=args.max_prune_ratio,
                                 round_to=args.round_to)
     keep = allocator.allocate(model, graph, scores, cost)
     plan = apis.make_plan(graph, keep)
+    # masked vs compact on the same random input (the input size of the
+    # FLOPs count): the cut must change nothing but the zeroed channels
+    masked = copy.deepcopy(model)
+    build_mask(masked, graph, keep).apply(masked)
+    masked_out = tensor_outputs(masked, size, seed=0)
+    del masked
     apis.prune(model, plan, graph)
+    diff = output_diff(masked_out, tensor_outputs(model, size, seed=0))
     plans = apis.model_plans(model)
     pruned_flops = apis.cost_model(model, size).flops()
     pruned_params = sum(p.numel() for p in model.parameters())
+    widths_after = module_widths(model)
 
-    os.makedirs(args.work_dir, exist_ok=True)
+    layers = {name: [w, widths_after.get(name, 0)]
+              for name, w in widths_before.items()}
     report = dict(
         config=args.config, checkpoint=args.checkpoint,
         criterion=args.criterion, residual_mode=args.residual_mode,
         flops_ratio_target=args.flops_ratio, input_size=list(size),
-        dense=dict(flops=dense_flops, params=dense_params),
-        pruned=dict(flops=pruned_flops, params=pruned_params),
+        input_shape=[1, 3, *size],
+        flops_before=dense_flops, flops_after=pruned_flops,
+        params_before=dense_params, params_after=pruned_params,
         flops_ratio=pruned_flops / dense_flops,
         params_ratio=pruned_params / dense_params,
+        num_groups=len(graph.groups),
+        num_pruned_groups=sum(
+            1 for g in graph.groups
+            if len(keep.get(g.name, range(g.width))) < g.width),
+        max_abs_diff=diff['max_abs_diff'],
+        max_rel_diff=diff['max_rel_diff'],
         graph_seconds=round(t_graph, 3),
+        layers=layers,
+        dense=dict(flops=dense_flops, params=dense_params),
+        pruned=dict(flops=pruned_flops, params=pruned_params),
         groups={g.name: dict(width=g.width, kept=len(keep.get(g.name,
                                                                range(g.width))))
                 for g in graph.groups})
     ckpt = dict(state_dict=model.state_dict(),
                 meta={apis.META_KEY: apis.make_meta(plans, apis.TRACE_SIZE)})
+    # DIR/config.py: CONFIG with mmprune imported and the model wrapped in
+    # PrunableDetector, whose state-dict pre-hook replays the structure
+    # stored in pruned.pth, so tools/test.py and mmdet's stock test script
+    # (strict=False loading) rebuild the compact model before the weights.
+    cfg = pruned_config(cfg)
+    os.makedirs(args.work_dir, exist_ok=True)
     atomic_write(osp.join(args.work_dir, 'pruned.pth'),
                  lambda p: torch.save(ckpt, p))
-    atomic_write(osp.join(args.work_dir, 'plan.json'),
-                 lambda p: open(p, 'w').write(plan.to_json()))
-    atomic_write(osp.join(args.work_dir, 'report.json'),
-                 lambda p: open(p, 'w').write(json.dumps(report, indent=1)))
+    write_text_atomic(osp.join(args.work_dir, 'plan.json'), plan.to_json())
+    write_json_atomic(report, osp.join(args.work_dir, 'report.json'),
+                      indent=1)
+    write_text_atomic(osp.join(args.work_dir, 'config.py'), cfg.pretty_text)
     print(f'{"":8}{"FLOPs (G)":>12}{"params (M)":>12}')
     print(f'{"dense":8}{dense_flops / 1e9:12.3f}{dense_params / 1e6:12.3f}')
     print(f'{"pruned":8}{pruned_flops / 1e9:12.3f}'

@@ -28,11 +28,9 @@ tests and notebooks).
 import argparse
 import json
 import math
-import os
 import os.path as osp
 import pprint
 import sys
-import tempfile
 from typing import Callable, Dict, Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -144,21 +142,6 @@ def blend_source(blend: dict, header: Sequence[str] = ()) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file and a rename."""
-    d = osp.dirname(osp.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix='.tmp_' + osp.basename(path))
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
@@ -222,6 +205,7 @@ def main(argv=None):
     from mmprune.criteria.blended import DEFAULT_POOL
     from mmprune.methods import filter_groups, get_method
     from mmprune.search import EAConfig, mmdet_forward, mmdet_loss
+    from mmprune.utils.io import write_text_atomic
     from mmprune.utils.offline import check_offline_weights
 
     keys = [k.strip() for k in args.pool.split(',') if k.strip()]
@@ -265,12 +249,12 @@ def main(argv=None):
               f'flops ratio {args.flops_ratio}, fitness -det loss: best '
               f'{res.best_fitness:.6g} (generation 0: '
               f'{res.first_best:.6g}), seed {args.seed}']
-    atomic_write_text(args.out, blend_source(out['blend'], header))
+    write_text_atomic(args.out, blend_source(out['blend'], header))
     report = dict(config=args.config, checkpoint=args.checkpoint,
                   flops_ratio=args.flops_ratio, ea=vars(ea),
                   result=res.to_dict(), clusters=out['clusters'],
                   counts=out['counts'], blend=out['blend'])
-    atomic_write_text(osp.splitext(args.out)[0] + '.json',
+    write_text_atomic(osp.splitext(args.out)[0] + '.json',
                       json.dumps(report, indent=1))
     print(f'blend written to {args.out}')
     return out

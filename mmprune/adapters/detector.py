@@ -61,6 +61,50 @@ def tensor_forward(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
     return (lambda t: model(t)), [x]
 
 
+def flatten_tensors(out) -> List[torch.Tensor]:
+    """The tensors of a (nested tuple/list) tensor-forward output, in order:
+    e.g. YOLOX's ``(cls[3], box[3], obj[3])`` → 9 tensors."""
+    flat: List[torch.Tensor] = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            flat.append(o)
+        elif isinstance(o, (list, tuple)):
+            for item in o:
+                walk(item)
+
+    walk(out)
+    return flat
+
+
+@torch.no_grad()
+def tensor_outputs(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
+                   batch: int = 1, seed: int = 0) -> List[torch.Tensor]:
+    """The flattened tensor-forward outputs of ``model`` (in eval mode) on a
+    seeded random batch: the same input for the same ``seed``."""
+    was_training = model.training
+    model.eval()
+    try:
+        fn, x = tensor_forward(model, input_size, batch, seed)
+        return flatten_tensors(fn(*x))
+    finally:
+        model.train(was_training)
+
+
+def output_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> dict:
+    """Max abs difference of two output lists, absolute and relative to the
+    largest magnitude of ``a`` (the "output scale")."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        raise ValueError(
+            f'outputs differ in structure: {[tuple(x.shape) for x in a]} vs '
+            f'{[tuple(y.shape) for y in b]}')
+    diff = max((float((x.float() - y.float()).abs().max()) for x, y in
+                zip(a, b)), default=0.0)
+    scale = max((float(x.abs().max()) for x in a), default=0.0)
+    return dict(max_abs_diff=diff, output_scale=scale,
+                max_rel_diff=diff / max(scale, 1e-12))
+
+
 def sync_static_attributes(model: nn.Module) -> None:
     """Refresh width attributes that wrappers copy from their conv after
     surgery (mmcv ``ConvModule.in_channels/out_channels``), so ``repr`` and

@@ -35,3 +35,20 @@ def stage_table(model: nn.Module, cost) -> str:
         lines.append(f'{st:<28}{ch:>10}{macs / 1e9:>10.3f}'
                      f'{params / 1e6:>11.3f}')
     return '\n'.join(lines)
+
+
+def module_widths(model: nn.Module) -> 'OrderedDict[str, int]':
+    """Output channels of every conv / linear / norm layer, by module name
+    (``Conv2d.out_channels``, ``Linear.out_features``, ``BN.num_features``,
+    ``GroupNorm.num_channels``): the per-layer widths a pruning report lists
+    before and after."""
+    widths = OrderedDict()
+    for name, mod in model.named_modules():
+        for attr in ('out_channels', 'out_features', 'num_features',
+                     'num_channels'):
+            if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear,
+                                nn.modules.batchnorm._NormBase,
+                                nn.GroupNorm)) and hasattr(mod, attr):
+                widths[name] = int(getattr(mod, attr))
+                break
+    return widths
