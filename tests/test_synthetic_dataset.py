@@ -7,9 +7,11 @@ written. (3) is checked end to end: feeding the ground truth back as
 predictions must give a perfect COCO and VOC mAP, and shifted boxes must not.
 """
 import hashlib
+from collections import Counter
 import importlib.util
 import json
 import os
+import os.path as osp
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -66,6 +68,28 @@ def test_same_arguments_give_identical_bytes(tmp_path):
     assert ha.keys() == hc.keys()
     images = [k for k in ha if k.endswith('.jpg')]
     assert all(ha[k] != hc[k] for k in images)
+
+
+def test_easy_profile(tmp_path):
+    """'easy' is deterministic too, differs from 'hard', and keeps its
+    promise: 1-6 objects per image, none smaller than 1/8 of the side
+    (before occlusion), recorded in the meta file."""
+    kw = dict(num_train=12, num_val=2, size=128, seed=5, formats=('coco', ))
+    a = make_synthetic_dataset(str(tmp_path / 'a'), difficulty='easy', **kw)
+    b = make_synthetic_dataset(str(tmp_path / 'b'), difficulty='easy', **kw)
+    h = make_synthetic_dataset(str(tmp_path / 'h'), **kw)
+    assert _tree_hashes(a['out_dir']) == _tree_hashes(b['out_dir'])
+    ha, hh = _tree_hashes(a['out_dir']), _tree_hashes(h['out_dir'])
+    assert all(ha[k] != hh[k] for k in ha if k.endswith('.jpg'))
+    meta = json.load(open(osp.join(a['out_dir'], 'synthetic_meta.json')))
+    assert meta['difficulty'] == 'easy' and a['difficulty'] == 'easy'
+    coco = json.load(open(osp.join(a['coco_root'],
+                                   a['coco_ann_files']['train'])))
+    per_image = Counter(ann['image_id'] for ann in coco['annotations'])
+    assert max(per_image.values()) <= 6
+    # visible boxes may be clipped by occlusion, but most keep their size
+    sides = sorted(max(ann['bbox'][2:]) for ann in coco['annotations'])
+    assert sides[len(sides) // 2] >= 128 / 8
 
 
 def test_images_do_not_depend_on_generation_order(tmp_path):
@@ -354,6 +378,7 @@ def test_voc_metric_on_ground_truth(data, mmdet_scope, shift):
     (dict(seed=-1), 'seed'),
     (dict(formats=('coco', 'yolo')), 'formats'),
     (dict(formats=()), 'formats'),
+    (dict(difficulty='medium'), 'difficulty'),
 ])
 def test_bad_arguments_raise(tmp_path, kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -382,6 +407,7 @@ def _load_cli():
     (['--num-classes', '30'], '--num-classes'),
     (['--seed', '-3'], '--seed'),
     (['--formats', 'yolo'], '--formats'),
+    (['--difficulty', 'medium'], '--difficulty'),
 ])
 def test_cli_rejects_bad_arguments(tmp_path, capsys, argv, flag):
     cli = _load_cli()

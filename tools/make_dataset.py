@@ -3,7 +3,7 @@
 
     python tools/make_dataset.py --out DIR [--num-train N] [--num-val M]
         [--size S] [--seed K] [--num-classes C] [--formats coco voc]
-        [--overwrite]
+        [--difficulty hard|easy] [--overwrite]
 
 The same arguments always give byte-identical files (see
 :mod:`mmprune.datasets.synthetic` for what the images contain and how to
@@ -14,7 +14,8 @@ import argparse
 import sys
 import time
 
-from mmprune.datasets.synthetic import (FORMATS, MAX_CLASSES, MAX_SIZE,
+from mmprune.datasets.synthetic import (DIFFICULTIES, FORMATS, MAX_CLASSES,
+                                        MAX_SIZE,
                                         MIN_CLASSES, MIN_SIZE,
                                         SyntheticArgumentError,
                                         make_synthetic_dataset)
@@ -29,6 +30,7 @@ _FLAGS = {
     'seed': '--seed',
     'num_classes': '--num-classes',
     'formats': '--formats',
+    'difficulty': '--difficulty',
 }
 
 
@@ -77,6 +79,10 @@ def parse_args(argv=None):
         '--formats', nargs='+', choices=FORMATS, default=list(FORMATS),
         help='layouts to write (default: coco voc)')
     parser.add_argument(
+        '--difficulty', choices=DIFFICULTIES, default='hard',
+        help='hard: clutter, small objects (benchmark); easy: plain '
+        'backgrounds, 1-6 larger objects (short CPU budgets). Default: hard')
+    parser.add_argument(
         '--overwrite', action='store_true',
         help='replace --out if it exists and is not empty')
     return parser, parser.parse_args(argv)
@@ -94,7 +100,8 @@ def main(argv=None) -> int:
             seed=args.seed,
             num_classes=args.num_classes,
             formats=args.formats,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite,
+            difficulty=args.difficulty)
     except SyntheticArgumentError as e:
         # The library's message starts with its own argument name; say it
         # with the flag the user typed instead.

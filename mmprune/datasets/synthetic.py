@@ -109,6 +109,15 @@ _COCO_IMG_DIRS = {'train': 'train2017', 'val': 'val2017'}
 _VOC_SETS = {'train': 'trainval', 'val': 'test'}
 
 _MIN_OBJECTS, _MAX_OBJECTS = 2, 12
+# Difficulty profiles. 'hard' is the benchmark set described above (the
+# generator's original behaviour, byte-identical for a given seed). 'easy'
+# is for short CPU budgets such as ``make demo``: no clutter, no grey-scale,
+# blur or line fields, 1-6 objects of 1/8 to 1/2 of the image side. It has
+# the same classes, textures and occlusion rules, so a detector still has to
+# learn shapes; it just gets there in minutes instead of hours.
+DIFFICULTIES = ('hard', 'easy')
+_EASY_OBJECTS = (1, 6)
+_EASY_SIZE_FRAC = (1 / 8, 1 / 2)
 _MIN_OBJECT_PX = 8
 _MAX_OCCLUDED = 0.7  # drop an object when more than this fraction is hidden
 # Placement rejects positions that would leave an earlier object with less
@@ -581,44 +590,16 @@ def _clip_box(x0, y0, h, w, size):
     return max(x0, 0), max(y0, 0), min(x0 + w, size), min(y0 + h, size)
 
 
-def _render_image(seed: int, split_code: int, index: int, size: int,
-                  num_classes: int):
-    """Draw one image. Returns (uint8 HxWx3, list of annotation dicts)."""
-    ss = np.random.SeedSequence([seed, split_code, index])
-    rng = np.random.Generator(np.random.PCG64(ss))
-
-    img = _background(rng, size)
-
-    # Clutter under the objects: PIL strokes on an 8-bit copy...
-    pil = Image.fromarray(_to_uint8(img))
-    draw = ImageDraw.Draw(pil)
-    if rng.uniform() < 0.4:  # a field of faint random lines
-        tint = img.mean(axis=(0, 1)) + rng.uniform(-0.2, 0.2, 3)
-        base = tuple(int(v) for v in _to_uint8(tint))
-        for _ in range(int(rng.integers(10, 40))):
-            p = rng.uniform(0, size, 4)
-            draw.line([(p[0], p[1]), (p[2], p[3])], fill=base, width=1)
-    _draw_strokes(rng, draw, size, int(rng.integers(1, 9)), max_width=4)
-    img = np.asarray(pil, dtype=np.float32) / 255.0  # a new, writable array
-
-    # ...and textured blobs, which look like objects' material but not
-    # like any class.
-    for _ in range(int(rng.integers(0, 5))):
-        r = rng.uniform(3, size / 10)
-        alpha, ox, oy = _rasterize([(_blob_polygon(rng, r), True)],
-                                   rng.uniform(0, 1, 2))
-        x0 = int(rng.integers(0, size)) + ox
-        y0 = int(rng.integers(0, size)) + oy
-        tex = _object_texture(rng, int(rng.integers(0, MAX_CLASSES)),
-                              alpha.shape[0], alpha.shape[1], 2 * r)
-        _composite(img, alpha, tex, x0, y0)
-
-    # Objects, painted in order; owner[y, x] = index of the object that
-    # shows at that pixel (-1: background). Later objects occlude earlier.
+def _paint_objects(rng, img: np.ndarray, size: int, num_classes: int,
+                   count: int, log_lo: float, log_hi: float):
+    """Paint up to ``count`` objects into ``img`` (in place), sides
+    log-uniform in ``[exp(log_lo), exp(log_hi)]`` px. ``owner[y, x]`` is the
+    index of the object that shows at that pixel (-1: background); later
+    objects occlude earlier ones. Returns ``(objs, owner)``.
+    """
     owner = np.full((size, size), -1, np.int32)
     objs: List[_Obj] = []
-    log_lo, log_hi = math.log(_MIN_OBJECT_PX), math.log(size / 2)
-    for _ in range(int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))):
+    for _ in range(count):
         label = int(rng.integers(0, num_classes))
         name = SYNTH_CLASSES[label]
         size_px = math.exp(rng.uniform(log_lo, log_hi))
@@ -671,6 +652,48 @@ def _render_image(seed: int, split_code: int, index: int, size: int,
         obj.visible = int(m.sum())
         owner[by0:by1, bx0:bx1][m] = len(objs)
         objs.append(obj)
+    return objs, owner
+
+
+def _render_image(seed: int, split_code: int, index: int, size: int,
+                  num_classes: int, difficulty: str = 'hard'):
+    """Draw one image. Returns (uint8 HxWx3, list of annotation dicts)."""
+    ss = np.random.SeedSequence([seed, split_code, index])
+    rng = np.random.Generator(np.random.PCG64(ss))
+
+    img = _background(rng, size)
+    if difficulty == 'easy':
+        return _render_objects_easy(rng, img, size, num_classes)
+
+    # Clutter under the objects: PIL strokes on an 8-bit copy...
+    pil = Image.fromarray(_to_uint8(img))
+    draw = ImageDraw.Draw(pil)
+    if rng.uniform() < 0.4:  # a field of faint random lines
+        tint = img.mean(axis=(0, 1)) + rng.uniform(-0.2, 0.2, 3)
+        base = tuple(int(v) for v in _to_uint8(tint))
+        for _ in range(int(rng.integers(10, 40))):
+            p = rng.uniform(0, size, 4)
+            draw.line([(p[0], p[1]), (p[2], p[3])], fill=base, width=1)
+    _draw_strokes(rng, draw, size, int(rng.integers(1, 9)), max_width=4)
+    img = np.asarray(pil, dtype=np.float32) / 255.0  # a new, writable array
+
+    # ...and textured blobs, which look like objects' material but not
+    # like any class.
+    for _ in range(int(rng.integers(0, 5))):
+        r = rng.uniform(3, size / 10)
+        alpha, ox, oy = _rasterize([(_blob_polygon(rng, r), True)],
+                                   rng.uniform(0, 1, 2))
+        x0 = int(rng.integers(0, size)) + ox
+        y0 = int(rng.integers(0, size)) + oy
+        tex = _object_texture(rng, int(rng.integers(0, MAX_CLASSES)),
+                              alpha.shape[0], alpha.shape[1], 2 * r)
+        _composite(img, alpha, tex, x0, y0)
+
+    # Objects (see _paint_objects), small ones common: log-uniform sizes.
+    log_lo, log_hi = math.log(_MIN_OBJECT_PX), math.log(size / 2)
+    count = int(rng.integers(_MIN_OBJECTS, _MAX_OBJECTS + 1))
+    objs, owner = _paint_objects(rng, img, size, num_classes, count, log_lo,
+                                 log_hi)
 
     # A few thin strokes over everything (they do not change annotations:
     # a 1-2 px line does not hide an object's extent).
@@ -694,6 +717,21 @@ def _render_image(seed: int, split_code: int, index: int, size: int,
         if ann is not None:
             anns.append(ann)
     return np.asarray(out), anns
+
+
+def _render_objects_easy(rng, img: np.ndarray, size: int, num_classes: int):
+    """The 'easy' profile: objects on the plain background, then light
+    sensor noise. Same shapes, textures, occlusion and annotation rules as
+    the hard profile (:func:`_paint_objects`)."""
+    lo, hi = (f * size for f in _EASY_SIZE_FRAC)
+    count = int(rng.integers(_EASY_OBJECTS[0], _EASY_OBJECTS[1] + 1))
+    objs, owner = _paint_objects(rng, img, size, num_classes, count,
+                                 math.log(max(lo, _MIN_OBJECT_PX)),
+                                 math.log(hi))
+    img = img + rng.normal(0.0, 0.01, img.shape).astype(np.float32)
+    anns = [a for a in (_annotate(o, k, owner, size)
+                        for k, o in enumerate(objs)) if a is not None]
+    return _to_uint8(img), anns
 
 
 def _annotate(o: _Obj, k: int, owner: np.ndarray, size: int):
@@ -829,9 +867,13 @@ def _is_int(v) -> bool:
 
 
 def _check_args(out_dir, num_train, num_val, size, seed, num_classes,
-                formats, overwrite) -> Tuple[str, ...]:
+                formats, overwrite, difficulty='hard') -> Tuple[str, ...]:
     def bad(name, why):
         raise SyntheticArgumentError(name, f'{name}: {why}')
+
+    if difficulty not in DIFFICULTIES:
+        bad('difficulty', f'must be one of {list(DIFFICULTIES)}, got '
+            f'{difficulty!r}')
 
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
         bad('out_dir', f'expected a non-empty path, got {out_dir!r}')
@@ -875,7 +917,8 @@ def make_synthetic_dataset(out_dir,
                            seed: int = 0,
                            num_classes: int = 12,
                            formats: Iterable[str] = ('coco', 'voc'),
-                           overwrite: bool = False) -> Dict:
+                           overwrite: bool = False,
+                           difficulty: str = 'hard') -> Dict:
     """Write a synthetic shape-detection dataset in COCO and/or VOC layout.
 
     Layout under ``out_dir``::
@@ -907,6 +950,9 @@ def make_synthetic_dataset(out_dir,
             Defaults to ``('coco', 'voc')``.
         overwrite (bool): Replace an existing non-empty ``out_dir``.
             Defaults to False.
+        difficulty (str): ``'hard'`` (the benchmark set: clutter, small
+            objects, up to 12 per image) or ``'easy'`` (no clutter, 1-6
+            larger objects; for short CPU budgets). Defaults to 'hard'.
 
     Returns:
         dict: ``out_dir``; ``coco_root`` and ``voc_root`` (with a trailing
@@ -922,7 +968,7 @@ def make_synthetic_dataset(out_dir,
             argument.
     """
     fmts = _check_args(out_dir, num_train, num_val, size, seed, num_classes,
-                       formats, overwrite)
+                       formats, overwrite, difficulty)
     out_dir = osp.abspath(os.fspath(out_dir))
     classes = list(SYNTH_CLASSES[:num_classes])
     counts = {'train': int(num_train), 'val': int(num_val)}
@@ -940,7 +986,7 @@ def make_synthetic_dataset(out_dir,
             records = []
             for i in range(counts[split]):
                 arr, anns = _render_image(int(seed), code, i, int(size),
-                                          int(num_classes))
+                                          int(num_classes), difficulty)
                 stem = f'{split}_{i + 1:06d}'
                 jpg = _encode_jpeg(arr)
                 records.append(dict(id=i + 1, stem=stem,
@@ -967,6 +1013,7 @@ def make_synthetic_dataset(out_dir,
 
         meta = dict(generator='mmprune.datasets.synthetic',
                     generator_version=GENERATOR_VERSION, seed=int(seed),
+                    difficulty=difficulty,
                     size=int(size), num_train=counts['train'],
                     num_val=counts['val'], num_classes=int(num_classes),
                     classes=classes, formats=list(fmts),
@@ -995,7 +1042,8 @@ def make_synthetic_dataset(out_dir,
         num_val_instances=instances['val'],
         size=int(size),
         seed=int(seed),
-        formats=list(fmts))
+        formats=list(fmts),
+        difficulty=difficulty)
 
 
 def _publish(tmp: str, out_dir: str) -> None:
