@@ -6,6 +6,8 @@ test-time loading of a pruned checkpoint, and the state-dict-only path
 (``DetInferencer``) through ``PrunableDetector``.
 """
 import copy
+import glob
+import json
 import os.path as osp
 
 import pytest
@@ -62,6 +64,10 @@ def trained(tmp_path_factory, mmdet_config, synth_data):
     """One uninterrupted 3-epoch run with cuts after epochs 1 and 2."""
     work = tmp_path_factory.mktemp('full')
     cfg = pruning_cfg(mmdet_config, synth_data, work)
+    # the pruning curves go to every visualizer backend: check two of them
+    cfg.default_hooks.logger.interval = 1
+    cfg.visualizer.vis_backends = [dict(type='LocalVisBackend'),
+                                   dict(type='TensorboardVisBackend')]
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner, cfg, work
@@ -95,6 +101,40 @@ def test_cuts_reach_target_and_keep_runtime_consistent(trained):
                       weights_only=True)
     meta = ckpt['meta']['mmprune']
     assert len(meta['plans']) == 2 and meta['state']['events_done'] == 2
+
+
+def test_pruning_curves_reach_scalars_and_tensorboard(trained):
+    """FLOPs ratio, params and sparsity are logged every iteration (2 per
+    epoch here) to scalars.json and TensorBoard, and step at the cuts."""
+    from tensorboard.backend.event_processing.event_accumulator import \
+        EventAccumulator
+    runner, _, work = trained
+    vis = osp.join(work, runner.timestamp, 'vis_data')
+    rows = [json.loads(line) for line in open(osp.join(vis, 'scalars.json'))]
+    rows = [r for r in rows if 'prune_flops_ratio' in r]
+    ratio = [r['prune_flops_ratio'] for r in rows]
+    assert [r['step'] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert ratio[0] == ratio[1] == 1.0  # dense until the cut after epoch 1
+    assert ratio[2] == ratio[3] and 0.5 < ratio[2] < 1.0
+    assert ratio[4] == ratio[5] and 0.45 <= ratio[4] <= 0.5
+    params = [r['prune_params_M'] for r in rows]
+    assert params[0] > params[2] > params[4]
+    assert abs(params[4] - sum(p.numel() for p in
+                               runner.model.parameters()) / 1e6) < 1e-6
+    sparsity = [r['prune_sparsity'] for r in rows]
+    assert sparsity[0] == 0 and 0 < sparsity[2] < sparsity[4] < 1
+
+    events = glob.glob(osp.join(vis, 'events.out.tfevents.*'))
+    assert len(events) == 1
+    acc = EventAccumulator(events[0])
+    acc.Reload()
+    for key in ('prune_flops_ratio', 'prune_params_M',
+                'prune_sparsity'):
+        got = [(e.step, e.value) for e in acc.Scalars(key)]
+        want = [(r['step'], r[key]) for r in rows]
+        assert [s for s, _ in got] == [s for s, _ in want]
+        assert all(abs(a - b) < 1e-5 * max(1, abs(b))
+                   for (_, a), (_, b) in zip(got, want))
 
 
 def test_resume_after_cut_matches_uninterrupted(trained, tmp_path,

@@ -59,7 +59,8 @@ fi
 # 3. mmdet and the rest. The torch pin is repeated so the resolver can never swap it.
 "${PIP[@]}" "$(pin torch)" "$(pin numpy)" "$(pin mmdet)" "$(pin pycocotools)" \
   "$(pin pytest)" "$(pin hypothesis)" "$(pin onnx)" "$(pin onnxruntime)" \
-  matplotlib scipy shapely terminaltables tqdm "$(pin setuptools)"
+  "$(pin matplotlib)" "$(pin tensorboard)" scipy shapely terminaltables tqdm \
+  "$(pin setuptools)"
 "${PIP[@]}" --no-deps -e "$ROOT"
 
 if "$PY" -m pip show torchvision >/dev/null 2>&1; then

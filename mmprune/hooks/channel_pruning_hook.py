@@ -190,8 +190,10 @@ class ChannelPruningHook(Hook):
         self.trace_size = tuple(trace_size)
         self.ignored_layers = tuple(ignored_layers)
         # training state, JSON-safe, saved in checkpoints
-        self.state = dict(events_done=0, dense_cost=None, pending=None)
+        self.state = dict(events_done=0, dense_cost=None, dense_params=None,
+                          pending=None)
         self._mask = None
+        self._scalars = {}  # the curves, re-sent every iteration (see below)
 
     # ------------------------------------------------------------ setup
     @property
@@ -235,6 +237,11 @@ class ChannelPruningHook(Hook):
                                  self.ignored_layers)
             self.state['dense_cost'] = self._cost(model, graph)
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
+        if self.state.get('dense_params') is None:  # also: old checkpoints
+            self.state['dense_params'] = sum(
+                p.numel() for p in model.parameters()) if not \
+                apis.model_plans(model) else None
+        self._update_scalars(model)
         self._attach(model)
 
     def _graph(self, model):
@@ -283,6 +290,13 @@ class ChannelPruningHook(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None) -> None:
+        # LoggerHook (priority BELOW_NORMAL, after us) averages each train
+        # scalar over the values it received since the last log line. A value
+        # sent only at events would be averaged with older events' values,
+        # so the current ones are sent every iteration: the curves step
+        # exactly at the cuts, in scalars.json and in TensorBoard alike.
+        for key, value in self._scalars.items():
+            runner.message_hub.update_scalar(key, value)
         for r in self.regularizers:
             if hasattr(r, 'step'):
                 r.step()
@@ -462,9 +476,21 @@ class ChannelPruningHook(Hook):
             f'{self._position(runner)}: {self.budget} {before / dense:.3f} '
             f'-> {after / dense:.3f} of dense (target {self.target})\n' +
             stage_table(model, self._cost_model(model)))
-        hub = runner.message_hub
-        hub.update_scalar(f'train/prune_{self.budget}_ratio', after / dense)
-        hub.update_scalar('train/prune_params_M', params / 1e6)
+        self._update_scalars(model, after)
+
+    def _update_scalars(self, model, cost: Optional[float] = None) -> None:
+        """The curves logged every iteration: the budget's fraction of the
+        dense model, the parameter count and the parameter sparsity."""
+        dense = self.state['dense_cost']
+        cost = self._cost(model) if cost is None else cost
+        params = sum(p.numel() for p in model.parameters())
+        self._scalars = {
+            f'train/prune_{self.budget}_ratio': cost / dense,
+            'train/prune_params_M': params / 1e6,
+        }
+        if self.state.get('dense_params'):
+            self._scalars['train/prune_sparsity'] = \
+                1 - params / self.state['dense_params']
 
     # ---------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
