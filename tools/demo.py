@@ -1,49 +1,71 @@
 # Copyright (c) mmprune contributors. All rights reserved.
-"""``make demo``: dense YOLOX baseline on the synthetic dataset, on CPU.
+"""``make demo``: a dense YOLOX baseline and an ACP-TP run pruned to 50 %
+FLOPs, on CPU, in about 15 minutes.
 
-1. Generate the synthetic dataset into ``data/synth`` (skipped when present).
-2. Train YOLOX-tiny from mmdet's own config (``mmdet::yolox/...``) with
-   mmengine's Runner, from scratch, for a short CPU budget.
-3. Evaluate COCO bbox mAP with CocoMetric (EMA weights, as YOLOX does).
-4. Write ``work_dirs/demo/summary.json`` (mAP, parameters, FLOPs, training
-   wall time) atomically and print a table.
+1. Generate the synthetic dataset (the 'easy' profile, 160 px) into
+   ``data/synth_demo`` (skipped when present).
+2. Train two YOLOX-tiny models from mmdet's own config
+   (``mmdet::yolox/...``) with mmengine's Runner, from scratch, with the same
+   recipe and epochs: ``dense``, and ``acp_tp`` with a ``ChannelPruningHook``
+   (method ACP-TP, 50 % FLOPs). The two runs go in parallel, one torch
+   thread each (2 cores: faster than one after the other with 2 threads).
+3. Evaluate both with CocoMetric (EMA weights, as YOLOX validates) and
+   export the compact pruned model to ONNX, checked against torch with
+   onnxruntime (``tools/export.py``).
+4. Measure CPU latency (torch eager, batch 1, one thread, interleaved) and
+   FLOPs/params; write ``work_dirs/demo/summary.json``, the plots
+   ``channels.png`` and ``training.png``, and print a table.
 
-This is the dense baseline only: pruning is not implemented yet. The numbers
-are whatever this short schedule gives; they are not comparable to YOLOX's
-published COCO results.
+The numbers are whatever this short schedule gives on this machine; they
+are not comparable to YOLOX's published COCO results.
 
-    python tools/demo.py [--epochs N] [--size 320] [--work-dir DIR]
+    python tools/demo.py [--epochs N] [--size 160] [--work-dir DIR]
 """
 import argparse
 import json
+import os
 import os.path as osp
+import subprocess
 import sys
 import time
 import warnings
 
-import mmprune  # noqa: F401  (first: torch.load safe globals, registries)
-import mmcv
-import mmdet
-import mmengine
-import torch
-from mmengine.hooks import Hook
-from mmengine.hub import get_config
-from mmengine.runner import Runner
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-from mmdet.utils import register_all_modules
-from mmprune.datasets.synthetic import make_synthetic_dataset
-from mmprune.utils.io import write_json_atomic
-from mmprune.utils.offline import check_offline_weights
+import mmprune  # noqa: E402,F401  (first: torch.load safe globals, registries)
+import mmcv  # noqa: E402
+import mmdet  # noqa: E402
+import mmengine  # noqa: E402
+import torch  # noqa: E402
+from mmengine.hooks import Hook  # noqa: E402
+from mmengine.hub import get_config  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+from mmdet.utils import register_all_modules  # noqa: E402
+from mmprune.datasets.synthetic import make_synthetic_dataset  # noqa: E402
+from mmprune.utils.io import write_json_atomic  # noqa: E402
+from mmprune.utils.offline import check_offline_weights  # noqa: E402
 
 # ---- demo settings: edit these ---------------------------------------------
 BASE_CONFIG = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
-DATA_DIR = 'data/synth'
+DATA_DIR = 'data/synth_demo'
 WORK_DIR = 'work_dirs/demo'
-IMG_SIZE = 320  # train and test input side (the dataset is drawn at 320)
-EPOCHS = 10
+IMG_SIZE = 160  # the dataset is drawn at this size; train and test use it
+NUM_TRAIN, NUM_VAL, NUM_CLASSES = 400, 100, 10
+EPOCHS = 30
 BATCH_SIZE = 8
 BASE_LR = 0.002  # AdamW (mmdet's YOLOX recipe: SGD 0.01 per batch of 64)
-NUM_WORKERS = 2
+VAL_INTERVAL = 5  # validations give the mAP curve of training.png
+# ACP-TP: select channels at epochs 3, 5, ..., 15 (TPP penalty on each
+# selection), cut each one at the next event; the last cut is at epoch 17,
+# leaving 13 epochs to recover on the compact model.
+PRUNING = dict(
+    type='ChannelPruningHook',
+    method='acp_tp',
+    target=0.5,  # keep 50 % of the dense FLOPs
+    begin=3, end=15, interval=2)
+RUNS = ('dense', 'acp_tp')
 # -----------------------------------------------------------------------------
 
 
@@ -53,34 +75,66 @@ def parse_args(argv=None):
     parser.add_argument('--work-dir', default=WORK_DIR)
     parser.add_argument('--epochs', type=int, default=EPOCHS)
     parser.add_argument('--size', type=int, default=IMG_SIZE)
+    parser.add_argument('--num-train', type=int, default=NUM_TRAIN)
+    parser.add_argument('--num-val', type=int, default=NUM_VAL)
     parser.add_argument('--batch-size', type=int, default=BATCH_SIZE)
     parser.add_argument('--lr', type=float, default=BASE_LR)
-    parser.add_argument('--num-workers', type=int, default=NUM_WORKERS)
+    parser.add_argument('--target', type=float, default=PRUNING['target'],
+                        help='FLOPs fraction the pruned run keeps')
     parser.add_argument('--seed', type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument('--sequential', action='store_true',
+                        help='train the two runs one after the other')
+    parser.add_argument('--reuse', action='store_true',
+                        help='keep runs that already finished (their '
+                        'run.json exists) instead of training them again')
+    parser.add_argument('--only', choices=RUNS,
+                        help='(internal) train this one run and exit')
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error(f'--epochs must be >= 2, got {args.epochs}')
+    if not 0 < args.target <= 1:
+        parser.error(f'--target must be in (0, 1], got {args.target}')
+    if args.size % 32:
+        parser.error(f'--size must be a multiple of 32, got {args.size}')
+    return args
 
 
-def prepare_data(data_dir: str) -> dict:
+def schedule(epochs: int) -> dict:
+    """The PRUNING schedule, squeezed into shorter runs (``--epochs``):
+    events stop at half of training, so the second half recovers."""
+    s = dict(PRUNING)
+    if epochs < EPOCHS:
+        s['begin'] = max(1, round(PRUNING['begin'] * epochs / EPOCHS))
+        s['interval'] = max(1, round(PRUNING['interval'] * epochs / EPOCHS))
+        s['end'] = max(s['begin'],
+                       min(round(PRUNING['end'] * epochs / EPOCHS),
+                           epochs - 1 - s['interval']))
+    return s
+
+
+def prepare_data(args) -> dict:
     """Generate the dataset once; later runs reuse it."""
-    meta_file = osp.join(data_dir, 'synthetic_meta.json')
+    meta_file = osp.join(args.data_dir, 'synthetic_meta.json')
+    want = dict(size=args.size, num_train=args.num_train,
+                num_val=args.num_val, num_classes=NUM_CLASSES,
+                difficulty='easy', seed=0)
     if osp.isfile(meta_file):
         with open(meta_file) as f:
             meta = json.load(f)
-        print(f'[demo] using the existing dataset in {data_dir}')
-        from mmprune.datasets.synthetic import SYNTH_CLASSES
-        classes = meta.get('classes') or list(
-            SYNTH_CLASSES[:meta['num_classes']])
-        return dict(
-            coco_root=osp.join(osp.abspath(data_dir), 'coco', ''),
-            classes=list(classes),
-            num_train=meta.get('num_train'),
-            num_val=meta.get('num_val'))
-    print(f'[demo] generating the synthetic dataset into {data_dir}')
-    return make_synthetic_dataset(data_dir)
+        if all(meta.get(k) == v for k, v in want.items()):
+            print(f'[demo] using the existing dataset in {args.data_dir}')
+            return dict(coco_root=osp.join(osp.abspath(args.data_dir),
+                                           'coco', ''),
+                        classes=list(meta['classes']))
+        print(f'[demo] {args.data_dir} holds another dataset; regenerating')
+    print(f'[demo] generating the synthetic dataset into {args.data_dir}')
+    return make_synthetic_dataset(args.data_dir, formats=('coco', ),
+                                  overwrite=True, **want)
 
 
-def build_config(args, data: dict):
-    """mmdet's YOLOX-tiny config, adapted to the synthetic set and CPU."""
+def build_config(args, data: dict, run: str):
+    """mmdet's YOLOX-tiny config, adapted to the synthetic set and CPU;
+    ``run`` 'acp_tp' adds the pruning hook."""
     cfg = get_config(BASE_CONFIG)  # reads files only; loads no weights
     cfg = check_offline_weights(cfg)  # YOLOX has no pretrained init_cfg
     size = (args.size, args.size)
@@ -119,8 +173,9 @@ def build_config(args, data: dict):
     def loader(split, pipeline, test_mode, batch_size):
         return dict(
             batch_size=batch_size,
-            num_workers=args.num_workers,
-            persistent_workers=args.num_workers > 0,
+            # the two runs share 2 cores: loading 160 px JPEGs in the main
+            # process costs ~5 % and keeps workers from fighting for a core
+            num_workers=0,
             drop_last=False,
             sampler=dict(type='DefaultSampler', shuffle=not test_mode),
             dataset=dict(
@@ -146,7 +201,7 @@ def build_config(args, data: dict):
     cfg.train_cfg = dict(
         type='EpochBasedTrainLoop',
         max_epochs=args.epochs,
-        val_interval=args.epochs)
+        val_interval=min(VAL_INTERVAL, args.epochs))
     # From scratch and only a few hundred iterations: AdamW got further than
     # mmdet's SGD recipe in our short CPU runs (SGD lr 0.01, 10 epochs:
     # mAP@50 0.001; AdamW lr 0.002, 8 epochs: 0.013). Norm and bias weights
@@ -188,11 +243,16 @@ def build_config(args, data: dict):
     cfg.default_hooks.logger.interval = 10
     cfg.default_hooks.checkpoint = dict(
         type='CheckpointHook', interval=args.epochs, max_keep_ckpts=1)
+    if run != 'dense':
+        hook = schedule(args.epochs)
+        hook.update(target=args.target, input_size=size)
+        cfg.custom_hooks.append(hook)
     cfg.visualizer.pop('name', None)
     cfg.randomness = dict(seed=args.seed)
     cfg.env_cfg.dist_cfg = dict(backend='gloo')
-    cfg.work_dir = args.work_dir
+    cfg.work_dir = osp.join(args.work_dir, run)
     return cfg
+
 
 
 class _ValMetrics(Hook):
@@ -205,124 +265,223 @@ class _ValMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
-def model_cost(model, size: int) -> dict:
-    """Parameters, and FLOPs when mmengine's analyser can trace the model."""
-    from mmengine.analysis import get_model_complexity_info
-    params = sum(p.numel() for p in model.parameters())
-    out = dict(params=params, flops=None, flops_note=None)
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            info = get_model_complexity_info(
-                model,
-                inputs=(torch.zeros(1, 3, size, size), ),
-                show_table=False,
-                show_arch=False)
-        out['flops'] = int(info['flops'])
-        out['flops_note'] = (f'mmengine get_model_complexity_info, 1x3x{size}'
-                             f'x{size}, tensor forward (no NMS), one '
-                             'multiply-add counted as one FLOP')
-    except Exception as e:  # noqa: B902  reported, not hidden
-        out['flops_note'] = f'not measured: {type(e).__name__}: {e}'
-        print(f'[demo] FLOPs not measured: {type(e).__name__}: {e}')
-    finally:
-        model.train(was_training)
-    return out
+def train_one(args, run: str) -> dict:
+    """Train one run in this process; write ``<work_dir>/<run>/run.json``."""
+    torch.set_num_threads(1)
+    register_all_modules(init_default_scope=False)
+    data = prepare_data(args)
+    cfg = build_config(args, data, run)
+    runner = Runner.from_cfg(cfg)
+    val = _ValMetrics()
+    runner.register_hook(val, priority='LOWEST')
+    t0 = time.perf_counter()
+    runner.train()  # ends with the validation of the last epoch
+    wall = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in (val.metrics or {}).items()
+               if isinstance(v, (int, float))}
+    result = dict(run=run, train_wall_s=round(wall, 1), iterations=runner.iter,
+                  metrics=metrics, timestamp=runner.timestamp,
+                  work_dir=cfg.work_dir,
+                  checkpoint=osp.join(cfg.work_dir,
+                                      f'epoch_{args.epochs}.pth'),
+                  config=osp.join(cfg.work_dir, 'config.py'),
+                  pruning=next((h for h in cfg.custom_hooks
+                                if h['type'] == 'ChannelPruningHook'), None),
+                  num_train=len(runner.train_dataloader.dataset),
+                  num_val=len(runner.val_dataloader.dataset))
+    cfg.dump(result['config'])
+    write_json_atomic(result, osp.join(cfg.work_dir, 'run.json'))
+    return result
+
+
+def train_all(args) -> dict:
+    """Both runs, as child processes (in parallel unless --sequential),
+    each logging to ``<work_dir>/<run>.log``."""
+    os.makedirs(args.work_dir, exist_ok=True)
+    prepare_data(args)  # once, before the children read it
+    argv = [a for a in sys.argv[1:] if a not in ('--sequential', '--reuse')]
+    env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
+    procs = {}
+    for run in RUNS:
+        if args.reuse and osp.isfile(osp.join(args.work_dir, run,
+                                              'run.json')):
+            print(f'[demo] reusing the finished {run} run')
+            continue
+        log = open(osp.join(args.work_dir, f'{run}.log'), 'w')
+        print(f'[demo] training {run} (log: {log.name})')
+        procs[run] = (subprocess.Popen(
+            [sys.executable, osp.abspath(__file__), *argv, '--only', run],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd()),
+            log)
+        if args.sequential:
+            procs[run][0].wait()
+    results = {}
+    for run, (proc, log) in procs.items():  # noqa: B007
+        code = proc.wait()
+        log.close()
+        if code != 0:
+            raise SystemExit(f'[demo] the {run} run failed (exit {code}); '
+                             f'see {log.name}')
+    for run in RUNS:
+        with open(osp.join(args.work_dir, run, 'run.json')) as f:
+            results[run] = json.load(f)
+    return results
+
+
+def load_ema_model(result: dict):
+    """The run's final EMA weights (what YOLOX validates) in the run's
+    (pruned or dense) structure."""
+    from mmprune.export.checkpoint import load_pruned_detector, read_checkpoint
+    from mmprune.apis import load_config
+    cfg = load_config(result['config'])
+    model, _ = load_pruned_detector(cfg, read_checkpoint(result['checkpoint']),
+                                    use_ema=True, path=result['checkpoint'])
+    return model.eval()
+
+
+def measure(args, results: dict) -> dict:
+    """FLOPs/params (mmprune's cost model, MACs at the input size) and CPU
+    latency (batch 1, one thread, interleaved rounds) of both runs."""
+    from mmprune.apis import cost_model
+    from mmprune.adapters import tensor_forward
+    from mmprune.utils.latency import measure_latency
+    torch.set_num_threads(1)
+    size = (args.size, args.size)
+    models = {run: load_ema_model(r) for run, r in results.items()}
+    out = {}
+    fns = {}
+    for run, model in models.items():
+        cost = cost_model(model, size)
+        out[run] = dict(flops=cost.flops(), params=cost.params(model))
+        fn, x = tensor_forward(model, size)
+        fns[run] = (lambda fn=fn, x=x: fn(*x))
+    lat = measure_latency(fns, runs=30, warmup=5)
+    for run in models:
+        out[run]['latency_ms'] = round(lat[run]['median_ms'], 2)
+    return out, models
+
+
+def export(args, result: dict) -> dict:
+    """Compact checkpoint + ONNX of the pruned run, checked with
+    onnxruntime (``tools/export.py``)."""
+    from mmprune.export.exporter import export_detector
+    return export_detector(result['config'], result['checkpoint'],
+                           osp.join(args.work_dir, 'export'),
+                           input_size=(args.size, args.size), use_ema=True)
+
+
+def plots(args, results: dict, models: dict) -> dict:
+    """channels.png (per-layer channels, dense vs pruned) and training.png
+    (the pruned run's FLOPs ratio, params and validation mAP by epoch)."""
+    from mmprune.utils import plots as P
+    files = dict(channels=osp.join(args.work_dir, 'channels.png'),
+                 training=osp.join(args.work_dir, 'training.png'))
+    P.plot_channels(
+        P.layer_widths_from_models(models['dense'], models['acp_tp']),
+        files['channels'],
+        title=f'YOLOX-tiny output channels per layer: dense (grey) vs ACP-TP '
+        f'at {args.target:.0%} FLOPs (blue)')
+    run = results['acp_tp']
+    curves = P.training_curves(P.read_scalars(
+        osp.join(run['work_dir'], run['timestamp'], 'vis_data',
+                 'scalars.json')))
+    P.plot_training(curves, files['training'],
+                    title='ACP-TP run: FLOPs of dense and COCO mAP by epoch')
+    return files
 
 
 def print_table(summary: dict) -> None:
-    m = summary['metrics']
+    runs = summary['runs']
 
     def fmt(v, spec):
         return 'n/a' if v is None else format(v, spec)
 
-    rows = [
-        ('model', summary['model']),
-        ('input', f"{summary['input_size']}x{summary['input_size']}"),
-        ('train images / val images',
-         f"{summary['num_train']} / {summary['num_val']}"),
-        ('epochs (iterations)',
-         f"{summary['epochs']} ({summary['iterations']})"),
-        ('bbox mAP', fmt(m.get('coco/bbox_mAP'), '.3f')),
-        ('bbox mAP@50', fmt(m.get('coco/bbox_mAP_50'), '.3f')),
-        ('bbox mAP@75', fmt(m.get('coco/bbox_mAP_75'), '.3f')),
-        ('params (M)', fmt(summary['params'] / 1e6, '.3f')),
-        ('FLOPs (G)', fmt(summary['flops'] and summary['flops'] / 1e9,
-                          '.3f')),
-        ('train wall time (s)', fmt(summary['train_wall_s'], '.1f')),
-        ('total wall time (s)', fmt(summary['total_wall_s'], '.1f')),
-    ]
-    width = max(len(k) for k, _ in rows)
-    line = '-' * (width + 3 + max(len(str(v)) for _, v in rows))
+    rows = [('', *RUNS)]
+    for label, key, spec, scale in (
+            ('bbox mAP', 'coco/bbox_mAP', '.3f', 1),
+            ('bbox mAP@50', 'coco/bbox_mAP_50', '.3f', 1)):
+        rows.append((label, *(fmt(runs[r]['metrics'].get(key), spec)
+                              for r in RUNS)))
+    for label, key, spec, scale in (
+            ('FLOPs (G)', 'flops', '.3f', 1e9),
+            ('params (M)', 'params', '.3f', 1e6),
+            ('CPU latency (ms)', 'latency_ms', '.1f', 1),
+            ('train wall time (s)', 'train_wall_s', '.0f', 1)):
+        rows.append((label, *(fmt(runs[r][key] / scale, spec)
+                              for r in RUNS)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
+    line = '-' * (sum(widths) + 6)
     print(line)
-    for k, v in rows:
-        print(f'{k:<{width}} | {v}')
+    for row in rows:
+        print(f'{row[0]:<{widths[0]}} | {row[1]:>{widths[1]}} | '
+              f'{row[2]:>{widths[2]}}')
     print(line)
+    e = summary['export']
+    print(f"ONNX: {e['onnx']} (onnxruntime max rel diff "
+          f"{e['max_rel_diff']:.1e})")
 
 
 def main(argv=None):
     t_start = time.perf_counter()
     args = parse_args(argv)
-    register_all_modules(init_default_scope=False)
-
-    data = prepare_data(args.data_dir)
-    cfg = build_config(args, data)
-    runner = Runner.from_cfg(cfg)
-    val = _ValMetrics()
-    runner.register_hook(val, priority='LOWEST')
-
-    t0 = time.perf_counter()
-    runner.train()  # ends with the validation of the last epoch
-    train_wall = time.perf_counter() - t0
-
-    cost = model_cost(runner.model, args.size)
-    metrics = {
-        k: float(v)
-        for k, v in (val.metrics or {}).items()
-        if isinstance(v, (int, float))
-    }
-    if not metrics:
-        # mmdet's CocoMetric returns nothing (and logs "The testing results
-        # of the whole dataset is empty") when no box passes score_thr.
-        print('[demo] CocoMetric returned no metrics: no detection scored '
-              f'above {cfg.model.test_cfg.score_thr}; train longer '
-              '(--epochs)')
+    if args.only:
+        return train_one(args, args.only)
+    results = train_all(args)
+    print('[demo] evaluating, exporting and timing')
+    cost, models = measure(args, results)
+    exported = export(args, results['acp_tp'])
+    files = plots(args, results, models)
+    runs = {}
+    for run, r in results.items():
+        runs[run] = dict(metrics=r['metrics'], train_wall_s=r['train_wall_s'],
+                         iterations=r['iterations'], checkpoint=r['checkpoint'],
+                         config=r['config'], pruning=r['pruning'], **cost[run])
+    dense, pruned = runs['dense'], runs['acp_tp']
     summary = dict(
         model=BASE_CONFIG.split('/')[-1],
-        dense=True,
-        pruning=None,
-        input_size=args.size,
-        num_train=len(runner.train_dataloader.dataset),
-        num_val=len(runner.val_dataloader.dataset),
-        num_classes=len(data['classes']),
-        epochs=args.epochs,
-        iterations=runner.iter,
-        batch_size=args.batch_size,
-        optimizer='AdamW',
-        lr=args.lr,
-        metrics=metrics,
-        params=cost['params'],
-        flops=cost['flops'],
-        flops_note=cost['flops_note'],
-        train_wall_s=round(train_wall, 1),
+        dataset=dict(dir=args.data_dir, difficulty='easy', size=args.size,
+                     num_train=results['dense']['num_train'],
+                     num_val=results['dense']['num_val'],
+                     num_classes=NUM_CLASSES),
+        epochs=args.epochs, batch_size=args.batch_size, optimizer='AdamW',
+        lr=args.lr, input_size=args.size,
+        flops_note=(f'mmprune cost model: conv/linear multiply-adds + BN, '
+                    f'1x3x{args.size}x{args.size}, tensor forward (no NMS); '
+                    'matches mmengine get_model_complexity_info within 1 %'),
+        latency_note=('torch eager, batch 1, 1 thread, median of 30 '
+                      'interleaved rounds, EMA weights'),
+        runs=runs,
+        flops_ratio=pruned['flops'] / dense['flops'],
+        params_ratio=pruned['params'] / dense['params'],
+        speedup=dense['latency_ms'] / pruned['latency_ms'],
+        map_delta=(pruned['metrics'].get('coco/bbox_mAP', 0) -
+                   dense['metrics'].get('coco/bbox_mAP', 0)),
+        export=dict(onnx=exported['onnx'],
+                    compact_checkpoint=exported['compact_checkpoint'],
+                    max_rel_diff=exported['max_rel_diff'],
+                    report=osp.join(args.work_dir, 'export',
+                                    'export_report.json')),
+        plots=files,
         total_wall_s=round(time.perf_counter() - t_start, 1),
-        torch_threads=torch.get_num_threads(),
+        machine=dict(cpus=os.cpu_count(), threads_per_run=1,
+                     parallel_runs=not args.sequential),
         versions=dict(
             torch=torch.__version__,
             mmengine=mmengine.__version__,
             mmcv=mmcv.__version__,
             mmdet=mmdet.__version__,
             mmprune=mmprune.__version__,
-            python=sys.version.split()[0]),
-        checkpoint=osp.join(args.work_dir, f'epoch_{args.epochs}.pth'))
+            python=sys.version.split()[0]))
     out = osp.join(args.work_dir, 'summary.json')
     write_json_atomic(summary, out)
     print_table(summary)
-    print(f'[demo] wrote {out}')
+    print(f'[demo] FLOPs ratio {summary["flops_ratio"]:.3f}, realized speedup '
+          f'{summary["speedup"]:.2f}x, mAP change {summary["map_delta"]:+.3f}')
+    print(f'[demo] wrote {out} and the plots {files["channels"]}, '
+          f'{files["training"]} ({summary["total_wall_s"]:.0f} s in total)')
     return summary
 
 
 if __name__ == '__main__':
-    main()
+    with warnings.catch_warnings():
+        main()

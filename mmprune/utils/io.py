@@ -15,6 +15,12 @@ import tempfile
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[str], Any]) -> None:
     """Call ``write(tmp_path)`` and rename ``tmp_path`` to ``path``.
 
@@ -24,7 +30,10 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
 
     Raises:
         OSError: naming ``path`` when its folder cannot be created or
-            written (the original error is chained).
+            written, or when writing fails part-way (a full disk); the
+            original error is chained and ``path`` is left as it was.
+            (A RuntimeError of the writer, which is how ``torch.save``
+            reports a failed write, is re-raised naming ``path`` too.)
     """
     folder = osp.dirname(osp.abspath(path))
     try:
@@ -36,10 +45,21 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
         raise OSError(e.errno, f'cannot write {path!r}: {e.strerror}') from e
     try:
         write(tmp)
+        # mkstemp makes the file 0600; give it the mode a plain open() would
+        # (0666 minus the umask), so other users can read exports as usual
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if osp.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):  # full disk, quota, file size limit
+            raise OSError(e.errno, f'cannot write {path!r}: '
+                          f'{e.strerror or e}') from e
+        if isinstance(e, RuntimeError):
+            # torch.save reports a failed write as a RuntimeError of its
+            # zip writer ("unexpected pos ...", "iostream error"), without
+            # the path
+            raise RuntimeError(f'cannot write {path!r}: {e}') from e
         raise
 
 
