@@ -4,6 +4,7 @@ from collections import OrderedDict
 import torch.nn as nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_NORMS = (nn.modules.batchnorm._BatchNorm, )
 
 
 def stage_of(name: str) -> str:
@@ -13,17 +14,25 @@ def stage_of(name: str) -> str:
 
 
 def stage_rows(model: nn.Module, cost):
-    """[(stage, out channels, MACs, params)] in module order, with ``cost``
-    a :class:`~mmprune.utils.flops.CostModel` of ``model``."""
+    """[(stage, conv out channels, FLOPs, params)] in module order, with
+    ``cost`` a :class:`~mmprune.utils.flops.CostModel` of ``model``. FLOPs
+    follow the cost model (conv/linear MACs plus BN ops), so the stages sum
+    to ``cost.flops()``."""
     rows = OrderedDict()
     for name, mod in model.named_modules():
-        if not isinstance(mod, _CONVS) or name not in cost.mult:
+        if not isinstance(mod, _CONVS + _NORMS) or name not in cost.mult:
             continue
         st = stage_of(name)
         ch, macs, params = rows.get(st, (0, 0, 0))
-        w = mod.weight
-        out = w.shape[0]
-        macs += cost.mult[name] * cost.kernel[name] * w[0].numel() * out
+        if isinstance(mod, _NORMS):
+            out = 0  # the channels column counts conv/linear outputs
+            macs += cost.mult[name] * cost.kernel[name] * mod.num_features
+        else:
+            w = mod.weight
+            out = w.shape[0]
+            # w[0] holds (C_in / groups) * k_h * k_w weights: the kernel
+            # size is already in it (cost.kernel must not be applied again)
+            macs += cost.mult[name] * w[0].numel() * out
         params += sum(p.numel() for p in mod.parameters(recurse=False))
         rows[st] = (ch + out, macs, params)
     return [(k, *v) for k, v in rows.items()]
