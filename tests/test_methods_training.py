@@ -37,3 +37,27 @@ def test_method_prunes_to_target_in_training(method, tmp_path, mmdet_config,
         out = model.eval()(torch.rand(1, 3, 128, 128), None, mode='tensor')
     assert all(math.isfinite(float(t.abs().max())) for lvl in out
                for t in lvl)
+
+
+def test_acp_tp_event_with_target_met_drops_stale_selection(
+        tmp_path, mmdet_config, synth_data):
+    """An ACP-TP event that finds its target already met (the previous cut
+    overshot) selects nothing; the TPP penalty must then forget the cut
+    selection, whose channel positions refer to the old widths (found by
+    the demo: IndexError in TPP's Gram term one iteration after such an
+    event)."""
+    hook = dict(method='acp_tp', target=0.6, begin=1, end=2, interval=1)
+    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path, max_epochs=3,
+                      **hook)
+    cfg.train_cfg.val_interval = 100
+    runner = Runner.from_cfg(cfg)
+    ph = [h for h in runner.hooks
+          if type(h).__name__ == 'ChannelPruningHook'][0]
+    ph.target_at = lambda k: 0.6  # event 2's goal = event 1's: already met
+    runner.train()
+    assert ph.state['events_done'] == 2 and ph.state['pending'] is None
+    tpp = [r for r in ph.regularizers if hasattr(r, 'set_selection')][0]
+    assert not tpp.selection
+    ratio = apis.cost_model(runner.model, (128, 128)).flops() / \
+        ph.state['dense_cost']
+    assert 0.5 <= ratio <= 0.6 + 1e-9

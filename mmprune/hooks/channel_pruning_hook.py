@@ -34,9 +34,11 @@ from ..methods import get_method
 from ..models.prunable_detector import make_prunable
 from ..pruners.masking import build_mask
 from ..registry import ALLOCATORS, CRITERIA, build_from
+from ..runtime.atomic_checkpoint import make_checkpoints_atomic
 from ..runtime.rebind import (find_ema, prune_runner, rebind_optimizer,
                               refresh_ema_cache, rewrap, unwrap)
-from ..structures import META_KEY, PruningPlan, make_meta, read_meta
+from ..structures import (META_KEY, PruningPlan, StructureError, make_meta,
+                          read_meta)
 
 logger = logging.getLogger('mmprune')
 
@@ -207,6 +209,9 @@ class ChannelPruningHook(Hook):
     def before_run(self, runner) -> None:
         model = unwrap(runner.model)
         make_prunable(model)
+        # a checkpoint written during (or right after) an event is the only
+        # record of the structure: never leave it half-written
+        make_checkpoints_atomic(runner)
         if self.regularizers:
             # read through runner.model: DDP may be re-wrapped after a cut
             model._mmprune_loss_terms = [
@@ -231,18 +236,66 @@ class ChannelPruningHook(Hook):
                         f'the last {n} no-augmentation epochs (it ends at '
                         f'epoch {last}, they start after {total - n})')
         model = unwrap(runner.model)
+        self._check_ranks(model, 'before training')
         if self.state['dense_cost'] is None:
             # fail before training if the graph cannot be analysed
             graph = apis.analyze(model, self.residual_mode, self.trace_size,
                                  self.ignored_layers)
             self.state['dense_cost'] = self._cost(model, graph)
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
+            self._check_reachable(model, graph)
         if self.state.get('dense_params') is None:  # also: old checkpoints
             self.state['dense_params'] = sum(
                 p.numel() for p in model.parameters()) if not \
                 apis.model_plans(model) else None
         self._update_scalars(model)
+        self._use_loss_scale(runner)
         self._attach(model)
+
+    def _check_reachable(self, model, graph) -> None:
+        """Refuse, before training, a target the allocator limits cannot
+        reach: even with every pruned group at its smallest allowed width
+        (``min_keep``, ``max_prune_ratio`` applied at each event; pinned
+        channels kept) the model would cost more than ``target``."""
+        alloc = build_from(ALLOCATORS, dict(self.allocator_cfg,
+                                            ratio=self.target), 'allocator')
+        names = None
+        if self.exclude_groups:
+            from ..methods import filter_groups
+            names = set(filter_groups(graph, **self.exclude_groups))
+        keep = {}
+        for g in graph.prunable_groups():
+            if names is not None and g.name not in names:
+                continue
+            width = g.width
+            for _ in range(self.num_events):
+                width = alloc.floor(width)
+            order = np.concatenate([np.nonzero(g.pinned)[0],
+                                    np.nonzero(~g.pinned)[0]])
+            keep[g.name] = np.sort(order[:max(width, int(g.pinned.sum()))])
+        smallest = self._cost(model, graph, keep) / self.state['dense_cost']
+        if smallest > self.target + 1e-9:
+            cfg = self.allocator_cfg
+            raise ValueError(
+                f'ChannelPruningHook: target={self.target} ({self.budget}) '
+                f'cannot be reached: with min_keep={cfg["min_keep"]} and '
+                f'max_prune_ratio={cfg["max_prune_ratio"]} over '
+                f'{self.num_events} event(s) the smallest model keeps '
+                f'{smallest:.3f} of the dense {self.budget}. Lower min_keep, '
+                f'raise max_prune_ratio or add events, or raise target')
+
+    def _use_loss_scale(self, runner) -> None:
+        """AMP: a criterion accumulating gradients during training (Taylor)
+        divides each backward's contribution by the optimizer wrapper's
+        current loss scale (mmengine ``AmpOptimWrapper.loss_scaler``)."""
+        scaler = getattr(getattr(runner, 'optim_wrapper', None),
+                         'loss_scaler', None)
+        if scaler is None or not hasattr(scaler, 'get_scale') or \
+                self.scoring_batches:
+            return  # the scoring pass runs its own unscaled backward
+        if hasattr(self.criterion, 'loss_scale') and \
+                self.criterion.loss_scale is None:
+            self.criterion.loss_scale = scaler.get_scale
 
     def _graph(self, model):
         return apis.analyze(model, self.residual_mode, self.trace_size,
@@ -315,13 +368,24 @@ class ChannelPruningHook(Hook):
 
     def _maybe_event(self, runner) -> None:
         pos = self._position(runner)
-        if self.soft and self.state['pending'] is not None and \
-                pos in self._cut_positions():
-            self._cut(runner, PruningPlan.from_dict(self.state['pending']))
-            self.state['pending'] = None
-        if pos in self.positions and \
-                self.state['events_done'] < self.num_events and \
-                self.positions[self.state['events_done']] == pos:
+        cut = self.soft and self.state['pending'] is not None and \
+            pos in self._cut_positions()
+        event = pos in self.positions and \
+            self.state['events_done'] < self.num_events and \
+            self.positions[self.state['events_done']] == pos
+        if cut or event:
+            # rank 0's plan is applied everywhere: a rank whose model
+            # differs would fail alone and leave the others waiting
+            self._check_ranks(unwrap(runner.model), f'before the prune step '
+                              f'at {"epoch" if self.by_epoch else "iter"} '
+                              f'{pos}')
+        if cut:
+            # clear 'pending' first: the re-attach inside _cut then drops the
+            # regulariser's selection, whose positions refer to the old
+            # widths (an event that finds its target met selects nothing new)
+            plan, self.state['pending'] = self.state['pending'], None
+            self._cut(runner, PruningPlan.from_dict(plan))
+        if event:
             self._event(runner)
 
     def _event(self, runner) -> None:
@@ -448,7 +512,7 @@ class ChannelPruningHook(Hook):
             apis._record(ema.module, plans, self.trace_size)
         self._mask = None
         self._attach(model)
-        self._check_ranks(model)
+        self._check_ranks(model, 'after a cut')
         self._log(runner, model, before)
 
     # ---------------------------------------------------- consistency
@@ -457,14 +521,20 @@ class ChannelPruningHook(Hook):
         shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
         return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
-    def _check_ranks(self, model) -> None:
+    def _check_ranks(self, model, when: str) -> None:
+        """Compare the structure hash of every rank; all ranks raise
+        together (one collective), so none is left waiting."""
         from mmengine.dist import all_gather_object, get_world_size
         if get_world_size() < 2:
             return
         hashes = all_gather_object(self.structure_hash(model))
         if len(set(hashes)) != 1:
-            raise RuntimeError(f'mmprune: ranks disagree on the pruned '
-                               f'structure after an event: {hashes}')
+            per_rank = ', '.join(f'rank {i}: {h}'
+                                 for i, h in enumerate(hashes))
+            raise RuntimeError(
+                f'mmprune: ranks disagree on the model structure {when} '
+                f'({per_rank}); every rank must build, load or resume the '
+                f'same model')
 
     def _log(self, runner, model, before) -> None:
         from ..utils.report import stage_table
@@ -493,6 +563,37 @@ class ChannelPruningHook(Hook):
                 1 - params / self.state['dense_params']
 
     # ---------------------------------------------------- checkpoints
+    @staticmethod
+    def _checked_state(state: dict) -> dict:
+        """Schema-check the hook state stored in a checkpoint (it decides
+        what the resumed run does, so a bad value must not surface later
+        as a TypeError in the middle of training)."""
+        def bad(key, want):
+            raise StructureError(f'mmprune training state: {key!r} must be '
+                                 f'{want}, got {state[key]!r}')
+
+        if 'events_done' in state:
+            v = state['events_done']
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                bad('events_done', 'an int >= 0')
+        for key in ('dense_cost', 'dense_params'):
+            v = state.get(key)
+            if v is not None and (
+                    isinstance(v, bool) or not isinstance(v, (int, float))
+                    or not np.isfinite(v) or v <= 0):
+                bad(key, 'a finite number > 0 or null')
+        if state.get('pending') is not None:
+            try:
+                PruningPlan.from_dict(state['pending'])
+            except ValueError as e:
+                raise StructureError(f'mmprune training state: pending '
+                                     f'selection: {e}') from e
+        regs = state.get('regularizers', [])
+        if not isinstance(regs, list) or not all(isinstance(r, dict)
+                                                 for r in regs):
+            bad('regularizers', 'a list of dicts')
+        return state
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
         state = dict(self.state)
@@ -505,10 +606,23 @@ class ChannelPruningHook(Hook):
         meta = (checkpoint.get('meta') or {}).get(META_KEY)
         if meta is None:
             return
-        plans, size, state = read_meta(meta)
+        src = getattr(runner, '_load_from', None) or \
+            f'the latest checkpoint in {runner.work_dir}'
+        try:
+            plans, size, state = read_meta(meta)
+            state = self._checked_state(state)
+        except StructureError as e:
+            raise StructureError(f'{src}: {e}') from e
         model = unwrap(runner.model)
         old = dict(model.named_parameters())
-        if apis.replay(model, plans, size):
+        try:
+            applied = apis.replay(model, plans, size)
+        except ValueError as e:
+            raise StructureError(
+                f'{src}: its pruned structure does not fit the '
+                f'{type(model).__name__} built from the config (a checkpoint '
+                f'of another model or config?): {e}') from e
+        if applied:
             # the optimizer was built on the dense parameters; its state
             # (when resuming) is loaded after this hook, already pruned
             optimizer = getattr(getattr(runner, 'optim_wrapper', None),
