@@ -20,9 +20,13 @@ test: setup
 demo: setup
 	$(PYTHON) tools/demo.py
 
+# The benchmark suites (benchmarks/run.py; quick preset, ~30-40 min on 2 cores).
+# Pass options through BENCH_ARGS, e.g. BENCH_ARGS="--resume" after an
+# interruption, or BENCH_ARGS="--preset full".
 bench:
 	@if [ -f benchmarks/run.py ]; then \
-		$(MAKE) --no-print-directory setup && $(PYTHON) benchmarks/run.py; \
+		$(MAKE) --no-print-directory setup && \
+			$(PYTHON) benchmarks/run.py $(BENCH_ARGS); \
 	else \
 		echo "bench: benchmarks/run.py is not there yet; nothing to run."; \
 	fi

@@ -88,16 +88,16 @@ def fake_batch(n, size, num_classes=80):
     return x, samples
 
 
-def masked_iteration_ratio(iters):
+def masked_iteration_ratio(iters, size=320):
     import torch
     from mmengine.optim import OptimWrapper
     from mmprune.hooks import ChannelPruningHook
     model = build('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py').train()
     wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
                                            momentum=0.9))
-    batch = fake_batch(2, 320)
+    batch = fake_batch(2, size)
     runner = FakeRunner(model, wrapper)
-    hook = ChannelPruningHook(target=0.5, soft=True, input_size=(320, 320))
+    hook = ChannelPruningHook(target=0.5, soft=True, input_size=(size, size))
     hook.before_run(runner)
     hook.state['dense_cost'] = hook._cost(model)
     hook._event(runner)  # select + mask; the masked phase starts
@@ -115,15 +115,16 @@ def masked_iteration_ratio(iters):
     return statistics.median(hooked) / statistics.median(plain)
 
 
-def event_seconds():
+def event_seconds(config='mmdet::yolox/yolox_s_8xb8-300e_coco.py',
+                  size=640):
     import torch
     from mmengine.optim import OptimWrapper
     from mmprune.hooks import ChannelPruningHook
-    model = build('mmdet::yolox/yolox_s_8xb8-300e_coco.py').train()
+    model = build(config).train()
     wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
                                            momentum=0.9))
     runner = FakeRunner(model, wrapper)
-    hook = ChannelPruningHook(target=0.5, input_size=(640, 640))
+    hook = ChannelPruningHook(target=0.5, input_size=(size, size))
     hook.before_run(runner)
     hook.state['dense_cost'] = hook._cost(model)  # done once, before_train
     t = time.perf_counter()
@@ -174,7 +175,7 @@ def _run_cfg(data, work, epochs, size, prune):
     return cfg
 
 
-def prune_run_ratio(epochs=4, size=320):
+def prune_run_ratio(epochs=4, size=320, num_train=32):
     """Wall time of training that cuts to 50 % FLOPs after epoch 1, over
     the dense run with the same epochs (both built the same way)."""
     from mmengine.runner import Runner
@@ -182,8 +183,9 @@ def prune_run_ratio(epochs=4, size=320):
     from mmprune.datasets import make_synthetic_dataset
     register_all_modules(init_default_scope=False)
     tmp = tempfile.mkdtemp()
-    data = make_synthetic_dataset(osp.join(tmp, 'synth'), num_train=32,
-                                  num_val=4, size=size, seed=0)
+    data = make_synthetic_dataset(osp.join(tmp, 'synth'),
+                                  num_train=num_train, num_val=4, size=size,
+                                  seed=0)
     times = {}
     for prune in (False, True):
         cfg = _run_cfg(data, osp.join(tmp, f'w{int(prune)}'), epochs, size,
