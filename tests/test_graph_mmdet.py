@@ -267,3 +267,29 @@ def test_yolox_fine_mode_onnx(tmp_path):
     for a, b in zip(got, want):
         b = b.numpy()
         assert np.abs(a - b).max() <= 1e-4 * max(np.abs(b).max(), 1e-6)
+
+
+def test_bpc_scores_only_the_groups_it_prunes_on_faster_rcnn():
+    """HRank (one of BPC's criteria) has no score for the RoI head's fully
+    connected groups; BPC excludes ``^roi_head``, so the hook asks only for
+    the groups it prunes (``Criterion.score(..., names)``) and never for
+    those (the shipped BPC Faster R-CNN configs stopped at their cut)."""
+    from mmprune.criteria import HRankCriterion
+    from mmprune.methods import filter_groups, get_method
+    model = build('faster_rcnn_r50')
+    graph = apis.analyze(model)
+    crit = HRankCriterion()
+    crit.attach(model, graph)
+    fn, x = tensor_forward(model, (128, 128))
+    with torch.no_grad():
+        fn(*x)
+    roi = [g.name for g in graph.prunable_groups()
+           if g.name.startswith('roi_head')]
+    assert roi  # the RoI head's fc groups are prunable in general...
+    with pytest.raises(RuntimeError, match='no spatial output'):
+        crit.score(model, graph)  # ...and HRank cannot score them
+    names = filter_groups(graph, **get_method('bpc').groups)
+    scores = crit.score(model, graph, names)
+    crit.detach()
+    assert sorted(scores) == sorted(names) and not set(roi) & set(scores)
+    assert all(torch.isfinite(s).all() for s in scores.values())

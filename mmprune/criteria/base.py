@@ -5,7 +5,7 @@ means more important. Reading a group's weight slices is written once here
 (``group_weight_rows``), so criteria never branch on layer types.
 """
 import abc
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -38,6 +38,14 @@ class BaseCriterion(metaclass=abc.ABCMeta):
     def score_group(self, model: nn.Module, group) -> torch.Tensor:
         """(G,) importance of ``group``'s channels."""
 
-    def score(self, model: nn.Module, graph) -> Dict[str, torch.Tensor]:
+    def score(self, model: nn.Module, graph,
+              names: Optional[Iterable[str]] = None
+              ) -> Dict[str, torch.Tensor]:
+        """Scores of every prunable group, or only of those in ``names``
+        (a method that leaves groups alone must not score them: some
+        criteria cannot, e.g. HRank on the RoI head's fully connected
+        layers, which have no spatial output)."""
+        wanted = None if names is None else set(names)
         return {g.name: self.score_group(model, g).float().cpu()
-                for g in graph.prunable_groups()}
+                for g in graph.prunable_groups()
+                if wanted is None or g.name in wanted}
