@@ -90,6 +90,7 @@ def parse_args(argv=None):
     parser.add_argument('--only', choices=RUNS,
                         help='(internal) train this one run and exit')
     args = parser.parse_args(argv)
+    args.reused = []  # runs taken from an earlier call (--reuse)
     if args.epochs < 2:
         parser.error(f'--epochs must be >= 2, got {args.epochs}')
     if not 0 < args.target <= 1:
@@ -306,6 +307,7 @@ def train_all(args) -> dict:
         if args.reuse and osp.isfile(osp.join(args.work_dir, run,
                                               'run.json')):
             print(f'[demo] reusing the finished {run} run')
+            args.reused.append(run)
             continue
         log = open(osp.join(args.work_dir, f'{run}.log'), 'w')
         print(f'[demo] training {run} (log: {log.name})')
@@ -463,6 +465,8 @@ def main(argv=None):
                                     'export_report.json')),
         plots=files,
         total_wall_s=round(time.perf_counter() - t_start, 1),
+        # with --reuse, total_wall_s leaves out the training of these runs
+        reused_runs=args.reused,
         machine=dict(cpus=os.cpu_count(), threads_per_run=1,
                      parallel_runs=not args.sequential),
         versions=dict(
