@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from .adapters.detector import fixed_output_module, tensor_forward
 from .graph import RESIDUAL_MODES, ChannelGraph, build_channel_graph
+from .graph.tracer import GraphTraceError
 from .pruners.surgery import apply_compact
 from .structures import (BUFFER as STRUCTURE_BUFFER, META_KEY,
                          PruningPlan, StructureError, decode, encode,
@@ -68,6 +69,11 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
         graph = build_channel_graph(model, fn, inputs,
                                     residual_mode=residual_mode, fixed=fixed,
                                     respect_frozen=not replay)
+    except GraphTraceError as e:
+        raise GraphTraceError(
+            f'{e} (traced on a {tuple(input_size)} dummy image: the trace '
+            f'size must suit the model, e.g. a multiple of its largest '
+            f'stride)') from e.__cause__
     finally:
         model.train(was_training)
     if replay:
@@ -109,6 +115,15 @@ def make_plan(graph: ChannelGraph, keep: Dict[str, np.ndarray]
             raise ValueError(f'unknown group {name!r}')
         if len(kept) == 0:
             raise ValueError(f'plan would empty group {name!r}')
+    # a group can be non-empty and still take every channel of one of its
+    # producers (a concat coupled by an add): that module would be empty
+    for mod, idx in graph.module_indices(keep).items():
+        for axis in ('out', 'in'):
+            if idx[axis] is not None and len(idx[axis]) == 0:
+                raise ValueError(
+                    f'plan would remove every {axis}put channel of module '
+                    f'{mod!r}; keep at least one channel of each producer '
+                    f'in its group')
     return PruningPlan(keep={k: sorted(int(i) for i in v)
                              for k, v in keep.items()},
                        residual_mode=graph.residual_mode,
@@ -185,8 +200,15 @@ def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     meta = (ckpt.get('meta') or {}).get(META_KEY)
     if meta is not None:
-        plans, size, _ = read_meta(meta)
-        replay(model, plans, size)
+        try:
+            plans, size, _ = read_meta(meta)
+            replay(model, plans, size)
+        except ValueError as e:  # StructureError, plan/model mismatch
+            where = config if isinstance(config, str) else 'the config'
+            raise StructureError(
+                f'{checkpoint}: its pruned structure cannot be rebuilt on '
+                f'the {type(model).__name__} of {where} (a checkpoint of '
+                f'another model or config?): {e}') from e
     load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     return model.to(device).eval()
 

@@ -19,8 +19,9 @@ that meet a FLOPs or params target measured by the exact cost model
 
 Constraints every allocator honours: keep at least ``max(min_keep,
 ceil((1 - max_prune_ratio) * width))`` channels per group (never fewer than
-1, never more than the width), kept counts rounded up to multiples of
-``round_to`` (unless the group has too few prunable channels), pinned
+1, never more than the width), at least one channel of every producer's
+slice of a group (:class:`SliceGuard`), kept counts rounded up to multiples
+of ``round_to`` (unless the group has too few prunable channels), pinned
 channels kept, and previously pruned channels (``pruned=``) kept pruned.
 """
 import abc
@@ -169,6 +170,39 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         return forced
 
 
+class SliceGuard:
+    """Keeps at least one channel of each producer's slice of a group.
+
+    A concat whose output is added to another tensor couples several
+    producers into one group where each writes only a *slice* of the group
+    indices ([0, c_a) from conv a, [c_a, c_a + c_b) from conv b). A cut
+    that keeps no channel of one slice would leave that conv with zero
+    outputs. Producers writing every group channel need no guard (the
+    group floor is >= 1), so for most detectors ``slices`` is empty.
+    """
+
+    def __init__(self, group):
+        self.slices = []
+        for m in group.producers():
+            idx = set(np.unique(m.group_index).tolist())
+            if len(idx) < group.width:
+                self.slices.append(idx)
+
+    def start(self, dropped=()) -> List[int]:
+        """Kept count per slice once ``dropped`` channels are gone."""
+        gone = set(dropped)
+        return [len(s - gone) for s in self.slices]
+
+    def allow(self, left: List[int], c: int) -> bool:
+        """Whether channel ``c`` may go (and count it in ``left``)."""
+        hit = [i for i, s in enumerate(self.slices) if c in s]
+        if any(left[i] <= 1 for i in hit):
+            return False
+        for i in hit:
+            left[i] -= 1
+        return True
+
+
 class GlobalOrder:
     """Drop a prefix of one global order, with per-group caps, forced drops
     and ``round_to`` rounding.
@@ -187,6 +221,7 @@ class GlobalOrder:
         self.floors = floors
         self.round_to = round_to
         self.forced = forced or [[] for _ in groups]
+        self.guards = [SliceGuard(g) for g in groups]
         fset = [set(f) for f in self.forced]
         self.entries = [(gi, c) for gi, c in entries if c not in fset[gi]]
 
@@ -194,8 +229,10 @@ class GlobalOrder:
         """Per slot dropped channels for the first ``n`` order entries:
         forced ones first, then in order, then rounded."""
         drop = [list(f) for f in self.forced]
+        left = [gd.start(f) for gd, f in zip(self.guards, self.forced)]
         for gi, c in self.entries[:n]:
-            if self.groups[gi].width - len(drop[gi]) > self.floors[gi]:
+            if self.groups[gi].width - len(drop[gi]) > self.floors[gi] and \
+                    self.guards[gi].allow(left[gi], c):
                 drop[gi].append(c)
         for gi, g in enumerate(self.groups):
             d, nf = drop[gi], len(self.forced[gi])

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..registry import ALLOCATORS
-from .base import BaseAllocator, fill_budget
+from .base import BaseAllocator, SliceGuard, fill_budget
 
 
 @ALLOCATORS.register_module()
@@ -48,13 +48,18 @@ class UniformAllocator(BaseAllocator):
             free = np.nonzero(~np.asarray(g.pinned))[0]
             orders.append(free[np.argsort(s[free], kind='stable')].tolist())
         floors = [self.floor(g.width) for g in groups]
+        guards = [SliceGuard(g) for g in groups]
 
         def drops(p: float) -> List[List[int]]:
             out = []
-            for g, order, fl in zip(groups, orders, floors):
+            for g, order, fl, gd in zip(groups, orders, floors, guards):
                 kept = max(fl, math.ceil((1 - p) * g.width - 1e-9))
                 kept = min(g.width, -(-kept // self.round_to) * self.round_to)
-                out.append(order[:min(g.width - kept, len(order))])
+                n = min(g.width - kept, len(order))
+                if gd.slices:  # lowest scores first, one per slice stays
+                    left = gd.start()
+                    order = [c for c in order if gd.allow(left, c)]
+                out.append(order[:n])
             return out
 
         def keep_of(drop):

@@ -171,14 +171,28 @@ class ChannelGraph:
     def full_through(self, rec: ModuleRecord) -> np.ndarray:
         """(C_in,) True where an input column is read from a scattered
         writer: the compact model keeps that column at full stream width.
-        It does not depend on the plan, so it is computed once."""
+        It does not depend on the plan, so it is computed once.
+
+        Followers (BN, depthwise conv, GroupNorm) pass such columns on at
+        full width, so a column read from a follower is full where the
+        follower's matching input column (same atom) is full.
+        """
         if rec.name not in self._full:
+            self._full[rec.name] = np.zeros(len(rec.inp), dtype=bool)
             full = np.zeros(len(rec.inp), dtype=bool)
             if self.scatter:
-                scattered = {r.index for r in self.records.values()
-                             if r.name in self.scatter}
+                by_index = {r.index: r for r in self.records.values()}
+                scattered = [r.index for r in self.records.values()
+                             if r.name in self.scatter]
                 for via in rec.in_vias:
-                    full |= np.isin(via, list(scattered))
+                    full |= np.isin(via, scattered)
+                    for i in np.nonzero(~full)[0]:
+                        f = by_index.get(int(via[i]))
+                        if f is None or f is rec or f.inp is None or \
+                                f.kind not in ('dwconv', 'norm', 'gn'):
+                            continue
+                        full[i] = bool(self.full_through(f)[
+                            f.inp == rec.inp[i]].any())
             self._full[rec.name] = full
         return self._full[rec.name]
 

@@ -49,13 +49,15 @@ SPLIT = frozenset({'split', 'chunk', 'split_with_sizes', 'tensor_split',
 RESHAPE = frozenset({'view', 'reshape', 'flatten', 'view_as', 'reshape_as'})
 REDUCE = frozenset({'mean', 'sum', 'amax', 'amin', 'max', 'min'})
 
-# Calls that read metadata only; never touch labels.
+# Calls that read metadata only; never touch labels. (``numpy``, ``tolist``
+# and ``item`` are not here: values that leave torch can come back as a
+# constant mixing every channel, so the channels they read are pinned.)
 IGNORED = frozenset({
     '__get__', '__set__', 'size', 'dim', 'numel', 'ndimension', 'is_contiguous',
-    '__len__', '__bool__', 'item', 'tolist', 'data_ptr', 'element_size',
+    '__len__', '__bool__', 'data_ptr', 'element_size',
     'get_device', '__repr__', '__format__', 'stride', 'is_floating_point',
     '__hash__', '__eq__', '__ne__', 'equal', '__iter__', '__index__',
-    '__int__', '__float__', 'numpy', 'has_names', 'storage_offset',
+    '__int__', '__float__', 'has_names', 'storage_offset',
     'new_zeros', 'new_ones', 'new_full', 'new_empty', 'new_tensor',
     'zeros_like', 'ones_like', 'empty_like', 'full_like', 'rand_like',
     'randn_like', 'backward',

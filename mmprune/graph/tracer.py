@@ -104,6 +104,15 @@ class ChannelTracer(TorchFunctionMode):
         self._index = {n: i for i, n in enumerate(self._names.values())}
         self._roi = _roi_types()
         self._module_stack: List[str] = []
+        self._op: Optional[str] = None  # the torch op running now
+        # parameters surgery slices (conv, depthwise conv, linear, BN)
+        self._param_owner = {
+            id(p): n for n, m in model.named_modules()
+            if self._kind(m) in ('conv', 'dwconv', 'linear', 'norm')
+            for p in m.parameters(recurse=False)}
+        self._foreign: Dict[str, str] = {}  # module -> op that read it
+        self._writer_atoms: Dict[int, list] = {}  # fine mode, see below
+        self._via_lost: Set[int] = set()  # see _lose_via
 
     # ------------------------------------------------------------ labels
     def get(self, t) -> Optional[Labels]:
@@ -133,7 +142,9 @@ class ChannelTracer(TorchFunctionMode):
                                              np.full(c, -1)))
 
     def _where(self):
-        return self._module_stack[-1] if self._module_stack else '<model>'
+        if not self._module_stack:
+            return '<model>'
+        return self._module_stack[-1] or '<root>'  # the root's name is ''
 
     def _pin_unknown(self, name, args, kwargs, out):
         reason = f"op '{name}' in {self._where()}"
@@ -152,17 +163,34 @@ class ChannelTracer(TorchFunctionMode):
     # --------------------------------------------------- function mode
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        name = getattr(func, '__name__', None) or str(func)
+        self._op = name  # named by trace() if the forward fails here
         out = func(*args, **kwargs)
         if self._leaf_depth > 0:
+            self._op = None
             return out
-        name = getattr(func, '__name__', None) or str(func)
-        if name in ops.IGNORED:
-            return out
-        try:
-            self._propagate(name, args, kwargs, out)
-        except _Unsupported:
-            self._pin_unknown(name, args, kwargs, out)
+        if name not in ops.IGNORED:
+            self._check_foreign_params(name, list(args) +
+                                       list(kwargs.values()))
+            try:
+                self._propagate(name, args, kwargs, out)
+            except _Unsupported:
+                self._pin_unknown(name, args, kwargs, out)
+        self._op = None
         return out
+
+    def _check_foreign_params(self, name, args):
+        """A conv/BN/linear parameter read by an op outside its module (a
+        weight used functionally elsewhere) would keep its old width there
+        after surgery: remember the module, its channels get pinned."""
+        flat = [b for a in args
+                for b in (a if isinstance(a, (list, tuple)) else (a, ))]
+        for a in flat:
+            if isinstance(a, nn.Parameter):
+                owner = self._param_owner.get(id(a))
+                if owner is not None:
+                    self._foreign.setdefault(
+                        owner, f"op '{name}' in {self._where()}")
 
     def _propagate(self, name, args, kwargs, out):
         first = args[0] if args else None
@@ -219,8 +247,10 @@ class ChannelTracer(TorchFunctionMode):
             if np.array_equal(la.atoms, lb.atoms):
                 # two functions of the same channels (Swish: x * sigmoid(x)):
                 # still a channel-wise op, not a residual sum
-                via = la.via if np.array_equal(la.via, lb.via) else \
-                    np.full(la.width, -1)
+                if np.array_equal(la.via, lb.via):
+                    via = la.via
+                else:
+                    via = self._lose_via(la, lb)
                 if name in ops.ADDITIVE or name in ('maximum', 'minimum'):
                     zero = la.zero_kept and lb.zero_kept
                 elif name.startswith(('mul', '__mul', '__rmul', '__imul')):
@@ -233,7 +263,7 @@ class ChannelTracer(TorchFunctionMode):
                 if self._fine_add(la, lb, out):
                     return
             self.atoms.union_arrays(la.atoms, lb.atoms)
-            self.put(out, Labels(la.atoms, np.full(la.width, -1), False))
+            self.put(out, Labels(la.atoms, self._lose_via(la, lb), False))
             return
         lab, other = (la, b) if la is not None else (lb, a)
         zero = True
@@ -257,6 +287,16 @@ class ChannelTracer(TorchFunctionMode):
             zero = False  # k / x maps 0 to inf
         self.put(out, Labels(lab.atoms, lab.via, lab.zero_kept and zero))
 
+    def _lose_via(self, *labs: Labels) -> np.ndarray:
+        """The ``via`` of an op that mixes its operands: -1 everywhere.
+        Modules whose output passed through here are remembered: if one
+        becomes a scattered writer, later readers cannot tell that its
+        channels are back at full width (see _pin_coupled_writers)."""
+        for lab in labs:
+            self._via_lost.update(int(v) for v in np.unique(lab.via)
+                                  if v >= 0)
+        return np.full(labs[0].width, -1)
+
     def _fine_add(self, la: Labels, lb: Labels, out) -> bool:
         """FCP: keep the add alive at full width; each writer keeps its own
         channels. Returns False (caller couples) when a side cannot be
@@ -274,6 +314,8 @@ class ChannelTracer(TorchFunctionMode):
                     f'op), coupled instead')
                 return False
             writers.append(int(vias[0]))
+            self._writer_atoms.setdefault(int(vias[0]), []).append(
+                lab.atoms.copy())
         names = list(self._names.values())
         for w in writers:
             self.scatter.add(names[w])
@@ -303,7 +345,7 @@ class ChannelTracer(TorchFunctionMode):
                 if p.width != parts[0].width:
                     raise _Unsupported
                 self.atoms.union_arrays(parts[0].atoms, p.atoms)
-            self.put(out, Labels(parts[0].atoms, np.full(parts[0].width, -1),
+            self.put(out, Labels(parts[0].atoms, self._lose_via(*parts),
                                  all(p.zero_kept for p in parts)))
 
     def _split(self, name, args, kwargs, out):
@@ -431,7 +473,7 @@ class ChannelTracer(TorchFunctionMode):
             if lv.width != lt.width:
                 raise _Unsupported
             self.atoms.union_arrays(lt.atoms, lv.atoms)
-            self.put(target, Labels(lt.atoms, np.full(lt.width, -1), False))
+            self.put(target, Labels(lt.atoms, self._lose_via(lt, lv), False))
 
     # ----------------------------------------------------- module hooks
     def _kind(self, m: nn.Module) -> Optional[str]:
@@ -508,10 +550,11 @@ class ChannelTracer(TorchFunctionMode):
             not p.requires_grad for p in m.parameters(recurse=False))
         via = np.full(out.shape[1], self._index[name]) if (
             out is not None and out.dim() >= 2) else None
+        if kind == 'linear' and x.dim() != 2:
+            # (N, L, C) tokens: features sit on the last axis, not dim 1,
+            # and L may differ per call; understood enough to pin only
+            kind = 'tokens'
         if kind in ('conv', 'linear'):
-            if kind == 'linear' and (x.dim() != 2):
-                self.atoms.pin(lab.atoms, f'{name}: Linear on a '
-                               f'{x.dim()}-D input')
             rec = self._record(name, kind)
             self._merge_input(rec, lab)
             if rec.out is None:
@@ -534,10 +577,13 @@ class ChannelTracer(TorchFunctionMode):
             self._put_module_output(m, out, Labels(lab.atoms, via[:lab.width]))
         elif kind == 'roi':
             self.put(out, lab)
-        else:  # gconv, ln: understood enough to pin, not to prune
+        else:  # gconv, ln, tokens: understood enough to pin, not to prune
             rec = self._record(name, 'opaque')
-            self.atoms.pin(lab.atoms, f'{type(m).__name__} {name}')
-            self.opaque[name] = f'{type(m).__name__}: channels pinned'
+            if lab is not None:
+                self.atoms.pin(lab.atoms, f'{type(m).__name__} {name}')
+            self.opaque[name] = f'{type(m).__name__}: channels pinned' + (
+                f' (applied to a {x.dim()}-D input)' if kind == 'tokens'
+                else '')
             if out is not None:
                 self._fresh(out, f'{type(m).__name__} {name}')
 
@@ -554,6 +600,38 @@ class ChannelTracer(TorchFunctionMode):
                                      'pinned')
                 self._fresh(t, f'opaque module {name}')
 
+    def _pin_coupled_writers(self):
+        """Fine mode: a scattered writer's output is full width again after
+        the scatter, so its channels may not be coupled with any other
+        producer's (an add that fell back to coupling, e.g. onto a concat
+        holding the writer's output), nor reach a module through an op
+        that loses ``via`` (a product of two different tensors), where the
+        reader would take them for compact ones. Such a writer's channels
+        are pinned (its scatter is then the identity)."""
+        if not self._writer_atoms:
+            return
+        roots = self.atoms.resolve()
+        size = np.bincount(roots, minlength=len(roots))
+        names = list(self._names.values())
+        # a follower (BN, depthwise conv) passes a writer's channels on
+        # under its own via: a lost follower via loses the writer's too
+        followers = {r.index: r for r in self.records.values()
+                     if r.kind in ('dwconv', 'norm', 'gn')}
+        lost, todo = set(self._via_lost), list(self._via_lost)
+        while todo:
+            rec = followers.get(todo.pop())
+            for via in (rec.in_vias if rec is not None else ()):
+                for v in np.unique(via).tolist():
+                    if v >= 0 and v not in lost:
+                        lost.add(v)
+                        todo.append(v)
+        for index, parts in self._writer_atoms.items():
+            own = np.unique(np.concatenate(parts))
+            classes, count = np.unique(roots[own], return_counts=True)
+            if np.any(size[classes] > count) or index in lost:
+                self.atoms.pin(own, f'fine mode: writer {names[index]} is '
+                               f'coupled with other channels')
+
     # -------------------------------------------------------------- run
     def trace(self, forward_fn: Callable, inputs: Sequence[torch.Tensor]):
         """Run ``forward_fn(*inputs)`` under the tracer; return the output."""
@@ -569,17 +647,42 @@ class ChannelTracer(TorchFunctionMode):
                     self.atoms.new(x.shape[1], pin='model input'),
                     np.full(x.shape[1], -1)))
                 traced.append(x)
-            with torch.enable_grad(), self:
-                out = forward_fn(*traced)
+            try:
+                with torch.enable_grad(), self:
+                    out = forward_fn(*traced)
+            except Exception as e:
+                # the hooks that pop the module stack did not run: it still
+                # says where the forward stopped
+                at = f"op '{self._op}'" if self._op else 'python code'
+                raise GraphTraceError(
+                    f'mmprune: the channel analysis could not run the '
+                    f'forward of {type(self.model).__name__}: {at} in module '
+                    f"'{self._where()}' raised {type(e).__name__}: {e}") \
+                    from e
             for t in iter_tensors(out):
                 lab = self.get(t)
                 if lab is not None:
                     self.atoms.pin(lab.atoms, 'model output')
+            self._pin_coupled_writers()
+            for mname, where in self._foreign.items():
+                rec = self.records.get(mname)
+                if rec is None:
+                    continue
+                why = f'parameter of {mname} read by {where}'
+                for atoms in (rec.out, rec.inp):
+                    if atoms is not None:
+                        self.atoms.pin(atoms, why)
+                self.opaque[mname] = why + ': channels pinned'
         finally:
             for h in handles:
                 h.remove()
             self._labels.clear()
         return out
+
+
+class GraphTraceError(RuntimeError):
+    """The model's forward failed under the channel tracer; the message
+    names the op and the module where it stopped."""
 
 
 class _Unsupported(Exception):

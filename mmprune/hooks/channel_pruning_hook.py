@@ -159,6 +159,11 @@ class ChannelPruningHook(Hook):
                                  f'{v!r}')
         if interval < 1:
             raise ValueError(f'interval must be >= 1, got {interval}')
+        if begin < 1:
+            # events run after an epoch (iteration) ends: "after 0" never
+            # happens; pruning before any training is tools/prune.py's job
+            raise ValueError(f'begin must be >= 1 (the first event runs '
+                             f'after epoch/iteration `begin`), got {begin}')
         if end < begin:
             raise ValueError(f'end ({end}) is before begin ({begin})')
         if scoring_batches is not None and not (
@@ -229,12 +234,15 @@ class ChannelPruningHook(Hook):
         if self.by_epoch:
             for hook in runner.hooks:
                 n = getattr(hook, 'num_last_epochs', None)
+                # mmdet switches at the start of 1-based epoch total - n,
+                # so total - n is already trained without Mosaic/MixUp
                 if type(hook).__name__ == 'YOLOXModeSwitchHook' and n and \
-                        last > total - n:
+                        last > total - n - 1:
                     raise ValueError(
                         f'ChannelPruningHook: pruning must finish before '
-                        f'the last {n} no-augmentation epochs (it ends at '
-                        f'epoch {last}, they start after {total - n})')
+                        f'the no-augmentation epochs (the last {n + 1}: '
+                        f'mmdet switches at the start of epoch {total - n}); '
+                        f'the schedule ends at epoch {last}')
         model = unwrap(runner.model)
         self._check_ranks(model, 'before training')
         if self.state['dense_cost'] is None:
@@ -281,8 +289,11 @@ class ChannelPruningHook(Hook):
                 f'cannot be reached: with min_keep={cfg["min_keep"]} and '
                 f'max_prune_ratio={cfg["max_prune_ratio"]} over '
                 f'{self.num_events} event(s) the smallest model keeps '
-                f'{smallest:.3f} of the dense {self.budget}. Lower min_keep, '
-                f'raise max_prune_ratio or add events, or raise target')
+                f'{smallest:.3f} of the dense {self.budget} ({len(keep)} '
+                f'group(s) may be pruned; frozen modules, ignored_layers '
+                f'and exclude_groups leave the others whole). Lower '
+                f'min_keep, raise max_prune_ratio or add events, or raise '
+                f'target')
 
     def _use_loss_scale(self, runner) -> None:
         """AMP: a criterion accumulating gradients during training (Taylor)
@@ -399,16 +410,26 @@ class ChannelPruningHook(Hook):
         plan = None
         scores = self._scores(runner, model, graph) if current > goal \
             else None
-        if get_rank() == 0:
-            if current > goal:
+        failure = None
+        if get_rank() == 0 and current > goal:
+            try:
                 cfg = dict(self.allocator_cfg, ratio=min(1.0,
                                                          goal / current))
                 allocator = build_from(ALLOCATORS, cfg, 'allocator')
                 keep = allocator.allocate(model, graph, scores,
                                           self._cost_model(model))
                 plan = apis.make_plan(graph, keep).to_dict()
-        box = [plan]
+            except ValueError as e:
+                # the other ranks wait for the plan: tell them, or they
+                # sit in the broadcast until this process is gone
+                failure = e
+        box = [plan, None if failure is None else str(failure)]
         broadcast_object_list(box)  # every rank applies rank 0's plan
+        if failure is not None:
+            raise failure
+        if box[1] is not None:
+            raise ValueError(f'mmprune: prune event {k} failed on rank 0: '
+                             f'{box[1]}')
         plan = box[0]
         self.state['events_done'] = k
         if plan is None:
@@ -432,13 +453,13 @@ class ChannelPruningHook(Hook):
             self._scoring_pass(runner, model, graph)
         if hasattr(crit, 'sync'):
             crit.sync()
-        scores = crit.score(model, graph)
-        if hasattr(crit, 'detach') and self.scoring_batches:
-            crit.detach()
+        names = None
         if self.exclude_groups:
             from ..methods import filter_groups
-            keep = set(filter_groups(graph, **self.exclude_groups))
-            scores = {k: v for k, v in scores.items() if k in keep}
+            names = filter_groups(graph, **self.exclude_groups)
+        scores = crit.score(model, graph, names)
+        if hasattr(crit, 'detach') and self.scoring_batches:
+            crit.detach()
         if hasattr(crit, 'reset') and not self.scoring_batches:
             crit.reset()
         return scores
@@ -540,7 +561,6 @@ class ChannelPruningHook(Hook):
         from ..utils.report import stage_table
         after = self._cost(model)
         dense = self.state['dense_cost']
-        params = sum(p.numel() for p in model.parameters())
         runner.logger.info(
             f'mmprune: cut at {"epoch" if self.by_epoch else "iter"} '
             f'{self._position(runner)}: {self.budget} {before / dense:.3f} '

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ..structures import BUFFER, decode, read_meta
+from ..structures import BUFFER, StructureError, decode, read_meta
 
 _CLASSES: Dict[type, type] = {}
 
@@ -57,8 +57,15 @@ def _replay_from_state_dict(module, state_dict, prefix, *args):
     if key not in state_dict:
         return
     from ..apis import replay
-    plans, size, _ = read_meta(decode(state_dict[key]))
-    replay(module, plans, size)
+    plans, size, _ = read_meta(decode(state_dict[key]))  # StructureError
+    try:
+        replay(module, plans, size)
+    except ValueError as e:  # the plans do not fit this model
+        raise StructureError(
+            f'the {key!r} buffer of this state dict describes a pruned '
+            f'structure the {type(module).__name__} built from the config '
+            f'cannot take (weights of another model or config?): {e}') \
+            from e
 
 
 def make_prunable(model: nn.Module) -> nn.Module:

@@ -1,6 +1,8 @@
+from .atomic_checkpoint import AtomicLocalBackend, make_checkpoints_atomic
 from .ddp import MMPruneDDP
 from .rebind import (find_ema, prune_ema, prune_runner, rebind_optimizer,
                      rewrap, unwrap)
 
-__all__ = ['MMPruneDDP', 'find_ema', 'prune_ema', 'prune_runner',
-           'rebind_optimizer', 'rewrap', 'unwrap']
+__all__ = ['AtomicLocalBackend', 'make_checkpoints_atomic', 'MMPruneDDP',
+           'find_ema', 'prune_ema', 'prune_runner', 'rebind_optimizer',
+           'rewrap', 'unwrap']

@@ -47,6 +47,24 @@ class PruningPlan:
                 for k, v in keep.items()):
             raise ValueError('pruning plan "keep" must map group names to '
                              'lists of non-negative ints')
+        for k, v in keep.items():
+            # a tampered or hand-edited plan must never empty a group, and
+            # repeated indices would hide a wrong kept count
+            if not v:
+                raise ValueError(f'pruning plan keeps no channel of group '
+                                 f'{k!r}')
+            if len(set(v)) != len(v):
+                raise ValueError(f'pruning plan lists a channel of group '
+                                 f'{k!r} more than once')
+        widths = d.get('widths', {})
+        if not isinstance(widths, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and v > 0
+                for k, v in widths.items()):
+            raise ValueError('pruning plan "widths" must map group names to '
+                             'positive ints')
+        if d.get('residual_mode', 'coupled') not in ('coupled', 'fine'):
+            raise ValueError(f'pruning plan residual_mode must be coupled or '
+                             f'fine, got {d.get("residual_mode")!r}')
         return cls(keep=keep, residual_mode=d.get('residual_mode', 'coupled'),
                    widths=dict(d.get('widths', {})))
 
