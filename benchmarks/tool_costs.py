@@ -51,33 +51,6 @@ def _graph(job: dict) -> dict:
     return rec
 
 
-def _torch_pruning_graph(job: dict) -> dict:
-    """Torch-Pruning may fail on a detector (e.g. the RPN's proposal
-    selection inside a two-stage forward): keep mmprune's numbers and say
-    why Torch-Pruning has none."""
-    try:
-        return _graph(job)
-    except Exception:  # noqa: BLE001
-        pass
-    from benchmarks import graph_and_speed as G
-    from mmprune import apis
-    model = G.build(job['model'])
-    size = G.CONFIGS[job['model']][1]
-    rec = dict(input_size=list(size))
-    t = time.perf_counter()
-    apis.analyze(model)
-    rec['mmprune_graph_s'] = time.perf_counter() - t
-    t = time.perf_counter()
-    apis.analyze(model, input_size=size)
-    rec['mmprune_graph_s_full_size'] = time.perf_counter() - t
-    try:
-        rec['torch_pruning_graph_s'] = G.tp_graph_time(model, size)
-    except Exception as e:  # noqa: BLE001
-        rec['torch_pruning_graph_s'] = None
-        rec['torch_pruning_error'] = f'{type(e).__name__}: {e}'[:500]
-    return rec
-
-
 def _hook(job: dict) -> dict:
     from benchmarks import hook_overhead as H
     from benchmarks.graph_and_speed import CONFIGS
@@ -105,7 +78,7 @@ def run_job(job: dict) -> dict:
     try:
         if job['kind'] == 'graph':
             res['model'] = job['model']
-            res.update(_torch_pruning_graph(job))
+            res.update(_graph(job))
         else:
             res.update(_hook(job))
         res['status'] = 'ok'

@@ -16,6 +16,7 @@ from mmprune.graph import build_channel_graph
 from mmprune.search import (EAConfig, MaskedEvaluator, adaptive_bn,
                             calibrate_pool, evolve)
 from mmprune.utils.flops import CostModel
+from mmprune.utils.io import write_text_atomic
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -214,8 +215,7 @@ def test_search_improves_fitness_and_writes_a_usable_blend(trained,
     # the snippet is a config file whose blend builds a criterion that
     # reproduces the searched scores
     path = str(tmp_path / 'blend.py')
-    tool.atomic_write_text(path, tool.blend_source(out['blend'],
-                                                   ['test run']))
+    write_text_atomic(path, tool.blend_source(out['blend'], ['test run']))
     cfg = Config.fromfile(path)
     crit = BlendedCriterion(**cfg.blend)
     assert set(crit.members) <= set(pool)

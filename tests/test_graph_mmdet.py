@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from mmprune import apis
-from mmprune.adapters import fixed_output_module, tensor_forward
+from mmprune.adapters import (fixed_output_module, tensor_forward,
+                              tensor_outputs)
 from mmprune.pruners import apply_compact, build_mask, scatter_index
 from test_graph_toy import random_keep, randomise_bn
 
@@ -45,19 +46,7 @@ def build(name, **backbone):
 
 
 def outputs(model, size=(128, 128)):
-    fn, x = tensor_forward(model, size, seed=1)
-    with torch.no_grad():
-        out = fn(*x)
-    flat = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            flat.append(o)
-        elif isinstance(o, (list, tuple)):
-            for i in o:
-                walk(i)
-    walk(out)
-    return flat
+    return tensor_outputs(model, size, seed=1)
 
 
 def check_equivalence(model, graph, keep):

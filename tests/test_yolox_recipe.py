@@ -9,8 +9,8 @@ from test_hook_training import shapes
 from test_stack_e2e import yolox_coco_cfg
 
 
-def recipe_cfg(mmdet_config, synth, work, **hook):
-    cfg = yolox_coco_cfg(mmdet_config, synth, work, max_epochs=3)
+def recipe_cfg(mmdet_config, synth, work, max_epochs=3, **hook):
+    cfg = yolox_coco_cfg(mmdet_config, synth, work, max_epochs=max_epochs)
     base = mmdet_config('yolox/yolox_tiny_8xb8-300e_coco.py')
     size = (128, 128)
     train = base.train_dataset
@@ -41,11 +41,13 @@ def recipe_cfg(mmdet_config, synth, work, **hook):
 def test_yolox_recipe_with_mosaic_resize_and_mode_switch(tmp_path,
                                                           mmdet_config,
                                                           synth_data):
-    cfg = recipe_cfg(mmdet_config, synth_data, tmp_path, target=0.5,
-                     begin=1, end=2)
+    # 4 epochs, the last 1 + 1 without Mosaic: mmdet switches at the start of
+    # epoch 3 (4 - num_last_epochs), so cuts after epochs 1 and 2 are allowed
+    cfg = recipe_cfg(mmdet_config, synth_data, tmp_path, max_epochs=4,
+                     target=0.5, begin=1, end=2)
     runner = Runner.from_cfg(cfg)
     runner.train()
-    assert runner.epoch == 3
+    assert runner.epoch == 4
     # the mode switch ran on the pruned model (L1 loss on, mosaic off)
     assert runner.model.bbox_head.use_l1
     assert len(apis.model_plans(runner.model)) == 2
@@ -56,9 +58,12 @@ def test_yolox_recipe_with_mosaic_resize_and_mode_switch(tmp_path,
 def test_schedule_into_no_augmentation_epochs_is_refused(tmp_path,
                                                          mmdet_config,
                                                          synth_data):
-    cfg = recipe_cfg(mmdet_config, synth_data, tmp_path, target=0.5,
-                     begin=1, end=3)
-    runner = Runner.from_cfg(cfg)
-    with pytest.raises(ValueError, match='no-augmentation'):
-        runner.train()
-    assert not apis.model_plans(runner.model)  # nothing was cut
+    # 3 epochs: epochs 2 and 3 are trained without Mosaic, so a cut after
+    # epoch 2 is already inside them (the boundary), as is one after 3
+    for end in (2, 3):
+        cfg = recipe_cfg(mmdet_config, synth_data, tmp_path / str(end),
+                         target=0.5, begin=1, end=end)
+        runner = Runner.from_cfg(cfg)
+        with pytest.raises(ValueError, match='no-augmentation'):
+            runner.train()
+        assert not apis.model_plans(runner.model)  # nothing was cut
