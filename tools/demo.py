@@ -39,13 +39,12 @@ import mmdet  # noqa: E402
 import mmengine  # noqa: E402
 import torch  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
-from mmengine.hub import get_config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from mmdet.utils import register_all_modules  # noqa: E402
+from mmprune.datasets.short_recipe import short_cpu_config  # noqa: E402
 from mmprune.datasets.synthetic import make_synthetic_dataset  # noqa: E402
 from mmprune.utils.io import write_json_atomic  # noqa: E402
-from mmprune.utils.offline import check_offline_weights  # noqa: E402
 
 # ---- demo settings: edit these ---------------------------------------------
 BASE_CONFIG = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
@@ -82,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument('--target', type=float, default=PRUNING['target'],
                         help='FLOPs fraction the pruned run keeps')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--score-thr', type=float, default=0.001,
+                        help='test score threshold (CocoMetric reports '
+                        'nothing when no box passes it)')
     parser.add_argument('--sequential', action='store_true',
                         help='train the two runs one after the other')
     parser.add_argument('--reuse', action='store_true',
@@ -90,6 +92,8 @@ def parse_args(argv=None):
     parser.add_argument('--only', choices=RUNS,
                         help='(internal) train this one run and exit')
     args = parser.parse_args(argv)
+    # the children get the same arguments (main(argv) from code, or the CLI)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     args.reused = []  # runs taken from an earlier call (--reuse)
     if args.epochs < 2:
         parser.error(f'--epochs must be >= 2, got {args.epochs}')
@@ -134,126 +138,23 @@ def prepare_data(args) -> dict:
 
 
 def build_config(args, data: dict, run: str):
-    """mmdet's YOLOX-tiny config, adapted to the synthetic set and CPU;
+    """mmdet's YOLOX-tiny config with the short CPU recipe of
+    :mod:`mmprune.datasets.short_recipe` (shared with the benchmark);
     ``run`` 'acp_tp' adds the pruning hook."""
-    cfg = get_config(BASE_CONFIG)  # reads files only; loads no weights
-    cfg = check_offline_weights(cfg)  # YOLOX has no pretrained init_cfg
-    size = (args.size, args.size)
-    classes = tuple(data['classes'])
-    coco_root = data['coco_root']
-
-    cfg.model.bbox_head.num_classes = len(classes)
-    # mmdet trains YOLOX at 480-800 px with random resizes; keep one size.
-    cfg.model.data_preprocessor.batch_augments = None
-    # YOLOX's test-phase threshold (mmdet uses 0.01 for validation).
-    cfg.model.test_cfg.score_thr = 0.001
-
-    pad = dict(type='Pad', size=size, pad_val=dict(img=(114.0, 114.0, 114.0)))
-    # Mosaic/MixUp help long schedules; for a few epochs plain flips and
-    # colour jitter converge faster.
-    train_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='YOLOXHSVRandomAug'),
-        dict(type='Resize', scale=size, keep_ratio=True),
-        dict(type='RandomFlip', prob=0.5), pad,
-        dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1),
-             keep_empty=False),
-        dict(type='PackDetInputs')
-    ]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=size, keep_ratio=True), pad,
-        dict(type='LoadAnnotations', with_bbox=True),
-        dict(
-            type='PackDetInputs',
-            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                       'scale_factor'))
-    ]
-
-    def loader(split, pipeline, test_mode, batch_size):
-        return dict(
-            batch_size=batch_size,
-            # the two runs share 2 cores: loading 160 px JPEGs in the main
-            # process costs ~5 % and keeps workers from fighting for a core
-            num_workers=0,
-            drop_last=False,
-            sampler=dict(type='DefaultSampler', shuffle=not test_mode),
-            dataset=dict(
-                type='CocoDataset',
-                data_root=coco_root,
-                ann_file=f'annotations/instances_{split}2017.json',
-                data_prefix=dict(img=f'{split}2017/'),
-                metainfo=dict(classes=classes),
-                filter_cfg=dict(filter_empty_gt=False),
-                test_mode=test_mode,
-                pipeline=pipeline))
-
-    cfg.train_dataloader = loader('train', train_pipeline, False,
-                                  args.batch_size)
-    cfg.val_dataloader = loader('val', test_pipeline, True, args.batch_size)
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator = dict(
-        type='CocoMetric',
-        ann_file=osp.join(coco_root, 'annotations', 'instances_val2017.json'),
-        metric='bbox')
-    cfg.test_evaluator = cfg.val_evaluator
-
-    cfg.train_cfg = dict(
-        type='EpochBasedTrainLoop',
-        max_epochs=args.epochs,
-        val_interval=min(VAL_INTERVAL, args.epochs))
-    # From scratch and only a few hundred iterations: AdamW got further than
-    # mmdet's SGD recipe in our short CPU runs (SGD lr 0.01, 10 epochs:
-    # mAP@50 0.001; AdamW lr 0.002, 8 epochs: 0.013). Norm and bias weights
-    # are not decayed, as in mmdet's config.
-    cfg.optim_wrapper = dict(
-        type='OptimWrapper',
-        optimizer=dict(type='AdamW', lr=args.lr, weight_decay=0.05),
-        paramwise_cfg=dict(norm_decay_mult=0., bias_decay_mult=0.))
-    # mmdet's YOLOX schedule, shrunk: quadratic warm-up, then cosine.
-    warmup = max(1, args.epochs // 8)
-    cfg.param_scheduler = [
-        dict(
-            type='mmdet.QuadraticWarmupLR',
-            by_epoch=True,
-            begin=0,
-            end=warmup,
-            convert_to_iter_based=True)
-    ]
-    if args.epochs > warmup:
-        cfg.param_scheduler.append(
-            dict(
-                type='CosineAnnealingLR',
-                eta_min=args.lr * 0.05,
-                begin=warmup,
-                T_max=args.epochs - warmup,
-                end=args.epochs,
-                by_epoch=True,
-                convert_to_iter_based=True))
-    # No Mosaic/MixUp dataset wrapper, so no YOLOXModeSwitchHook; keep
-    # SyncNormHook and EMAHook (validation uses the EMA weights).
-    cfg.custom_hooks = [
-        h for h in cfg.custom_hooks if h['type'] != 'YOLOXModeSwitchHook'
-    ]
-    # The EMA momentum of mmdet (1e-4 per iteration) is tuned for 300 epochs
-    # of COCO; over a few hundred iterations it would barely move.
-    for h in cfg.custom_hooks:
-        if h['type'] == 'EMAHook':
-            h['momentum'] = 0.002
-    cfg.default_hooks.logger.interval = 10
-    cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', interval=args.epochs, max_keep_ckpts=1)
+    hooks = []
     if run != 'dense':
         hook = schedule(args.epochs)
-        hook.update(target=args.target, input_size=size)
-        cfg.custom_hooks.append(hook)
-    cfg.visualizer.pop('name', None)
-    cfg.randomness = dict(seed=args.seed)
-    cfg.env_cfg.dist_cfg = dict(backend='gloo')
-    cfg.work_dir = osp.join(args.work_dir, run)
+        hook.update(target=args.target, input_size=(args.size, args.size))
+        hooks.append(hook)
+    # validations every VAL_INTERVAL epochs give the mAP curve; the last
+    # epoch's checkpoint is what the demo evaluates and exports
+    cfg = short_cpu_config(BASE_CONFIG, data, args.size, args.epochs,
+                           args.batch_size, args.lr, args.seed,
+                           osp.join(args.work_dir, run), hooks,
+                           val_interval=VAL_INTERVAL,
+                           checkpoint_interval=args.epochs)
+    cfg.model.test_cfg.score_thr = args.score_thr
     return cfg
-
 
 
 class _ValMetrics(Hook):
@@ -300,7 +201,7 @@ def train_all(args) -> dict:
     each logging to ``<work_dir>/<run>.log``."""
     os.makedirs(args.work_dir, exist_ok=True)
     prepare_data(args)  # once, before the children read it
-    argv = [a for a in sys.argv[1:] if a not in ('--sequential', '--reuse')]
+    argv = [a for a in args.argv if a not in ('--sequential', '--reuse')]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     procs = {}
     for run in RUNS:
