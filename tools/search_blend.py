@@ -26,7 +26,6 @@ Steps (methods spec §2B; the search is our choice, see
 tests and notebooks).
 """
 import argparse
-import json
 import math
 import os.path as osp
 import pprint
@@ -205,7 +204,7 @@ def main(argv=None):
     from mmprune.criteria.blended import DEFAULT_POOL
     from mmprune.methods import filter_groups, get_method
     from mmprune.search import EAConfig, mmdet_forward, mmdet_loss
-    from mmprune.utils.io import write_text_atomic
+    from mmprune.utils.io import write_json_atomic, write_text_atomic
     from mmprune.utils.offline import check_offline_weights
 
     keys = [k.strip() for k in args.pool.split(',') if k.strip()]
@@ -254,8 +253,7 @@ def main(argv=None):
                   flops_ratio=args.flops_ratio, ea=vars(ea),
                   result=res.to_dict(), clusters=out['clusters'],
                   counts=out['counts'], blend=out['blend'])
-    write_text_atomic(osp.splitext(args.out)[0] + '.json',
-                      json.dumps(report, indent=1))
+    write_json_atomic(report, osp.splitext(args.out)[0] + '.json', indent=1)
     print(f'blend written to {args.out}')
     return out
 

@@ -58,7 +58,6 @@ def _measures(model, cost):
 
 def main(argv=None):
     args = parse_args(argv)
-    import json
 
     import torch
 
@@ -67,7 +66,7 @@ def main(argv=None):
     from mmprune.adapters import tensor_forward
     from mmprune.export import (ExportError, build_detector,
                                 load_pruned_detector, read_checkpoint)
-    from mmprune.utils.io import write_text_atomic
+    from mmprune.utils.io import write_json_atomic
     from mmprune.utils.latency import measure_latency
     from mmprune.utils.report import stage_table
 
@@ -126,7 +125,7 @@ def main(argv=None):
             print(f'\n{name}:\n' + stage_table(model, costs[name]))
     if args.json:
         try:
-            write_text_atomic(args.json, json.dumps(result, indent=1) + '\n')
+            write_json_atomic(result, args.json, indent=1)
         except OSError as e:
             raise SystemExit(f'complexity: {e}') from None
         print(f'written: {args.json}')

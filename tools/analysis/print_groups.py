@@ -38,14 +38,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import json
 
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.export import (ExportError, build_detector,
                                 load_pruned_detector, read_checkpoint)
     from mmprune.graph.describe import describe_groups, format_groups
-    from mmprune.utils.io import write_text_atomic
+    from mmprune.utils.io import write_json_atomic
 
     cfg = apis.load_config(args.config)
     try:
@@ -63,7 +62,7 @@ def main(argv=None):
     print(format_groups(desc, members=not args.no_members))
     if args.json:
         try:
-            write_text_atomic(args.json, json.dumps(desc, indent=1) + '\n')
+            write_json_atomic(desc, args.json, indent=1)
         except OSError as e:
             raise SystemExit(f'print_groups: {e}') from None
         print(f'written: {args.json}')
