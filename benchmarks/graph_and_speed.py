@@ -35,7 +35,19 @@ SETTINGS = {
     # channels (and fewer thin layers) are needed for the same FLOPs
     'cost_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
                        max_prune_ratio=0.5, round_to=8),
+    # the same order by *measured time* saved per channel (pools and
+    # activations included, mmprune/utils/latency_table.py), so the FLOPs
+    # budget is spent where the device spends its time
+    'latency_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
+                          cost_measure='latency', max_prune_ratio=0.7,
+                          round_to=16),
 }
+
+
+def needs_latency(settings) -> bool:
+    """Whether any of ``settings`` orders channels by measured latency."""
+    return any(SETTINGS[s].get('cost_measure') == 'latency'
+               for s in settings if s in SETTINGS)
 
 CONFIGS = {
     'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', (416, 416)),
@@ -145,7 +157,7 @@ def run_model(name, ratio, runs):
     rec = dict(model=name, input_size=list(size))
     rec.update(graph_times(name, model))
     graph = apis.analyze(model)
-    cost = apis.cost_model(model, size)
+    cost = apis.cost_model(model, size, latency=needs_latency(SETTINGS))
     rec['dense_gmacs'] = cost.flops() / 1e9
     fn_d, x = tensor_forward(model, size)
     scores = L1Criterion().score(model, graph)

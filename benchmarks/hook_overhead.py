@@ -12,7 +12,10 @@ Measures, on CPU, in one process (ratios are taken within this one run):
    FLOPs, cut, rebind optimizer) on YOLOX-s at 640 px;
 3. ``prune_run_ratio``: wall time of a short YOLOX-tiny training run
    (32 synthetic images, 320 px, 4 epochs) that prunes to 50 % FLOPs after
-   its first epoch, over the dense run with the same epochs.
+   its first epoch, over the dense run with the same epochs; with the
+   hook's default allocator, and as ``prune_run_ratio_latency_aware`` with
+   the speed setting a user who wants the time back sets (latency-aware
+   order, ``round_to=16``; ``benchmarks.graph_and_speed.SETTINGS``).
 """
 import argparse
 import copy
@@ -132,7 +135,7 @@ def event_seconds(config='mmdet::yolox/yolox_s_8xb8-300e_coco.py',
     return time.perf_counter() - t
 
 
-def _run_cfg(data, work, epochs, size, prune):
+def _run_cfg(data, work, epochs, size, prune, allocator=None):
     """YOLOX-tiny from mmdet's config on the synthetic COCO set."""
     from mmprune.apis import load_config
     from mmprune.utils.offline import check_offline_weights
@@ -165,9 +168,11 @@ def _run_cfg(data, work, epochs, size, prune):
     cfg.custom_hooks = [h for h in cfg.custom_hooks
                         if h['type'] != 'YOLOXModeSwitchHook']
     if prune:
-        cfg.custom_hooks.append(dict(type='ChannelPruningHook', target=0.5,
-                                     begin=1, end=1,
-                                     input_size=(size, size)))
+        hook = dict(type='ChannelPruningHook', target=0.5, begin=1, end=1,
+                    input_size=(size, size))
+        if allocator is not None:
+            hook['allocator'] = allocator
+        cfg.custom_hooks.append(hook)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
                                         interval=10**6)
     cfg.work_dir = work
@@ -175,9 +180,13 @@ def _run_cfg(data, work, epochs, size, prune):
     return cfg
 
 
-def prune_run_ratio(epochs=4, size=320, num_train=32):
+def prune_run_ratio(epochs=4, size=320, num_train=32,
+                    settings=('latency_aware', )):
     """Wall time of training that cuts to 50 % FLOPs after epoch 1, over
-    the dense run with the same epochs (both built the same way)."""
+    the dense run with the same epochs (all built the same way): returns
+    (ratio with the default allocator, {run: seconds}); ``settings`` adds
+    runs with those allocator settings of ``graph_and_speed.SETTINGS``."""
+    from benchmarks.graph_and_speed import SETTINGS
     from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
     from mmprune.datasets import make_synthetic_dataset
@@ -186,15 +195,16 @@ def prune_run_ratio(epochs=4, size=320, num_train=32):
     data = make_synthetic_dataset(osp.join(tmp, 'synth'),
                                   num_train=num_train, num_val=4, size=size,
                                   seed=0)
+    runs = dict(dense=(False, None), pruned=(True, None))
+    runs.update({s: (True, dict(SETTINGS[s])) for s in settings})
     times = {}
-    for prune in (False, True):
-        cfg = _run_cfg(data, osp.join(tmp, f'w{int(prune)}'), epochs, size,
-                       prune)
+    for name, (prune, alloc) in runs.items():
+        cfg = _run_cfg(data, osp.join(tmp, name), epochs, size, prune, alloc)
         runner = Runner.from_cfg(cfg)
         t = time.perf_counter()
         runner.train()
-        times[prune] = time.perf_counter() - t
-    return times[True] / times[False], times
+        times[name] = time.perf_counter() - t
+    return times['pruned'] / times['dense'], times
 
 
 def main():
@@ -213,7 +223,9 @@ def main():
     res['event_seconds'] = event_seconds()
     ratio, times = prune_run_ratio()
     res['prune_run_ratio'] = ratio
-    res['prune_run_seconds'] = dict(dense=times[False], pruned=times[True])
+    res['prune_run_ratio_latency_aware'] = times['latency_aware'] / \
+        times['dense']
+    res['prune_run_seconds'] = times
     print(json.dumps(res, indent=1))
     os.makedirs(osp.dirname(a.out), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=osp.dirname(a.out))

@@ -65,7 +65,8 @@ PRESETS = {
         speed=dict(models=dict(yolox_tiny=(416, 416),
                                retinanet_r18=(320, 320)),
                    batches=(1, 8), modes=('coupled', 'fine'),
-                   settings=('default', 'cost_aware'), budget=0.5, runs=5),
+                   settings=('default', 'cost_aware', 'latency_aware'),
+                   budget=0.5, runs=5),
         tools=dict(graph_models=TOOLS_GRAPH_MODELS,
                    hook=dict(iters=5))),
     'full': dict(
@@ -81,8 +82,8 @@ PRESETS = {
                                retinanet_r18=(512, 512),
                                retinanet_r50=(512, 512)),
                    batches=(1, 8), modes=('coupled', 'fine'),
-                   settings=('default', 'speed', 'cost_aware'), budget=0.5,
-                   runs=7),
+                   settings=('default', 'speed', 'cost_aware',
+                             'latency_aware'), budget=0.5, runs=7),
         tools=dict(graph_models=TOOLS_GRAPH_MODELS,
                    hook=dict(iters=10))),
 }

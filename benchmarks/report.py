@@ -402,7 +402,13 @@ def _tools_md(results, plot) -> List[str]:
               f"- training cut to 50 % after epoch 1 / dense training "
               f"(YOLOX-tiny, {h['run_images']} images, {h['run_size']} px, "
               f"{h['run_epochs']} epochs): **{hook['prune_run_ratio']:.3f}x**"
-              f" ({secs['pruned']:.1f} s / {secs['dense']:.1f} s)", '']
+              f" ({secs['pruned']:.1f} s / {secs['dense']:.1f} s)"]
+        fast = hook.get('prune_run_ratio_latency_aware')
+        if fast is not None:  # results written before it existed lack it
+            L[-1] += (f"; with the latency-aware speed setting **{fast:.3f}x"
+                      f"** ({secs['latency_aware']:.1f} s) (target ≤ 0.8x: "
+                      f"{_verdict(fast <= 0.8)})")
+        L.append('')
     elif hook:
         L += [f"Hook overhead: failed: {hook.get('error', '')[:300]}", '']
     return L

@@ -6,7 +6,8 @@ One job per (model, residual mode). The compact models are L1-pruned to the
 budget with the allocator settings of :mod:`benchmarks.graph_and_speed`
 (``default``: BudgetAllocator's defaults; ``speed``: ``max_prune_ratio=0.5,
 round_to=8``; ``cost_aware``: AdaptiveAllocator ordering expensive
-channels first); weights are random, which does not change latency. Each
+channels first; ``latency_aware``: the same, by the time a channel saves in
+a latency table measured first at the job's thread count); weights are random, which does not change latency. Each
 model is exported to ONNX (:func:`mmprune.export.export_onnx`, dynamic
 batch) and checked against torch with onnxruntime
 (:func:`mmprune.export.verify_onnx`). For each batch size every variant
@@ -77,12 +78,12 @@ def build_model(name: str):
 def compact_models(model, mode: str, size: Sequence[int], budget: float,
                    settings: Sequence[str]) -> Dict[str, object]:
     """``{setting: L1-pruned copy of model}`` at ``budget`` FLOPs."""
-    from benchmarks.graph_and_speed import SETTINGS
+    from benchmarks.graph_and_speed import SETTINGS, needs_latency
     from mmprune import apis
     from mmprune.criteria import L1Criterion
     from mmprune.registry import ALLOCATORS, build_from
     graph = apis.analyze(model, mode)
-    cost = apis.cost_model(model, size)
+    cost = apis.cost_model(model, size, latency=needs_latency(settings))
     scores = L1Criterion().score(model, graph)
     out = {}
     for name in settings:

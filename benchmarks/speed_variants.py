@@ -6,7 +6,9 @@ BN folded into the convs, and with the SPP group also halved.
 
 Every variant prunes ``--model`` (L1 scores) to 50 % of its FLOPs; they
 differ in the allocator limits (``max_prune_ratio``, ``round_to``) and in
-the order (global budget vs cost-aware). ``+spp`` takes the cost-aware plan
+the order (global budget vs cost-aware, where ``latency_aware`` orders by
+the time a channel saves, from a latency table measured here first, see
+``mmprune/utils/latency_table.py``). ``+spp`` takes the cost-aware plan
 at 0.53 and halves the group feeding YOLOX's SPP max-pools (which a
 FLOPs-only allocator keeps whole; see ``op_profile.py``), 0.52 of the
 FLOPs in all. ``fused`` folds BN into the convs (``mmcv.cnn.fuse_conv_bn``,
@@ -32,6 +34,12 @@ VARIANTS = {
                               round_to=16),
     'cost_aware_r16': dict(type='AdaptiveAllocator', cost_weight=1.0,
                            max_prune_ratio=0.5, round_to=16),
+    'latency_aware_mpr0.5_r16': dict(
+        type='AdaptiveAllocator', cost_weight=1.0, cost_measure='latency',
+        max_prune_ratio=0.5, round_to=16),
+    'latency_aware_mpr0.7_r16': dict(
+        type='AdaptiveAllocator', cost_weight=1.0, cost_measure='latency',
+        max_prune_ratio=0.7, round_to=16),
 }
 SPP_GROUP = 'backbone.stage4.1.conv1.conv'  # YOLOX CSPDarknet's SPP input
 
@@ -56,7 +64,7 @@ def main(argv=None):
     size = CONFIGS[args.model][1]
     dense = build(args.model).eval()
     graph = apis.analyze(dense)
-    cost = apis.cost_model(dense, size)
+    cost = apis.cost_model(dense, size, latency=True)
     scores = L1Criterion().score(dense, graph)
 
     def allocate(cfg, ratio):

@@ -26,6 +26,7 @@ from .structures import (BUFFER as STRUCTURE_BUFFER, META_KEY,
                          PruningPlan, StructureError, decode, encode,
                          make_meta, read_meta)
 from .utils.flops import CostModel
+from .utils.latency_table import LatencyTable
 
 logger = logging.getLogger('mmprune')
 
@@ -94,14 +95,23 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
     return graph
 
 
-def cost_model(model: nn.Module, input_size: Tuple[int, int] = (640, 640)
-               ) -> CostModel:
-    """The FLOPs/params cost model of ``model`` at ``input_size`` (H, W)."""
+def cost_model(model: nn.Module, input_size: Tuple[int, int] = (640, 640),
+               latency: bool = False, latency_runs: int = 5) -> CostModel:
+    """The FLOPs/params cost model of ``model`` at ``input_size`` (H, W).
+
+    With ``latency=True`` it also times the model's leaf modules here
+    (``latency_runs`` forwards at batch 1) and attaches the
+    :class:`~mmprune.utils.latency_table.LatencyTable` as ``cost.latency``
+    for latency-aware allocation."""
     was_training = model.training
     model.eval()
     try:
         fn, inputs = tensor_forward(model, input_size)
-        return CostModel(model, fn, inputs)
+        cost = CostModel(model, fn, inputs)
+        if latency:
+            cost.latency = LatencyTable.measure(model, fn, inputs,
+                                                runs=latency_runs)
+        return cost
     finally:
         model.train(was_training)
 

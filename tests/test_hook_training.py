@@ -266,3 +266,47 @@ def test_det_inferencer_loads_pruned_checkpoint(trained, tmp_path):
     out = inferencer(img, return_datasamples=True)
     pred = out['predictions'][0].pred_instances
     assert pred.bboxes.shape[-1] == 4 and len(pred.scores) > 0
+
+
+def test_latency_table_is_measured_once_and_kept_on_resume(
+        tmp_path, mmdet_config, synth_data, monkeypatch):
+    """A latency-aware allocator gets a table measured before training; it
+    goes into the checkpointed state, and a resumed run reuses it instead
+    of timing again (a new timing could reorder channels)."""
+    from mmprune.utils.latency_table import LatencyTable
+    alloc = dict(type='AdaptiveAllocator', cost_weight=1.0,
+                 cost_measure='latency')
+    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path, allocator=alloc)
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(KillAfterEpoch(1))
+    with pytest.raises(_Stop):
+        runner.train()
+    hook = [h for h in runner.hooks
+            if type(h).__name__ == 'ChannelPruningHook'][0]
+    table = hook.state['latency']
+    assert table is not None
+    pools = [n for n in table['entries'] if '.poolings.' in n]
+    assert len(pools) == 3 and all(
+        table['entries'][n]['kind'] == 'pass' for n in pools)
+    ckpt = torch.load(osp.join(str(tmp_path), 'epoch_1.pth'),
+                      map_location='cpu', weights_only=True)
+    assert ckpt['meta']['mmprune']['state']['latency'] == table
+    log = open(osp.join(runner.log_dir, f'{runner.timestamp}.log')).read()
+    assert 'mmprune: latency table of' in log
+
+    def no_timing(*a, **k):
+        raise AssertionError('the resumed run timed the model again')
+
+    monkeypatch.setattr(LatencyTable, 'measure', no_timing)
+    cfg2 = pruning_cfg(mmdet_config, synth_data, tmp_path, allocator=alloc)
+    cfg2.resume = True
+    cfg2.load_from = osp.join(str(tmp_path), 'epoch_1.pth')
+    resumed = Runner.from_cfg(cfg2)
+    resumed.train()
+    hook2 = [h for h in resumed.hooks
+             if type(h).__name__ == 'ChannelPruningHook'][0]
+    assert hook2.state['latency'] == table
+    assert hook2.state['events_done'] == 2
+    ratio = apis.cost_model(resumed.model, (128, 128)).flops() / \
+        hook2.state['dense_cost']
+    assert ratio <= 0.5 + 1e-9

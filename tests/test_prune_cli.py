@@ -68,6 +68,25 @@ def test_prune_cli_meets_target_and_reloads(tmp_path, mode):
     assert [c.shape[1] for c in cls] == [80, 80, 80]
 
 
+def test_prune_cli_latency_order(tmp_path):
+    """--order latency: the FLOPs budget still holds, the SPP group (whose
+    max-pools the FLOPs order never sees) is thinned, and the report
+    carries the table's prediction."""
+    work = str(tmp_path / 'lat')
+    report = load_cli().main([CFG, '--flops-ratio', '0.5', '--order',
+                              'latency', '--round-to', '8', '--input-size',
+                              '320', '320', '--work-dir', work])
+    assert report['order'] == 'latency'
+    assert 0.45 <= report['flops_ratio'] <= 0.5
+    assert report['max_rel_diff'] <= 1e-4
+    assert report['latency_ms_predicted'] < report['latency_ms_before']
+    assert report['latency_table']['input_shape'] == [1, 3, 320, 320]
+    spp = report['groups']['backbone.stage4.1.conv1.conv']
+    assert spp['kept'] < spp['width']
+    saved = json.load(open(osp.join(work, 'report.json')))
+    assert saved['latency_ms_predicted'] == report['latency_ms_predicted']
+
+
 def test_prune_cli_bad_arguments(tmp_path, capsys):
     cli = load_cli()
     for args, needle in ((('--flops-ratio', '0'), '--flops-ratio'),
@@ -75,7 +94,9 @@ def test_prune_cli_bad_arguments(tmp_path, capsys):
                          (('--flops-ratio', '0.5', '--criterion', 'nope'),
                           'unknown criterion'),
                          (('--flops-ratio', '0.5', '--residual-mode', 'x'),
-                          '--residual-mode')):
+                          '--residual-mode'),
+                         (('--flops-ratio', '0.5', '--order', 'speed'),
+                          '--order')):
         with pytest.raises(SystemExit) as exc:
             cli.main([CFG, *args, '--work-dir', str(tmp_path / 'w')])
         msg = str(exc.value.code) + capsys.readouterr().err

@@ -17,7 +17,11 @@ assigned from a preset target). Reconstruction, methods spec §1B(b), all
 * optional cost awareness: ``cost_weight`` ``eta`` divides group ``g``'s
   normalised scores by ``(delta_g / mean delta)^eta``, ``delta_g`` the
   exact cost saved by dropping one of its channels, so expensive channels
-  go first at equal importance (0 = off, the default);
+  go first at equal importance (0 = off, the default); with
+  ``cost_measure='latency'`` ``delta_g`` is the *time* saved, predicted by
+  the measured :class:`~mmprune.utils.latency_table.LatencyTable` attached
+  to the cost model (``cost.latency``), which also charges pooling and
+  activations; the budget itself stays in FLOPs/params;
 * channels pruned at earlier events (``pruned=``) stay pruned and count
   towards ``R_k`` (hard-masked channels are never revived);
 * ``min_keep``, ``max_prune_ratio``, ``round_to``, ``fill`` as in
@@ -33,6 +37,7 @@ from .base import (NORMALIZATIONS, BaseAllocator, GlobalOrder, fill_budget,
                    global_entries)
 
 RAMPS = ('cubic', 'linear')
+COST_MEASURES = ('budget', 'latency')
 
 
 def ramp_reduction(reduction: float, event: int, num_events: int,
@@ -67,6 +72,9 @@ class AdaptiveAllocator(BaseAllocator):
             ``'max'``, ``'l2'``, ``'none'``). Defaults to 'median'.
         cost_weight (float): ``eta`` >= 0 (see module docstring). Defaults
             to 0.
+        cost_measure (str): what ``delta_g`` measures for ``cost_weight``:
+            ``'budget'`` (the FLOPs/params budget itself) or ``'latency'``
+            (needs ``cost.latency``). Defaults to 'budget'.
         Others: see :class:`mmprune.allocators.base.BaseAllocator`.
 
     Examples:
@@ -77,7 +85,7 @@ class AdaptiveAllocator(BaseAllocator):
 
     def __init__(self, ratio: float = 0.5, ramp: str = 'cubic',
                  normalize: str = 'median', cost_weight: float = 0.0,
-                 **kwargs):
+                 cost_measure: str = 'budget', **kwargs):
         super().__init__(ratio, **kwargs)
         if ramp not in RAMPS:
             raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
@@ -88,8 +96,12 @@ class AdaptiveAllocator(BaseAllocator):
                 isinstance(cost_weight, (int, float)) and cost_weight >= 0):
             raise ValueError(f'cost_weight must be a number >= 0, got '
                              f'{cost_weight!r}')
+        if cost_measure not in COST_MEASURES:
+            raise ValueError(f'cost_measure must be one of {COST_MEASURES}, '
+                             f'got {cost_measure!r}')
         self.ramp, self.normalize = ramp, normalize
         self.cost_weight = float(cost_weight)
+        self.cost_measure = cost_measure
 
     def target_ratio(self, event: Optional[int] = None,
                      num_events: Optional[int] = None) -> float:
@@ -129,7 +141,19 @@ class AdaptiveAllocator(BaseAllocator):
             raise ValueError(f'dense_cost must be > 0, got {dense_cost!r}')
         weights = None
         if self.cost_weight > 0:
-            weights = self._cost_weights(groups, measure, base)
+            if self.cost_measure == 'latency':
+                table = getattr(cost, 'latency', None)
+                if table is None:
+                    raise ValueError(
+                        "AdaptiveAllocator(cost_measure='latency') needs a "
+                        'measured latency table on the cost model '
+                        '(cost.latency); ChannelPruningHook and '
+                        'tools/prune.py attach one, or use '
+                        'mmprune.apis.cost_model(model, size, latency=True)')
+                timed = lambda keep: table.predict(graph, keep)  # noqa: E731
+                weights = self._cost_weights(groups, timed, timed({}))
+            else:
+                weights = self._cost_weights(groups, measure, base)
         entries = global_entries(gs, self.normalize, weights)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
                             [self.floor(g.width) for g in groups],

@@ -77,7 +77,8 @@ class ChannelGraph:
     def __init__(self, records: Dict[str, ModuleRecord], roots: np.ndarray,
                  pinned: Dict[int, str], scatter: Set[str],
                  residual_mode: str, opaque: Dict[str, str],
-                 fine_fallbacks: Sequence[str] = ()):
+                 fine_fallbacks: Sequence[str] = (),
+                 passthrough: Optional[Dict[str, List[np.ndarray]]] = None):
         self.records = records
         self.roots = roots
         self.pinned_classes = pinned
@@ -85,6 +86,8 @@ class ChannelGraph:
         self.residual_mode = residual_mode
         self.opaque = dict(opaque)
         self.fine_fallbacks = list(fine_fallbacks)
+        # parameter-free leaf modules -> atoms each call read (latency model)
+        self.passthrough = dict(passthrough or {})
         self.groups: List[ChannelGroup] = []
         self.class_to_group: Dict[int, tuple] = {}
         self._full: Dict[str, np.ndarray] = {}  # see full_through
@@ -230,6 +233,15 @@ class ChannelGraph:
             result[r.name] = entry
         return result
 
+    def passthrough_widths(self, keep: Dict[str, np.ndarray]
+                           ) -> Dict[str, int]:
+        """Channels each parameter-free leaf module (pool, activation,
+        upsample) reads after ``keep``, summed over its calls. Used by the
+        latency model only: its time scales with these widths."""
+        flags = self.kept_classes(keep)
+        return {name: int(sum(flags[self._cls(a)].sum() for a in calls))
+                for name, calls in self.passthrough.items()}
+
     def summary(self) -> str:
         lines = [f'{len(self.groups)} channel groups '
                  f'({len(self.prunable_groups())} prunable), residual mode '
@@ -256,4 +268,5 @@ def build_channel_graph(model: nn.Module, forward_fn, inputs,
     roots = tracer.atoms.resolve()
     pinned = tracer.atoms.pinned_classes(roots)
     return ChannelGraph(tracer.records, roots, pinned, tracer.scatter,
-                        residual_mode, tracer.opaque, tracer.fine_fallbacks)
+                        residual_mode, tracer.opaque, tracer.fine_fallbacks,
+                        tracer.passthrough)

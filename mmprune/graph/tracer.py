@@ -113,6 +113,10 @@ class ChannelTracer(TorchFunctionMode):
         self._foreign: Dict[str, str] = {}  # module -> op that read it
         self._writer_atoms: Dict[int, list] = {}  # fine mode, see below
         self._via_lost: Set[int] = set()  # see _lose_via
+        # parameter-free leaf modules (pools, activations, upsampling):
+        # name -> the atoms (C,) each call read. Not needed for pruning;
+        # the latency model charges their time to these channels.
+        self.passthrough: Dict[str, List[np.ndarray]] = {}
 
     # ------------------------------------------------------------ labels
     def get(self, t) -> Optional[Labels]:
@@ -509,6 +513,11 @@ class ChannelTracer(TorchFunctionMode):
                 self._leaf(name, m, kind, inputs, output)
         elif self._leaf_depth == 0:
             self._check_opaque(name, m, inputs, output)
+            if next(m.children(), None) is None:
+                lab = self.get(next(iter_tensors(inputs), None))
+                if lab is not None:
+                    self.passthrough.setdefault(name, []).append(
+                        lab.atoms.copy())
 
     def _record(self, name, kind) -> ModuleRecord:
         rec = self.records.get(name)

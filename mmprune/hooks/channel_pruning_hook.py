@@ -39,6 +39,7 @@ from ..runtime.rebind import (find_ema, prune_runner, rebind_optimizer,
                               refresh_ema_cache, rewrap, unwrap)
 from ..structures import (META_KEY, PruningPlan, StructureError, make_meta,
                           read_meta)
+from ..utils.latency_table import LatencyTable
 
 logger = logging.getLogger('mmprune')
 
@@ -198,7 +199,7 @@ class ChannelPruningHook(Hook):
         self.ignored_layers = tuple(ignored_layers)
         # training state, JSON-safe, saved in checkpoints
         self.state = dict(events_done=0, dense_cost=None, dense_params=None,
-                          pending=None)
+                          pending=None, latency=None)
         self._mask = None
         self._scalars = {}  # the curves, re-sent every iteration (see below)
 
@@ -252,6 +253,8 @@ class ChannelPruningHook(Hook):
             self.state['dense_cost'] = self._cost(model, graph)
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
             self._check_reachable(model, graph)
+        if self._wants_latency() and self.state.get('latency') is None:
+            self._measure_latency(runner, model)
         if self.state.get('dense_params') is None:  # also: old checkpoints
             self.state['dense_params'] = sum(
                 p.numel() for p in model.parameters()) if not \
@@ -259,6 +262,31 @@ class ChannelPruningHook(Hook):
         self._update_scalars(model)
         self._use_loss_scale(runner)
         self._attach(model)
+
+    def _wants_latency(self) -> bool:
+        cfg = self.allocator_cfg
+        return cfg.get('cost_measure') == 'latency' and \
+            cfg.get('cost_weight', 0) > 0
+
+    def _measure_latency(self, runner, model) -> None:
+        """Time the model's leaf modules once, on rank 0, before training
+        (not at an event: the table is the dense model's and serves every
+        event, see :mod:`mmprune.utils.latency_table`). Every rank gets
+        rank 0's table, and it goes into the checkpointed state, so ranks
+        and resumed runs order channels alike."""
+        from mmengine.dist import broadcast_object_list, get_rank
+        box = [None]
+        if get_rank() == 0:
+            box[0] = apis.cost_model(model, self.input_size,
+                                     latency=True).latency.to_dict()
+        broadcast_object_list(box)
+        self.state['latency'] = box[0]
+        self._costs = None  # re-attach the table on the next cost query
+        meta = box[0]['meta']
+        runner.logger.info(
+            f"mmprune: latency table of {len(box[0]['entries'])} modules, "
+            f"{meta['total_ms']:.1f} ms per image at {self.input_size} on "
+            f"{meta['device']} with {meta['threads']} thread(s)")
 
     def _check_reachable(self, model, graph) -> None:
         """Refuse, before training, a target the allocator limits cannot
@@ -336,6 +364,9 @@ class ChannelPruningHook(Hook):
                 self._costs_for is not model:
             self._costs = apis.cost_model(model, self.input_size)
             self._costs_for = model
+            if self.state.get('latency') is not None:
+                self._costs.latency = LatencyTable.from_dict(
+                    self.state['latency'])
         return self._costs
 
     def _cost(self, model, graph=None, keep=None) -> float:
@@ -608,6 +639,11 @@ class ChannelPruningHook(Hook):
             except ValueError as e:
                 raise StructureError(f'mmprune training state: pending '
                                      f'selection: {e}') from e
+        if state.get('latency') is not None:
+            try:
+                LatencyTable.from_dict(state['latency'])
+            except (ValueError, KeyError, TypeError) as e:
+                raise StructureError(f'mmprune training state: {e}') from e
         regs = state.get('regularizers', [])
         if not isinstance(regs, list) or not all(isinstance(r, dict)
                                                  for r in regs):

@@ -39,6 +39,8 @@ class CostModel:
                  inputs: Sequence[torch.Tensor]):
         self.mult: Dict[str, int] = {}
         self.kernel: Dict[str, int] = {}
+        # a measured LatencyTable for latency-aware allocation, or None
+        self.latency = None
         names = {m: n for n, m in model.named_modules()}
         handles = []
 
