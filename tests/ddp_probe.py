@@ -1,6 +1,8 @@
 """A test-only hook (imported through the config's custom_imports in the DDP
 test): after every training epoch each rank appends its structure hash and
-parameter count to ``<work_dir>/structure_rank<R>.json``."""
+parameter count to ``<work_dir>/structure_rank<R>.json``, and a hash of the
+pruning hook's latency table (the one each rank orders channels by)."""
+import hashlib
 import json
 import os.path as osp
 
@@ -20,7 +22,12 @@ class StructureProbeHook(Hook):
         model = unwrap(runner.model)
         path = osp.join(runner.work_dir, f'structure_rank{get_rank()}.json')
         rows = json.load(open(path)) if osp.exists(path) else []
-        rows.append(dict(epoch=runner.epoch + 1,
+        hook = [h for h in runner.hooks
+                if isinstance(h, ChannelPruningHook)][0]
+        table = hook.state.get('latency')
+        latency = None if table is None else hashlib.sha1(json.dumps(
+            table, sort_keys=True).encode()).hexdigest()
+        rows.append(dict(epoch=runner.epoch + 1, latency=latency,
                          hash=ChannelPruningHook.structure_hash(model),
                          params=sum(p.numel() for p in model.parameters()),
                          ddp=type(runner.model).__name__))

@@ -1,7 +1,8 @@
 """Real DDP: 2 processes on the gloo backend on CPU, launched by
-``tools/dist_train.sh`` (torchrun), pruning YOLOX-tiny at two events. Both
-ranks must hold the same structure after each event, and the wrapper must be
-a (re-built) DDP wrapper around the pruned model."""
+``tools/dist_train.sh`` (torchrun), pruning YOLOX-tiny at two events with the latency-aware order. Both ranks
+must hold the same structure after each event and order channels by the same
+(rank 0's) latency table, and the wrapper must be a (re-built) DDP wrapper
+around the pruned model."""
 import json
 import os
 import os.path as osp
@@ -21,7 +22,11 @@ def free_port() -> int:
 
 def test_two_rank_gloo_training_prunes_identically(tmp_path, mmdet_config,
                                                    synth_data):
-    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path / 'work')
+    # timing differs per process: only a broadcast table keeps ranks alike
+    cfg = pruning_cfg(mmdet_config, synth_data, tmp_path / 'work',
+                      allocator=dict(type='AdaptiveAllocator',
+                                     cost_weight=1.0,
+                                     cost_measure='latency'))
     cfg.custom_imports = dict(imports=['mmprune', 'ddp_probe'],
                               allow_failed_imports=False)
     cfg.custom_hooks = list(cfg.custom_hooks) + [
@@ -42,3 +47,5 @@ def test_two_rank_gloo_training_prunes_identically(tmp_path, mmdet_config,
     params = [row['params'] for row in ranks[0]]
     assert params[0] > params[1] > 0 and params[2] == params[1]  # 2 cuts
     assert {row['ddp'] for row in ranks[0]} == {'MMPruneDDP'}
+    assert len({row['latency'] for row in ranks[0]}) == 1
+    assert ranks[0][0]['latency'] is not None
