@@ -47,7 +47,7 @@ PRESETS = {
         tools=dict(graph_models=('yolox_tiny', ),
                    hook=dict(iters=2, event_config='yolox_tiny',
                              event_size=128, run_epochs=2, run_size=128,
-                             run_images=8))),
+                             run_images=8, run_repeats=1))),
     'quick': dict(
         quality=dict(
             data=dict(difficulty='easy', size=160, num_train=320,
@@ -68,7 +68,7 @@ PRESETS = {
                    settings=('default', 'cost_aware', 'latency_aware'),
                    budget=0.5, runs=5),
         tools=dict(graph_models=TOOLS_GRAPH_MODELS,
-                   hook=dict(iters=5))),
+                   hook=dict(iters=10))),
     'full': dict(
         quality=dict(
             data=dict(difficulty='hard', size=256, num_train=2000,
@@ -85,7 +85,7 @@ PRESETS = {
                    settings=('default', 'speed', 'cost_aware',
                              'latency_aware'), budget=0.5, runs=7),
         tools=dict(graph_models=TOOLS_GRAPH_MODELS,
-                   hook=dict(iters=10))),
+                   hook=dict(iters=20))),
 }
 
 SUITES = ('quality', 'speed', 'tools')

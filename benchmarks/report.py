@@ -392,16 +392,23 @@ def _tools_md(results, plot) -> List[str]:
     if hook and hook.get('status') == 'ok':
         h = hook['settings']
         secs = hook['prune_run_seconds']
+        own = ''
+        m = hook.get('masked_iter')  # absent in older results
+        if m:
+            own = (f"; the hook's own time: {m['hook_ms']:.1f} ms per "
+                   f"{m['step_ms']:.0f} ms iteration "
+                   f"({1 + m['hook_ms'] / m['step_ms']:.3f}x)")
         L += ['Hook overhead (`benchmarks/hook_overhead.py`):', '',
               f"- masked training iteration / plain iteration (YOLOX-tiny, "
               f"batch 2, {h['iter_size']} px): "
               f"**{hook['masked_iter_ratio']:.3f}x** (target ≤ 1.05x: "
-              f"{_verdict(hook['masked_iter_ratio'] <= 1.05)})",
+              f"{_verdict(hook['masked_iter_ratio'] <= 1.05)}){own}",
               f"- one prune event ({h['event_config']} at {h['event_size']} "
               f"px, 50 % FLOPs): **{hook['event_seconds']:.2f} s**",
               f"- training cut to 50 % after epoch 1 / dense training "
               f"(YOLOX-tiny, {h['run_images']} images, {h['run_size']} px, "
-              f"{h['run_epochs']} epochs): **{hook['prune_run_ratio']:.3f}x**"
+              f"{h['run_epochs']} epochs, mean of {h.get('run_repeats', 1)} "
+              f"run(s) each): **{hook['prune_run_ratio']:.3f}x**"
               f" ({secs['pruned']:.1f} s / {secs['dense']:.1f} s)"]
         fast = hook.get('prune_run_ratio_latency_aware')
         if fast is not None:  # results written before it existed lack it

@@ -24,7 +24,8 @@ from benchmarks.env import environment  # noqa: E402
 
 #: short names of the event models (benchmarks.graph_and_speed.CONFIGS)
 EVENT_DEFAULT = dict(event_config='yolox_s', event_size=640, run_epochs=4,
-                     run_size=320, run_images=32, iter_size=320)
+                     run_size=320, run_images=32, iter_size=320,
+                     run_repeats=2)
 
 
 def tool_jobs(preset: dict, results_dir: str, device: str,
@@ -56,12 +57,13 @@ def _hook(job: dict) -> dict:
     from benchmarks.graph_and_speed import CONFIGS
     h = job['hook']
     rec = dict(settings=h)
-    rec['masked_iter_ratio'] = H.masked_iteration_ratio(h['iters'],
-                                                        h['iter_size'])
+    rec['masked_iter_ratio'], rec['masked_iter'] = H.masked_iteration_ratio(
+        h['iters'], h['iter_size'])
     rec['event_seconds'] = H.event_seconds(CONFIGS[h['event_config']][0],
                                            h['event_size'])
     ratio, times = H.prune_run_ratio(h['run_epochs'], h['run_size'],
-                                     h['run_images'])
+                                     h['run_images'],
+                                     repeats=h['run_repeats'])
     rec['prune_run_ratio'] = ratio
     rec['prune_run_ratio_latency_aware'] = times['latency_aware'] / \
         times['dense']

@@ -7,8 +7,8 @@
 ``--order latency`` times the model's layers here first and removes, at
 equal importance, the channels that save the most *time* (pooling and
 activations included); the budget stays in FLOPs. On YOLOX-s at 640 px
-(one CPU thread) it turns 0.81 of the FLOPs speedup into 0.93
-(``benchmarks/speed_variants.py``).
+(one CPU thread, ``round_to=16``, ``max_prune_ratio=0.7``) it turns 0.79
+of the FLOPs speedup into 0.93 (``benchmarks/graph_and_speed.py``).
 
 ``--flops-ratio`` is the FLOPs to keep, as a fraction of the dense model's
 (0.5 = half). Writes into DIR, each file atomically:
