@@ -179,3 +179,19 @@ def test_hook_state_with_a_bad_table_is_refused():
                                         **{'in': 3})})
     with pytest.raises(StructureError, match='backbone.stem.conv.conv'):
         ChannelPruningHook._checked_state(dict(latency=bad))
+
+
+def test_configs_readme_latency_setting_builds():
+    """The setting configs/README.md shows: it overrides the preset's
+    allocator, keeps the hook's round_to, and asks for a table."""
+    from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
+    hook = ChannelPruningHook(
+        method='acp_tp', target=0.5, begin=30, end=200, interval=10,
+        input_size=(640, 640), round_to=16,
+        allocator=dict(type='AdaptiveAllocator', ramp='cubic',
+                       cost_weight=1.0, cost_measure='latency',
+                       max_prune_ratio=0.7))
+    assert hook._wants_latency()
+    assert hook.allocator_cfg['round_to'] == 16
+    assert hook.allocator_cfg['max_prune_ratio'] == 0.7
+    assert not ChannelPruningHook(method='acp_tp')._wants_latency()
