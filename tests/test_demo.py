@@ -1,7 +1,7 @@
 """``make demo`` end to end at a toy size: both runs train (in parallel
 child processes), the pruned one reaches its FLOPs target, both are
 evaluated, the compact model exports to ONNX and the summary and plots are
-written."""
+written; the console shows each run's progress and the result table."""
 import json
 import os.path as osp
 import runpy
@@ -9,7 +9,7 @@ import runpy
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-def test_demo_runs_end_to_end(tmp_path):
+def test_demo_runs_end_to_end(tmp_path, capsys):
     main = runpy.run_path(osp.join(ROOT, 'tools', 'demo.py'),
                           run_name='demo')['main']
     work = tmp_path / 'work'
@@ -40,3 +40,18 @@ def test_demo_runs_end_to_end(tmp_path):
     assert {'dense.log', 'acp_tp.log', 'summary.json'} <= set(
         p.name for p in work.iterdir())
     assert not [p for p in work.rglob('.tmp_*')]
+
+    # progress on the console while the children train: every epoch of both
+    # runs with an ETA, the validation mAP, then the result table
+    out = capsys.readouterr().out
+    for run in ('dense', 'acp_tp'):
+        for epoch in (1, 2):
+            line = next((ln for ln in out.splitlines() if ln.startswith(
+                f'[demo] {run}: epoch {epoch}/2, ')), None)
+            assert line and 'loss ' in line and 'ETA ' in line, out
+        assert f'[demo] {run}: epoch 2: bbox mAP ' in out, out
+    last = next(ln for ln in out.splitlines()
+                if ln.startswith('[demo] acp_tp: epoch 2/2'))
+    assert 'of dense FLOPs' in last, last
+    assert out.index('[demo] dense: epoch 1/2') < out.index('bbox mAP@50')
+    assert 'FLOPs (G)' in out and 'ONNX:' in out

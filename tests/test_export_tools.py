@@ -236,6 +236,60 @@ def test_export_errors_name_the_path_and_leave_no_partial_file(
     assert report['max_rel_diff'] > 1e-12
 
 
+def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path,
+                                                  capsys):
+    """export.py, test.py, train.py --resume and the analysis tools: a config
+    path that does not exist or a checkpoint that is not one ends in one line
+    naming the argument and the file, exit status 2, no traceback."""
+    import subprocess
+    import sys
+
+    from test_prune_cli import not_checkpoints, one_line_exit
+    missing_cfg = str(tmp_path / 'no_such_config.py')
+    bad = not_checkpoints(tmp_path / 'files')
+    text = bad[0][0]
+    work = str(tmp_path / 'w')
+
+    # the real command line once (third-party import warnings silenced)
+    r = subprocess.run([sys.executable, osp.join(TOOLS, 'export.py'),
+                        nano_cfg, text, '--work-dir', work],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+                       env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert 'argument checkpoint' in lines[0] and text in lines[0]
+
+    # (tool, argv with {cfg} and {ckpt}, argument names in the message)
+    cases = [
+        (('export.py', ), ['{cfg}', '{ckpt}', '--work-dir', work],
+         'config', 'checkpoint'),
+        (('test.py', ), ['{cfg}', '{ckpt}', '--work-dir', work],
+         'config', 'checkpoint'),
+        (('train.py', ), ['{cfg}', '--resume', '{ckpt}', '--work-dir', work],
+         'config', '--resume'),
+        (('analysis', 'complexity.py'), ['{cfg}', '--checkpoint', '{ckpt}'],
+         'config', '--checkpoint'),
+        (('analysis', 'print_groups.py'), ['{cfg}', '--checkpoint', '{ckpt}'],
+         'config', '--checkpoint'),
+        (('analysis', 'plot_pruning.py'),
+         ['--out-dir', work, '--config', '{cfg}', '--checkpoint', '{ckpt}'],
+         '--config', '--checkpoint'),
+    ]
+    for path, argv, cfg_arg, ckpt_arg in cases:
+        main = tool(*path)
+        fill = dict(cfg=missing_cfg, ckpt=bad[1][0])
+        line = one_line_exit(capsys, main, [a.format(**fill) for a in argv])
+        assert f'argument {cfg_arg}:' in line and missing_cfg in line, line
+        for ckpt, needle in bad:
+            fill = dict(cfg=nano_cfg, ckpt=ckpt)
+            line = one_line_exit(capsys, main,
+                                 [a.format(**fill) for a in argv])
+            assert f'argument {ckpt_arg}:' in line and ckpt in line, line
+            assert needle in line, line
+    assert not osp.exists(work)
+
+
 # ---------------------------------------------------------------- analysis
 @pytest.mark.parametrize('mode', ['coupled', 'fine'])
 def test_print_groups_lists_the_analysis(nano_cfg, tmp_path, mode, capsys):

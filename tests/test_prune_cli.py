@@ -15,9 +15,9 @@ CLI = osp.join(ROOT, 'tools', 'prune.py')
 CFG = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
 
 
-def run_cli(*args):
+def run_cli(*args, env=None):
     return subprocess.run([sys.executable, CLI, *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600)
+                          text=True, cwd=ROOT, timeout=600, env=env)
 
 
 def load_cli():
@@ -102,6 +102,66 @@ def test_prune_cli_bad_arguments(tmp_path, capsys):
         msg = str(exc.value.code) + capsys.readouterr().err
         assert exc.value.code != 0 and needle in msg
         assert not osp.exists(str(tmp_path / 'w' / 'pruned.pth'))
+
+
+def one_line_exit(capsys, main, argv):
+    """``main(argv)`` must stop with exit status 2 and exactly one line on
+    stderr (no traceback, no usage text); returns that line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2, (exc.value.code, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    return lines[0]
+
+
+def not_checkpoints(folder):
+    """Files a user may pass as a checkpoint by mistake: (path, what the
+    one-line message must say)."""
+    folder.mkdir(exist_ok=True)
+    text = folder / 'notes.txt'
+    text.write_text('these are not weights\n')
+    model = folder / 'model.pth'  # torch.save(model): pickled objects
+    torch.save(torch.nn.Conv2d(3, 4, 1), str(model))
+    tensor = folder / 'tensor.pth'
+    torch.save(torch.zeros(3), str(tensor))
+    empty = folder / 'empty.pth'
+    empty.write_bytes(b'')
+    return [(str(text), 'not written by torch.save'),
+            (str(model), 'Conv2d'), (str(tensor), 'Tensor'),
+            (str(empty), 'empty'),
+            (str(folder / 'missing.pth'), 'no such file'),
+            (str(folder), 'folder')]
+
+
+def test_prune_cli_missing_config_or_not_a_checkpoint(tmp_path, capsys):
+    """A config path that does not exist, or a --checkpoint that is not a
+    checkpoint: one line naming the argument and the file, exit status 2,
+    nothing written."""
+    work = tmp_path / 'w'
+    missing = str(tmp_path / 'no_such_config.py')
+    # the real command line once: no traceback on stderr (third-party
+    # import warnings, e.g. setuptools' about pkg_resources, silenced)
+    r = run_cli(missing, '--flops-ratio', '0.5', '--work-dir', str(work),
+                env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
+    assert 'argument config' in lines[0] and missing in lines[0]
+
+    cli = load_cli()
+    for path in ('mmdet::yolox/no_such_config.py', str(tmp_path)):
+        line = one_line_exit(capsys, cli.main, [
+            path, '--flops-ratio', '0.5', '--work-dir', str(work)])
+        assert 'argument config' in line and path in line, line
+    for path, needle in not_checkpoints(tmp_path / 'files'):
+        line = one_line_exit(capsys, cli.main, [
+            CFG, '--checkpoint', path, '--flops-ratio', '0.5',
+            '--work-dir', str(work)])
+        assert 'argument --checkpoint' in line and path in line, line
+        assert needle in line and 'weights_only=False' not in line, line
+    assert not work.exists()
 
 
 def test_prune_cli_output_evaluates_with_test_tools(mmdet_config, synth_data,

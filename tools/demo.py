@@ -16,6 +16,13 @@ FLOPs, on CPU, in about 15 minutes.
    FLOPs/params; write ``work_dirs/demo/summary.json``, the plots
    ``channels.png`` and ``training.png``, and print a table.
 
+While the runs train, the console shows each run's progress: one line per
+epoch (loss, the FLOPs fraction the pruned run trained at, elapsed time and
+ETA) and one
+per validation (COCO bbox mAP). The children write these lines to
+``<work_dir>/<run>.progress`` and the parent relays them; mmengine's full
+log of each run is in ``<work_dir>/<run>.log``.
+
 The numbers are whatever this short schedule gives on this machine; they
 are not comparable to YOLOX's published COCO results.
 
@@ -167,6 +174,61 @@ class _ValMetrics(Hook):
         self.metrics = dict(metrics or {})
 
 
+def _duration(seconds: float) -> str:
+    """``95`` -> ``'1m35s'``; ``4000`` -> ``'1h06m'``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f'{s}s'
+    if s < 3600:
+        return f'{s // 60}m{s % 60:02d}s'
+    return f'{s // 3600}h{s % 3600 // 60:02d}m'
+
+
+class _Progress(Hook):
+    """Writes one line per finished epoch and per validation to a progress
+    file, which the parent process prints (the child's stdout goes to its
+    log). Each line is flushed at once, so the parent never reads half of
+    one."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.t0 = None
+
+    def _write(self, line: str) -> None:
+        with open(self.path, 'a') as f:
+            f.write(line + '\n')
+
+    def before_train(self, runner) -> None:
+        self.t0 = time.perf_counter()
+        self._write(f'started: {runner.max_epochs} epochs of '
+                    f'{len(runner.train_dataloader)} iterations')
+
+    def after_train_epoch(self, runner) -> None:
+        # runner.epoch is the finished epoch's 0-based index here
+        done, total = runner.epoch + 1, runner.max_epochs
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / done * (total - done)
+        parts = [f'epoch {done}/{total}']
+        scalars = runner.message_hub.log_scalars
+        for key, fmt in (('train/loss', 'loss {:.3f}'),
+                         # the model this epoch trained (a cut at its end
+                         # shows from the next epoch on)
+                         ('train/prune_flops_ratio',
+                          'ran at {:.2f} of dense FLOPs')):
+            buf = scalars.get(key)
+            if buf is not None:
+                parts.append(fmt.format(float(buf.current())))
+        parts.append(f'{_duration(elapsed)} elapsed, ETA {_duration(eta)}')
+        self._write(', '.join(parts))
+
+    def after_val_epoch(self, runner, metrics=None) -> None:
+        metrics = metrics or {}
+        if 'coco/bbox_mAP' in metrics:
+            self._write(f'epoch {runner.epoch}: bbox mAP '
+                        f'{float(metrics["coco/bbox_mAP"]):.3f}, mAP@50 '
+                        f'{float(metrics.get("coco/bbox_mAP_50", 0)):.3f}')
+
+
 def train_one(args, run: str) -> dict:
     """Train one run in this process; write ``<work_dir>/<run>/run.json``."""
     torch.set_num_threads(1)
@@ -176,6 +238,8 @@ def train_one(args, run: str) -> dict:
     runner = Runner.from_cfg(cfg)
     val = _ValMetrics()
     runner.register_hook(val, priority='LOWEST')
+    runner.register_hook(_Progress(progress_file(args, run)),
+                         priority='LOWEST')
     t0 = time.perf_counter()
     runner.train()  # ends with the validation of the last epoch
     wall = time.perf_counter() - t0
@@ -196,9 +260,56 @@ def train_one(args, run: str) -> dict:
     return result
 
 
+def progress_file(args, run: str) -> str:
+    return osp.join(args.work_dir, f'{run}.progress')
+
+
+class _Relay:
+    """Prints the new complete lines of the runs' progress files."""
+
+    def __init__(self, files: dict):
+        self.files = files  # run -> path
+        self.offsets = {run: 0 for run in files}
+
+    def __call__(self) -> None:
+        for run, path in self.files.items():
+            try:
+                with open(path, 'rb') as f:
+                    f.seek(self.offsets[run])
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            end = data.rfind(b'\n') + 1  # complete lines only
+            for line in data[:end].decode(errors='replace').splitlines():
+                print(f'[demo] {run}: {line}', flush=True)
+            self.offsets[run] += end
+
+
+def _wait(procs: dict, relay: '_Relay', poll_s: float = 1.0) -> None:
+    """Wait for the child processes, relaying their progress; stop at the
+    first one that fails."""
+    running = dict(procs)
+    while running:
+        time.sleep(poll_s)
+        relay()
+        for run, (proc, log) in list(running.items()):
+            code = proc.poll()
+            if code is None:
+                continue
+            del running[run]
+            log.close()
+            if code != 0:
+                for p, _ in running.values():
+                    p.terminate()
+                raise SystemExit(f'[demo] the {run} run failed (exit {code}); '
+                                 f'see {log.name}')
+    relay()
+
+
 def train_all(args) -> dict:
     """Both runs, as child processes (in parallel unless --sequential),
-    each logging to ``<work_dir>/<run>.log``."""
+    each logging to ``<work_dir>/<run>.log``; their progress lines are
+    printed here as they come."""
     os.makedirs(args.work_dir, exist_ok=True)
     prepare_data(args)  # once, before the children read it
     argv = [a for a in args.argv if a not in ('--sequential', '--reuse')]
@@ -211,20 +322,17 @@ def train_all(args) -> dict:
             args.reused.append(run)
             continue
         log = open(osp.join(args.work_dir, f'{run}.log'), 'w')
-        print(f'[demo] training {run} (log: {log.name})')
+        open(progress_file(args, run), 'w').close()  # a fresh one per run
+        print(f'[demo] training {run} (log: {log.name})', flush=True)
         procs[run] = (subprocess.Popen(
             [sys.executable, osp.abspath(__file__), *argv, '--only', run],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd()),
             log)
         if args.sequential:
-            procs[run][0].wait()
+            _wait({run: procs.pop(run)},
+                  _Relay({run: progress_file(args, run)}))
+    _wait(procs, _Relay({run: progress_file(args, run) for run in procs}))
     results = {}
-    for run, (proc, log) in procs.items():  # noqa: B007
-        code = proc.wait()
-        log.close()
-        if code != 0:
-            raise SystemExit(f'[demo] the {run} run failed (exit {code}); '
-                             f'see {log.name}')
     for run in RUNS:
         with open(osp.join(args.work_dir, run, 'run.json')) as f:
             results[run] = json.load(f)

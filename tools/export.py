@@ -21,8 +21,9 @@ Writes into DIR, each file atomically:
 
 ``--use-ema`` exports the EMA weights of a run with mmengine's EMAHook (the
 weights ``tools/test.py`` evaluates); without it the weights the optimizer
-trained. Exit status 1 with a message naming the file or argument when
-something fails (the ONNX check included).
+trained. A missing CONFIG or a CHECKPOINT that is not a checkpoint ends
+with one line naming it, exit status 2; a later failure (the ONNX check
+included) with a message naming the file or argument, exit status 1.
 """
 import argparse
 import os.path as osp
@@ -55,6 +56,9 @@ def parse_args(argv=None):
         p.error(f'--opset must be >= 13, got {args.opset}')
     if not args.atol > 0:
         p.error(f'--atol must be > 0, got {args.atol}')
+    from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
+    check_config_arg(p, args.config)
+    check_checkpoint_arg(p, args.checkpoint)
     return args
 
 

@@ -18,7 +18,8 @@ of the FLOPs speedup into 0.93 (``benchmarks/graph_and_speed.py``).
 * ``plan.json``: the plan (group -> kept indices);
 * ``report.json``: ``flops_before/after`` (MACs at the input size),
   ``params_before/after``, ``input_shape``, ``residual_mode``,
-  ``num_groups``, ``max_abs_diff`` (masked vs compact on one random input)
+  ``num_groups``, ``max_abs_diff`` (masked vs compact on one random input;
+  two-stage detectors on the same proposals, ``max_diff_compared_on``)
   and ``layers`` (module -> [channels before, channels after]);
 * ``config.py``: CONFIG with ``custom_imports=['mmprune']`` and the model
   wrapped in ``PrunableDetector``, so ``tools/test.py DIR/config.py
@@ -68,6 +69,10 @@ def parse_args(argv=None):
         p.error(f'--round-to must be >= 1, got {args.round_to}')
     if min(args.input_size) < 32:
         p.error(f'--input-size must be at least 32x32, got {args.input_size}')
+    # a missing config or a file that is not a checkpoint: one line, exit 2
+    from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
+    check_config_arg(p, args.config)
+    check_checkpoint_arg(p, args.checkpoint, '--checkpoint')
     return args
 
 
@@ -111,7 +116,7 @@ def main(argv=None):
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.allocators import AdaptiveAllocator, BudgetAllocator
-    from mmprune.adapters import output_diff, tensor_outputs
+    from mmprune.adapters import compare_with_reference, reference_outputs
     from mmprune.pruners.masking import build_mask
     from mmprune.utils.io import (atomic_write, write_json_atomic,
                                   write_text_atomic)
@@ -155,13 +160,15 @@ def main(argv=None):
     keep = allocator.allocate(model, graph, scores, cost)
     plan = apis.make_plan(graph, keep)
     # masked vs compact on the same random input (the input size of the
-    # FLOPs count): the cut must change nothing but the zeroed channels
+    # FLOPs count): the cut must change nothing but the zeroed channels;
+    # two-stage detectors are compared on the same proposals
+    # (mmprune/adapters/compare.py says why)
     masked = copy.deepcopy(model)
     build_mask(masked, graph, keep).apply(masked)
-    masked_out = tensor_outputs(masked, size, seed=0)
+    reference = reference_outputs(masked, size, seed=0)
     del masked
     apis.prune(model, plan, graph)
-    diff = output_diff(masked_out, tensor_outputs(model, size, seed=0))
+    diff = compare_with_reference(model, reference)
     plans = apis.model_plans(model)
     pruned_flops = apis.cost_model(model, size).flops()
     pruned_params = sum(p.numel() for p in model.parameters())
@@ -184,6 +191,7 @@ def main(argv=None):
             if len(keep.get(g.name, range(g.width))) < g.width),
         max_abs_diff=diff['max_abs_diff'],
         max_rel_diff=diff['max_rel_diff'],
+        max_diff_compared_on=diff['compared_on'],
         graph_seconds=round(t_graph, 3),
         order=args.order,
         layers=layers,

@@ -24,6 +24,7 @@ from mmengine.runner import Runner
 from mmdet.evaluation import DumpDetResults
 from mmdet.utils import register_all_modules
 from mmprune.runtime.ddp import init_cpu_dist
+from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
 from mmprune.utils.offline import check_offline_weights
 
 
@@ -55,6 +56,9 @@ def parse_args(argv=None):
         os.environ['LOCAL_RANK'] = str(args.local_rank)
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl file, got {args.out!r}')
+    # a missing config or a file that is not a checkpoint: one line, exit 2
+    check_config_arg(parser, args.config)
+    check_checkpoint_arg(parser, args.checkpoint)
     return args
 
 

@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 
 from mmdet.utils import register_all_modules
 from mmprune.runtime.ddp import init_cpu_dist
+from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
 from mmprune.utils.offline import check_offline_weights
 
 
@@ -62,6 +63,10 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
+    # a missing config or a file that is not a checkpoint: one line, exit 2
+    check_config_arg(parser, args.config)
+    if args.resume not in (None, 'auto'):
+        check_checkpoint_arg(parser, args.resume, '--resume')
     return args
 
 

@@ -46,6 +46,9 @@ def parse_args(argv=None):
             p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
     if args.warmup < 0:
         p.error(f'--warmup must be >= 0, got {args.warmup}')
+    from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
+    check_config_arg(p, args.config)
+    check_checkpoint_arg(p, args.checkpoint, '--checkpoint')
     return args
 
 

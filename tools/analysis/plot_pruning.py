@@ -41,6 +41,11 @@ def parse_args(argv=None):
     if not (args.checkpoint or args.report or args.work_dir or args.scalars):
         p.error('nothing to plot: give --checkpoint/--report and/or '
                 '--work-dir/--scalars')
+    from mmprune.utils.cli import (check_checkpoint_arg, check_config_arg,
+                                   check_file_arg)
+    check_config_arg(p, args.config, '--config')
+    check_checkpoint_arg(p, args.checkpoint, '--checkpoint')
+    check_file_arg(p, args.report, '--report')
     return args
 
 

@@ -33,6 +33,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if min(args.trace_size) < 32:
         p.error(f'--trace-size must be at least 32x32, got {args.trace_size}')
+    from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
+    check_config_arg(p, args.config)
+    check_checkpoint_arg(p, args.checkpoint, '--checkpoint')
     return args
 
 
