@@ -333,3 +333,102 @@ def test_method_lookup_errors_and_families():
     d = get_method('bpc').to_dict()
     import json
     assert json.loads(json.dumps(d))['name'] == 'bpc'
+
+
+@pytest.mark.parametrize('name', sorted(ALLOCS))
+def test_caps_are_relative_to_the_dense_width_over_events(name):
+    """issue 14 item 5: ``max_prune_ratio``/``min_keep`` used to apply to
+    the width at each event and compounded (0.5 over 3 events left 1/8).
+    They cap each group against its dense width, read from the plans
+    already applied to the model; the reachability check agrees."""
+    from mmprune import apis
+    torch.manual_seed(0)
+    model = randomise_bn(ToyDetector()).eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = build_channel_graph(model, model, [x])
+    dense = {g.name: g.width for g in graph.prunable_groups()}
+    dense_model = copy.deepcopy(model)
+    limits = dict(min_keep=1, max_prune_ratio=0.5)
+    events = 0
+    for _ in range(4):
+        graph = build_channel_graph(model, model, [x])
+        cost = CostModel(model, model, [x])
+        scores = L1Criterion().score(model, graph)
+        try:
+            keep = ALLOCS[name](ratio=0.6, **limits).allocate(
+                model, graph, scores, cost)
+        except ValueError as e:  # every group at its dense floor
+            assert 'cannot be met' in str(e)
+            break
+        apis.prune(model, apis.make_plan(graph, keep), graph)
+        events += 1
+    assert events >= 1
+    graph = build_channel_graph(model, model, [x])
+    for g in graph.prunable_groups():
+        assert g.width >= math.ceil(0.5 * dense[g.name]), \
+            (g.name, g.width, dense[g.name])
+    # the allocator knows the dense widths from the model's plans ...
+    alloc = ALLOCS[name](ratio=0.6, **limits)
+    groups = graph.prunable_groups()
+    assert alloc.dense_widths(model, groups) == [dense[g.name]
+                                                 for g in groups]
+    # ... and the reachability check uses the same floors: the smallest
+    # model is the same from the dense model and from the pruned one
+    cost = CostModel(model, model, [x])
+    dense_graph = build_channel_graph(dense_model, dense_model, [x])
+    dense_cost = CostModel(dense_model, dense_model, [x])
+    assert alloc.reachable_cost(model, graph, cost, events=12) == \
+        alloc.reachable_cost(dense_model, dense_graph, dense_cost)
+
+
+def test_dense_widths_can_be_given():
+    alloc = BudgetAllocator(min_keep=8, max_prune_ratio=0.8)
+    # 512 dense, 200 now: the cap keeps ceil(0.2 * 512) = 103, not 40
+    assert alloc.floor(200, 512) == 103
+    assert alloc.floor(200) == 40
+    # GroupNorm groups of 8 channels: min_keep=8 channels = 1 index, the
+    # 0.8 cap of 32 groups keeps ceil(0.2 * 256 / 8) = 7 groups
+    assert alloc.floor(32, 32, unit=8) == 7
+    assert BudgetAllocator(round_to=16).round_unit(
+        type('G', (), {'unit': 8})()) == 2
+
+
+def test_filter_groups_leaves_out_stream_sources_from_the_graph():
+    """issue 14 item 6: the identity side of a residual add (a shortcut:
+    ResNet's downsample, YOLOX's CSP main_conv) is found from the graph,
+    not from a module-name regex."""
+    model = ToyDetector().eval()
+    x = torch.randn(1, 3, 32, 32)
+    graph = build_channel_graph(model, model, [x], residual_mode='fine')
+    # b1: conv3 branch (3 convs) + down (1 conv); FPN add: lat_lo reads
+    # `lo` directly, lat_hi's side runs the whole backbone after it
+    assert graph.shortcuts == {'b1.down.1', 'lat_lo'}
+    names = filter_groups(graph, exclude_stream_sources=True)
+    assert 'b1.down.0' not in names and 'lat_lo' not in names
+    assert {'b1.conv3.0', 'b2.conv3.0', 'lat_hi'} <= set(names)
+
+
+def test_fine_mode_fallbacks_are_logged(caplog):
+    """An add whose operand passed a sigmoid cannot be scattered back: the
+    fallback is recorded and logged, not silent (issue 14 item 10)."""
+    import torch.nn as nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 1)
+            self.b = nn.Conv2d(3, 4, 1)
+            self.out = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.out(torch.sigmoid(self.a(x)) + self.b(x))
+
+    from mmprune.graph import channel_graph
+    channel_graph._LOGGED_FALLBACKS.clear()  # logged once per process
+    model = Net().eval()
+    with caplog.at_level('WARNING', logger='mmprune'):
+        graph = build_channel_graph(model, model, [torch.randn(1, 3, 4, 4)],
+                                    residual_mode='fine')
+    assert graph.fine_fallbacks and 'coupled instead' in \
+        graph.fine_fallbacks[0]
+    assert 'fine mode fallback' in caplog.text

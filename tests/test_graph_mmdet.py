@@ -27,6 +27,8 @@ CONFIGS = {
     'retinanet_r18': 'mmdet::retinanet/retinanet_r18_fpn_1x_coco.py',
     'retinanet_r50': 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
     'faster_rcnn_r50': 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
+    # a one-stage detector with a GroupNorm head (32 groups of 8)
+    'atss_r50': 'mmdet::atss/atss_r50_fpn_1x_coco.py',
 }
 
 
@@ -50,11 +52,27 @@ def outputs(model, size=(128, 128)):
 
 
 def check_equivalence(model, graph, keep):
+    """Masked == compact within 1e-4 of each output's scale; two-stage
+    detectors stage by stage on the masked model's proposals (the RPN's
+    NMS turns 1e-7 noise into other proposals, mmprune/adapters/
+    compare.py)."""
+    from mmprune.adapters import reference_outputs
+    from mmprune.adapters.compare import _stage_outputs
+    from mmprune.adapters.detector import dummy_batch
     masked = copy.deepcopy(model)
     build_mask(masked, graph, keep).apply(masked)
     compact = copy.deepcopy(model)
     apply_compact(compact, graph, keep)
-    a, b = outputs(masked), outputs(compact)
+    ref = reference_outputs(masked, (128, 128), seed=1)
+    a = ref['outputs']
+    if 'proposals' in ref:
+        compact.eval()
+        with torch.no_grad():
+            x, samples = dummy_batch(compact, (128, 128), 1, 1)
+            b = _stage_outputs(compact, compact.extract_feat(x),
+                               ref['proposals'], samples)
+    else:
+        b = outputs(compact)
     assert len(a) == len(b) and len(a) > 0
     for x, y in zip(a, b):
         assert x.shape == y.shape
@@ -136,7 +154,7 @@ def _snapshot(graph):
 
 
 def test_yolox_tiny_groups_are_pinned():
-    """Hand-checked against the coupling table (methods spec §0.3); the full
+    """Hand-checked against the coupling table (docs/methods.md §0.3); the full
     snapshot in tests/data/expected_groups catches any drift."""
     import json
     import os.path as osp
@@ -177,7 +195,7 @@ def test_yolox_tiny_groups_are_pinned():
 
 
 def test_retinanet_r18_groups_are_pinned():
-    """Hand-checked against methods spec §0.4."""
+    """Hand-checked against docs/methods.md §0.4."""
     import json
     import os.path as osp
     snap = _snapshot(apis.analyze(build('retinanet_r18')))
@@ -282,3 +300,74 @@ def test_bpc_scores_only_the_groups_it_prunes_on_faster_rcnn():
     crit.detach()
     assert sorted(scores) == sorted(names) and not set(roi) & set(scores)
     assert all(torch.isfinite(s).all() for s in scores.values())
+
+
+@pytest.mark.parametrize('name', ['yolox_tiny', 'retinanet_r50',
+                                  'faster_rcnn_r50'])
+def test_fine_mode_has_no_fallbacks(name):
+    """Every writer into a residual sum of YOLOX and ResNet detectors is
+    scattered in fine mode: nothing falls back to coupling or pinning
+    (a fallback is logged, tests/test_allocators.py)."""
+    kw = {} if name.startswith('yolox') else dict(frozen_stages=-1)
+    graph = apis.analyze(build(name, **kw), 'fine')
+    assert graph.scatter and graph.fine_fallbacks == []
+
+
+def test_gcp_frs_leaves_yolox_csp_stream_sources_alone():
+    """issue 14 item 6: in fine mode GCP-FRS prunes the bottleneck writers
+    and leaves the CSP stream sources (``main_conv``, the identity side of
+    the first bottleneck's add) alone, found from the graph structure."""
+    import re
+    from mmprune.methods import filter_groups, get_method
+    graph = apis.analyze(build('yolox_tiny'), 'fine')
+    names = set(filter_groups(graph, **get_method('gcp_frs').groups))
+    assert 'exclude' not in get_method('gcp_frs').groups or not any(
+        'main_conv' in p or 'downsample' in p
+        for p in get_method('gcp_frs').groups['exclude'])
+    # backbone CSP layers add their bottlenecks (add_identity=True)
+    sources = [g.name for g in graph.prunable_groups()
+               if re.match(r'backbone\.stage\d\.\d\.main_conv\.conv$', g.name)]
+    writers = [g.name for g in graph.prunable_groups()
+               if re.match(r'backbone\.stage\d\.\d\.blocks\.\d\.conv2\.conv$',
+                           g.name)]
+    assert len(sources) == 4 and len(writers) >= 3
+    # stages 1-3 add their bottlenecks; stage 4 (after SPP) does not
+    adding = [n for n in sources if not n.startswith('backbone.stage4')]
+    assert len(adding) == 3
+    assert all(graph.stream_sources(graph.group(n)) for n in adding)
+    assert not set(adding) & names
+    assert 'backbone.stage4.2.main_conv.conv' in names
+    assert set(writers) <= names
+    # the neck's CSP layers have no adds: their main_conv is an ordinary
+    # conv and stays prunable
+    assert any(re.match(r'neck\..*main_conv\.conv$', n) for n in names)
+
+
+def test_resnet_downsample_is_a_stream_source():
+    graph = apis.analyze(build('retinanet_r18', frozen_stages=-1), 'fine')
+    srcs = {s for g in graph.groups for s in graph.stream_sources(g)}
+    assert {f'backbone.layer{i}.0.downsample.1' for i in (2, 3, 4)} <= srcs
+    assert not any('conv2' in s or 'bn2' in s for s in srcs)
+
+
+def test_two_stage_compare_uses_fixed_proposals():
+    """issue 17: the RPN's top-k/NMS turns 1e-6 noise into other proposals,
+    so two-stage detectors are compared stage by stage on the masked
+    model's proposals; the result says so."""
+    from mmprune.adapters import compare_with_reference, reference_outputs
+    model = build('faster_rcnn_r50', frozen_stages=-1)
+    graph = apis.analyze(model)
+    keep = random_keep(graph, 0.5, seed=3)
+    masked = copy.deepcopy(model)
+    build_mask(masked, graph, keep).apply(masked)
+    ref = reference_outputs(masked, (128, 128), seed=0)
+    assert 'proposals' in ref and 'proposals' in ref['compared_on']
+    compact = copy.deepcopy(model)
+    apply_compact(compact, graph, keep)
+    diff = compare_with_reference(compact, ref)
+    assert diff['max_rel_diff'] <= 1e-4 and 'RoI' in diff['compared_on']
+    # one-stage: the plain tensor forward
+    yolo = build('yolox_tiny')
+    ref = reference_outputs(yolo, (128, 128))
+    assert 'proposals' not in ref
+    assert compare_with_reference(yolo, ref)['max_abs_diff'] == 0

@@ -1,7 +1,10 @@
-from .detector import (fixed_output_module, flatten_tensors, output_diff,
-                       sync_static_attributes, tensor_forward, tensor_outputs)
+from .compare import compare_with_reference, reference_outputs
+from .detector import (dummy_batch, fixed_output_module, flatten_tensors,
+                       output_diff, sync_static_attributes, tensor_forward,
+                       tensor_outputs)
 
 __all__ = [
     'fixed_output_module', 'flatten_tensors', 'output_diff',
-    'sync_static_attributes', 'tensor_forward', 'tensor_outputs'
+    'sync_static_attributes', 'tensor_forward', 'tensor_outputs',
+    'dummy_batch', 'reference_outputs', 'compare_with_reference'
 ]

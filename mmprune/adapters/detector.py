@@ -42,23 +42,36 @@ def tensor_forward(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
     two-stage detectors need data samples with image meta for the RPN. Any
     other ``nn.Module`` is called as ``model(x)``.
     """
+    x, samples = dummy_batch(model, input_size, batch, seed)
+    if _is_detector(model):
+        return (lambda t: model(t, samples, mode='tensor')), [x]
+    return (lambda t: model(t)), [x]
+
+
+def _is_detector(model) -> bool:
+    try:
+        from mmdet.models.detectors import BaseDetector
+    except ImportError:  # plain torch model
+        return False
+    return isinstance(model, BaseDetector)
+
+
+def dummy_batch(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
+                batch: int = 1, seed: int = 0):
+    """``(x, data_samples)``: a seeded random (N, 3, H, W) batch on the
+    model's device, and for two-stage detectors data samples with the
+    image meta their RPN needs (else None)."""
     h, w = input_size
     gen = torch.Generator().manual_seed(seed)
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
     x = torch.rand(batch, 3, h, w, generator=gen).to(device)
-    try:
-        from mmdet.models.detectors import BaseDetector
-    except ImportError:  # plain torch model
-        BaseDetector = ()
-    if BaseDetector and isinstance(model, BaseDetector):
-        samples = None
-        if _is_two_stage(model):
-            from mmdet.structures import DetDataSample
-            meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                        batch_input_shape=(h, w), scale_factor=(1.0, 1.0))
-            samples = [DetDataSample(metainfo=meta) for _ in range(batch)]
-        return (lambda t: model(t, samples, mode='tensor')), [x]
-    return (lambda t: model(t)), [x]
+    samples = None
+    if _is_detector(model) and _is_two_stage(model):
+        from mmdet.structures import DetDataSample
+        meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
+                    batch_input_shape=(h, w), scale_factor=(1.0, 1.0))
+        samples = [DetDataSample(metainfo=meta) for _ in range(batch)]
+    return x, samples
 
 
 def flatten_tensors(out) -> List[torch.Tensor]:
@@ -103,6 +116,16 @@ def output_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> dict:
     scale = max((float(x.abs().max()) for x in a), default=0.0)
     return dict(max_abs_diff=diff, output_scale=scale,
                 max_rel_diff=diff / max(scale, 1e-12))
+
+
+def set_roi_width(model: nn.Module, roi_layer: str, width: int) -> None:
+    """After surgery, a RoI layer (``...roi_layers.i``) reads ``width``
+    channels: mmdet's RoI extractors allocate their (K, C, 7, 7) output
+    from a static ``out_channels``, so the extractor's must follow."""
+    parent = roi_layer.rsplit('.roi_layers.', 1)[0]
+    ext = dict(model.named_modules()).get(parent)
+    if ext is not None and hasattr(ext, 'out_channels'):
+        ext.out_channels = width
 
 
 def sync_static_attributes(model: nn.Module) -> None:

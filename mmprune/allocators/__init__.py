@@ -1,8 +1,10 @@
-from .adaptive import AdaptiveAllocator, ramp_reduction
+from .adaptive import AdaptiveAllocator
 from .base import BaseAllocator
 from .budget import BudgetAllocator
 from .global_threshold import GlobalThresholdAllocator
+from .schedule import PruningSchedule, ramp_reduction
 from .uniform import UniformAllocator
 
 __all__ = ['BaseAllocator', 'BudgetAllocator', 'UniformAllocator',
-           'GlobalThresholdAllocator', 'AdaptiveAllocator', 'ramp_reduction']
+           'GlobalThresholdAllocator', 'AdaptiveAllocator', 'PruningSchedule',
+           'ramp_reduction']

@@ -3,14 +3,15 @@
 ACP-TP's "adaptive sparsity control module" (Liu et al., "Adaptive Channel
 Pruning for Trainability Protection", PRCV 2023, DOI
 10.1007/978-981-99-8549-4_12; abstract only: per-layer pruning rates are
-assigned from a preset target). Reconstruction, methods spec §1B(b), all
+assigned from a preset target). Reconstruction, docs/methods.md §1B(b), all
 **our choice**:
 
 * prune events ``k = 1..E``; the cumulative reduction at event ``k`` is
   ``R_k = R* (1 - (1 - k/E)^3)`` (``ramp='cubic'``, Zhu & Gupta,
   https://arxiv.org/abs/1710.01878) or ``R* k / E`` (``'linear'``), where
   ``R* = 1 - ratio``; so event ``k`` keeps ``1 - R_k`` of ``dense_cost``
-  (the unpruned model's cost, by default the current model's);
+  (the unpruned model's cost, by default the current model's); the ramp
+  is owned by :class:`~mmprune.allocators.schedule.PruningSchedule`;
 * scores are layer-normalised by the group median (``normalize``), then
   one global order is cut by the exact-cost budget solver (§0.5); the
   per-group rates emerge from the global ranking - the "adaptive" part;
@@ -35,29 +36,9 @@ import torch
 from ..registry import ALLOCATORS
 from .base import (NORMALIZATIONS, BaseAllocator, GlobalOrder, fill_budget,
                    global_entries)
+from .schedule import RAMPS, PruningSchedule, _check_int
 
-RAMPS = ('cubic', 'linear')
 COST_MEASURES = ('budget', 'latency')
-
-
-def ramp_reduction(reduction: float, event: int, num_events: int,
-                   ramp: str = 'cubic') -> float:
-    """Cumulative reduction ``R_k`` of event ``event`` out of
-    ``num_events`` for a final reduction ``reduction`` (``R*``)."""
-    if ramp not in RAMPS:
-        raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
-    if isinstance(num_events, bool) or not (isinstance(num_events, int)
-                                            and num_events >= 1):
-        raise ValueError(f'num_events must be an int >= 1, got '
-                         f'{num_events!r}')
-    if isinstance(event, bool) or not (isinstance(event, int)
-                                       and 1 <= event <= num_events):
-        raise ValueError(f'event must be an int in [1, {num_events}], got '
-                         f'{event!r}')
-    frac = event / num_events
-    if ramp == 'cubic':
-        return reduction * (1.0 - (1.0 - frac) ** 3)
-    return reduction * frac
 
 
 @ALLOCATORS.register_module()
@@ -111,14 +92,22 @@ class AdaptiveAllocator(BaseAllocator):
             return self.ratio
         if event is None or num_events is None:
             raise ValueError('event and num_events must be given together')
-        return 1.0 - ramp_reduction(1.0 - self.ratio, event, num_events,
-                                    self.ramp)
+        return self.schedule(num_events).target_at(event)
+
+    def schedule(self, num_events: int) -> PruningSchedule:
+        """This allocator's ramp over ``num_events`` events (positions
+        1..E) as a :class:`~mmprune.allocators.schedule.PruningSchedule`,
+        the one owner of the per-event targets."""
+        _check_int('num_events', num_events, 1)
+        return PruningSchedule.from_range(1, num_events, 1,
+                                          target=self.ratio, ramp=self.ramp)
 
     def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
                  event: Optional[int] = None,
                  num_events: Optional[int] = None,
                  pruned: Optional[dict] = None,
-                 dense_cost: Optional[float] = None
+                 dense_cost: Optional[float] = None,
+                 dense_widths: Optional[Dict[str, int]] = None
                  ) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` for event ``event``.
 
@@ -129,6 +118,9 @@ class AdaptiveAllocator(BaseAllocator):
             pruned (dict | None): ``{group: indices}`` pruned earlier.
             dense_cost (float | None): reference cost of the unpruned
                 model. Defaults to the current model's cost.
+            dense_widths (dict | None): ``{group: width}`` before any
+                pruning, for the caps (default: from the model's applied
+                plans, :meth:`BaseAllocator.dense_widths`).
         """
         keep_ratio = self.target_ratio(event, num_events)
         gs = self.prepare(graph, scores)
@@ -156,8 +148,8 @@ class AdaptiveAllocator(BaseAllocator):
                 weights = self._cost_weights(groups, measure, base)
         entries = global_entries(gs, self.normalize, weights)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            [self.floor(g.width) for g in groups],
-                            self.round_to, self.forced_drops(groups, pruned))
+                            self.floors(model, groups, dense_widths),
+                            [self.round_unit(g) for g in groups], self.forced_drops(groups, pruned))
         target = keep_ratio * dense_cost
         when = 'the final target' if event is None else \
             f'event {event}/{num_events}'
@@ -171,7 +163,7 @@ class AdaptiveAllocator(BaseAllocator):
             prio = [(lambda d, gi=gi: rank.get((gi, d[-1]), -np.inf)
                      if d else -np.inf) for gi in range(len(groups))]
             drop = fill_budget(groups, drop, order.forced, prio,
-                               self.round_to, measure, target, order.keep)
+                               order.round_to, measure, target, order.keep)
         return order.keep(drop)
 
     def _cost_weights(self, groups, measure, base):

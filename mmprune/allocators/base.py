@@ -18,11 +18,26 @@ that meet a FLOPs or params target measured by the exact cost model
   cost of its target.
 
 Constraints every allocator honours: keep at least ``max(min_keep,
-ceil((1 - max_prune_ratio) * width))`` channels per group (never fewer than
-1, never more than the width), at least one channel of every producer's
-slice of a group (:class:`SliceGuard`), kept counts rounded up to multiples
-of ``round_to`` (unless the group has too few prunable channels), pinned
-channels kept, and previously pruned channels (``pruned=``) kept pruned.
+ceil((1 - max_prune_ratio) * dense width))`` channels per group (never
+fewer than 1, never more than the current width), at least one channel of
+every producer's slice of a group (:class:`SliceGuard`), kept counts
+rounded up to multiples of ``round_to`` (unless the group has too few
+prunable channels), pinned channels kept, and previously pruned channels
+(``pruned=``) kept pruned.
+
+The caps are relative to the *dense* width (docs/methods.md §0.5), not to
+the width at the event: applied to the current width they compounded over
+events (a 512-wide group ended at 68 channels with a 0.8 cap over 12
+events). The dense width of a group comes from the plans already applied
+to the model (:func:`mmprune.apis.model_plans`: the first plan naming a
+group recorded its width then), or from ``dense_widths=`` given to
+``allocate``.
+
+Caps are in channels. A group whose index stands for several channels (a
+GroupNorm block of C/G channels, ``ChannelGroup.unit``) converts them: it
+keeps ``ceil(floor / unit)`` indices, and its kept count is a multiple of
+``round_to / gcd(round_to, unit)`` indices, so whole GroupNorm groups go
+and the channel count is still a multiple of ``round_to``.
 """
 import abc
 import logging
@@ -36,6 +51,7 @@ logger = logging.getLogger('mmprune')
 
 NORMALIZATIONS = ('none', 'mean', 'median', 'max', 'l2')
 NAN_POLICIES = ('raise', 'skip')
+BUDGETS = ('flops', 'params', 'latency')
 
 
 def check_ratio(ratio, name: str = 'ratio') -> float:
@@ -64,7 +80,11 @@ class BaseAllocator(metaclass=abc.ABCMeta):
     Args:
         ratio (float): cost to keep as a fraction of the reference cost,
             in (0, 1]. 0.5 = keep half the FLOPs.
-        budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
+        budget (str): ``'flops'``, ``'params'`` or ``'latency'`` (ms
+            predicted by ``cost.latency``, a measured
+            :class:`~mmprune.utils.latency_grid.LatencyGrid`; ``ratio`` is
+            then a fraction of the dense predicted latency). Defaults to
+            'flops'.
         min_keep (int): fewest channels kept per group, >= 1. Defaults
             to 8.
         max_prune_ratio (float): largest fraction removed from one group,
@@ -82,8 +102,8 @@ class BaseAllocator(metaclass=abc.ABCMeta):
                  round_to: int = 1, nan_policy: str = 'raise',
                  fill: bool = True):
         self.ratio = check_ratio(ratio)
-        if budget not in ('flops', 'params'):
-            raise ValueError(f"budget must be 'flops' or 'params', got "
+        if budget not in BUDGETS:
+            raise ValueError(f'budget must be one of {BUDGETS}, got '
                              f'{budget!r}')
         if isinstance(min_keep, bool) or not (isinstance(min_keep, int)
                                               and min_keep >= 1):
@@ -112,14 +132,79 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         """Return ``{group name: kept indices}`` meeting the target."""
 
     # ------------------------------------------------------------ helpers
-    def floor(self, width: int) -> int:
-        keep = max(self.min_keep,
-                   math.ceil((1 - self.max_prune_ratio) * width - 1e-9))
-        return max(1, min(width, keep))
+    def floor(self, width: int, dense_width: Optional[int] = None,
+              unit: int = 1) -> int:
+        """Fewest indices a group may keep: ``width`` indices now,
+        ``dense_width`` before any pruning (default: ``width``), ``unit``
+        channels per index. Caps apply to the dense channel count."""
+        dense = width if dense_width is None else max(width, dense_width)
+        keep_ch = max(self.min_keep,
+                      math.ceil((1 - self.max_prune_ratio) * dense * unit
+                                - 1e-9))
+        return max(1, min(width, -(-keep_ch // unit)))
 
-    def measure_fn(self, model, graph, cost) -> Callable[[dict], int]:
+    def round_unit(self, group) -> int:
+        """``round_to`` in group indices (see module docstring)."""
+        unit = getattr(group, 'unit', 1)
+        return self.round_to // math.gcd(self.round_to, unit)
+
+    def dense_widths(self, model, groups,
+                     given: Optional[Dict[str, int]] = None) -> List[int]:
+        """Dense width (indices) of each of ``groups``: ``given[name]``,
+        else the width the first plan applied to ``model`` recorded for
+        it, else its current width (never pruned)."""
+        known: Dict[str, int] = {}
+        if given:
+            known.update({k: int(v) for k, v in given.items()})
+        elif model is not None:
+            from ..apis import model_plans  # apis imports the pruners
+            for plan in model_plans(model):
+                for name, w in plan.widths.items():
+                    known.setdefault(name, int(w))
+        return [max(g.width, known.get(g.name, g.width)) for g in groups]
+
+    def floors(self, model, groups,
+               given: Optional[Dict[str, int]] = None) -> List[int]:
+        """:meth:`floor` of each of ``groups`` against its dense width."""
+        return [self.floor(g.width, d, getattr(g, 'unit', 1)) for g, d in
+                zip(groups, self.dense_widths(model, groups, given))]
+
+    def reachable_cost(self, model, graph, cost,
+                       names: Optional[Sequence[str]] = None,
+                       events: int = 1) -> float:
+        """The smallest cost these limits allow: every group in ``names``
+        (default: every prunable group) cut to its :meth:`floor` (pinned
+        channels kept). A caller refuses a target below it before any
+        training (the hook does). The caps are relative to the dense
+        width, so more ``events`` reach no further (kept for callers)."""
+        wanted = None if names is None else set(names)
+        groups = [g for g in graph.prunable_groups()
+                  if wanted is None or g.name in wanted]
+        keep = {}
+        for g, width in zip(groups, self.floors(model, groups)):
+            r = self.round_unit(g)  # allocators round kept counts up
+            width = min(g.width, -(-width // r) * r)
+            # pinned channels first: they are kept whatever the floor says
+            order = np.concatenate([np.nonzero(g.pinned)[0],
+                                    np.nonzero(~g.pinned)[0]])
+            keep[g.name] = np.sort(order[:max(width, int(g.pinned.sum()))])
+        return float(self.measure_fn(model, graph, cost)(keep))
+
+    def measure_fn(self, model, graph, cost) -> Callable[[dict], float]:
         if self.budget == 'flops':
             return lambda keep: cost.flops(graph, keep)
+        if self.budget == 'latency':
+            # ms predicted by a measured table (mmprune.utils.latency_grid)
+            # on the graph of the model as it is now
+            table = getattr(cost, 'latency', None)
+            if table is None:
+                raise ValueError(
+                    f"{type(self).__name__}(budget='latency') needs a "
+                    f'latency table on the cost model (cost.latency = '
+                    f'LatencyGrid.load(path)); tools/prune.py '
+                    f'--latency-table and ChannelPruningHook(latency_table='
+                    f'...) attach one')
+            return lambda keep: table.predict(graph, keep)
         return lambda keep: cost.params_after(model, graph, keep)
 
     def prepare(self, graph, scores: Dict[str, torch.Tensor]
@@ -211,15 +296,16 @@ class GlobalOrder:
         groups (list): channel groups (slot = position in this list).
         entries (list[tuple]): ``(slot, channel)`` in drop order.
         floors (list[int]): fewest kept channels per slot.
-        round_to (int): kept counts rounded up to multiples of this.
+        round_to (int | list[int]): kept counts rounded up to multiples of
+            this (one per slot: see :meth:`BaseAllocator.round_unit`).
         forced (list[list[int]]): channels dropped regardless of ``n``.
     """
 
-    def __init__(self, groups, entries, floors, round_to: int = 1,
+    def __init__(self, groups, entries, floors, round_to=1,
                  forced: Optional[List[List[int]]] = None):
         self.groups = groups
         self.floors = floors
-        self.round_to = round_to
+        self.round_to = per_slot(round_to, len(groups))
         self.forced = forced or [[] for _ in groups]
         self.guards = [SliceGuard(g) for g in groups]
         fset = [set(f) for f in self.forced]
@@ -236,8 +322,8 @@ class GlobalOrder:
                 drop[gi].append(c)
         for gi, g in enumerate(self.groups):
             d, nf = drop[gi], len(self.forced[gi])
-            kept = g.width - len(d)
-            rounded = min(g.width, -(-kept // self.round_to) * self.round_to)
+            kept, r = g.width - len(d), self.round_to[gi]
+            rounded = min(g.width, -(-kept // r) * r)
             undo = min(rounded - kept, len(d) - nf)  # never un-drop forced
             drop[gi] = d[:len(d) - undo]
         return drop
@@ -270,9 +356,19 @@ class GlobalOrder:
         return self.drops(lo)
 
 
+def per_slot(round_to, n: int) -> List[int]:
+    """``round_to`` as one int per group slot (an int serves them all)."""
+    if isinstance(round_to, int):
+        return [round_to] * n
+    if len(round_to) != n:
+        raise ValueError(f'round_to has {len(round_to)} entries for {n} '
+                         f'groups')
+    return [int(r) for r in round_to]
+
+
 def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
                 priority: Sequence[Callable[[List[int]], float]],
-                round_to: int, measure, target: float,
+                round_to, measure, target: float,
                 keep_fn) -> List[List[int]]:
     """Re-add dropped channels while the cost stays <= ``target``.
 
@@ -283,6 +379,7 @@ def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
     """
     drop = [list(d) for d in drop]
     nforced = [len(f) for f in forced]
+    round_to = per_slot(round_to, len(groups))
     changed = True
     while changed:
         changed = False
@@ -292,7 +389,7 @@ def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
             free = len(drop[gi]) - nforced[gi]
             if free <= 0:
                 continue
-            unit = min(round_to, free)
+            unit = min(round_to[gi], free)
             trial = list(drop)
             trial[gi] = drop[gi][:len(drop[gi]) - unit]
             if measure(keep_fn(trial)) <= target:

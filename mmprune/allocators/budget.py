@@ -1,5 +1,5 @@
 """Global budget solver: drop the least important channels until a FLOPs or
-params target is met (methods spec §0.5, our choice).
+params target is met (docs/methods.md §0.5, our choice).
 
 Scores are made comparable across groups by dividing each group's scores by
 their mean over its prunable channels. Channels are then removed in one
@@ -15,7 +15,7 @@ and evaluate the exact cost model at each step (~log2(#channels) passes).
 The machinery is shared with the other allocators
 (:mod:`mmprune.allocators.base`).
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -50,15 +50,22 @@ class BudgetAllocator(BaseAllocator):
         super().__init__(ratio, budget, min_keep, max_prune_ratio, round_to,
                          nan_policy, fill)
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost
+    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
+                 dense_widths: Optional[Dict[str, int]] = None
                  ) -> Dict[str, np.ndarray]:
-        """Return ``{group name: kept indices}`` meeting the target."""
+        """Return ``{group name: kept indices}`` meeting the target.
+
+        Args:
+            dense_widths (dict | None): ``{group: width}`` before any
+                pruning, for the caps (default: from the model's applied
+                plans, :meth:`BaseAllocator.dense_widths`).
+        """
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         entries = global_entries(gs, self.normalize)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            [self.floor(g.width) for g in groups],
-                            self.round_to)
+                            self.floors(model, groups, dense_widths),
+                            [self.round_unit(g) for g in groups])
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base
@@ -71,5 +78,5 @@ class BudgetAllocator(BaseAllocator):
             prio = [(lambda d, gi=gi: rank[(gi, d[-1])] if d else -1)
                     for gi in range(len(groups))]
             drop = fill_budget(groups, drop, order.forced, prio,
-                               self.round_to, measure, target, order.keep)
+                               order.round_to, measure, target, order.keep)
         return order.keep(drop)

@@ -3,11 +3,11 @@
 Network Slimming (Liu et al., "Learning Efficient Convolutional Networks
 through Network Slimming", ICCV 2017, https://arxiv.org/abs/1708.06519)
 prunes every channel whose |gamma| is below one global threshold; FCP
-(methods spec §3(b)) and GCP-FRS (§4(b), global selection over per-layer
+(docs/methods.md §3(b)) and GCP-FRS (§4(b), global selection over per-layer
 L2-normalised relevance) do the same.
 
 Our choices: the threshold ``tau`` is found by bisection so that the FLOPs
-or params target is met (spec §3(b)) instead of a fixed percentile of
+or params target is met (§3(b)) instead of a fixed percentile of
 channels; group scores are first normalised (``normalize``: ``'none'`` for
 already comparable scores such as FCP's |gamma| or FRS's L2-normalised
 relevance, ``'max'`` by default, or ``'mean'``/``'median'``/``'l2'``);
@@ -48,19 +48,24 @@ class GlobalThresholdAllocator(BaseAllocator):
         self.normalize = normalize
 
     def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 pruned: Optional[dict] = None) -> Dict[str, np.ndarray]:
+                 pruned: Optional[dict] = None,
+                 dense_widths: Optional[Dict[str, int]] = None
+                 ) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` meeting the target.
 
         Args:
             pruned (dict | None): ``{group: indices}`` already pruned; they
                 stay pruned and count towards the target.
+            dense_widths (dict | None): ``{group: width}`` before any
+                pruning, for the caps (default: from the model's applied
+                plans, :meth:`BaseAllocator.dense_widths`).
         """
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         entries = global_entries(gs, self.normalize)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            [self.floor(g.width) for g in groups],
-                            self.round_to, self.forced_drops(groups, pruned))
+                            self.floors(model, groups, dense_widths),
+                            [self.round_unit(g) for g in groups], self.forced_drops(groups, pruned))
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base
@@ -76,5 +81,5 @@ class GlobalThresholdAllocator(BaseAllocator):
             prio = [(lambda d, gi=gi: rank.get((gi, d[-1]), -np.inf)
                      if d else -np.inf) for gi in range(len(groups))]
             drop = fill_budget(groups, drop, order.forced, prio,
-                               self.round_to, measure, target, order.keep)
+                               order.round_to, measure, target, order.keep)
         return order.keep(drop)

@@ -1,7 +1,7 @@
 """Uniform allocation: the same prune ratio in every group.
 
 The classic layer-wise-uniform protocol (e.g. FPGM, He et al. CVPR 2019,
-https://arxiv.org/abs/1811.00250; the probable BPC protocol, methods spec
+https://arxiv.org/abs/1811.00250; the probable BPC protocol, docs/methods.md
 §2B(b)): every group drops the same fraction ``p`` of its width, keeping
 its highest-scoring channels, and ``p`` is solved so that the FLOPs or
 params target is met.
@@ -15,7 +15,7 @@ most about one unit from a common ratio and the target is met tightly.
 Scores only choose *which* channels go; the counts do not depend on them.
 """
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -38,23 +38,32 @@ class UniformAllocator(BaseAllocator):
 
     prune_ratio_ = None
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost
+    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
+                 dense_widths: Optional[Dict[str, int]] = None
                  ) -> Dict[str, np.ndarray]:
-        """Return ``{group name: kept indices}`` meeting the target."""
+        """Return ``{group name: kept indices}`` meeting the target.
+
+        Args:
+            dense_widths (dict | None): ``{group: width}`` before any
+                pruning, for the caps (default: from the model's applied
+                plans, :meth:`BaseAllocator.dense_widths`).
+        """
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         orders = []
         for g, s in gs:
             free = np.nonzero(~np.asarray(g.pinned))[0]
             orders.append(free[np.argsort(s[free], kind='stable')].tolist())
-        floors = [self.floor(g.width) for g in groups]
+        floors = self.floors(model, groups, dense_widths)
+        rounds = [self.round_unit(g) for g in groups]
         guards = [SliceGuard(g) for g in groups]
 
         def drops(p: float) -> List[List[int]]:
             out = []
-            for g, order, fl, gd in zip(groups, orders, floors, guards):
+            for g, order, fl, gd, r in zip(groups, orders, floors, guards,
+                                           rounds):
                 kept = max(fl, math.ceil((1 - p) * g.width - 1e-9))
-                kept = min(g.width, -(-kept // self.round_to) * self.round_to)
+                kept = min(g.width, -(-kept // r) * r)
                 n = min(g.width - kept, len(order))
                 if gd.slices:  # lowest scores first, one per slice stays
                     left = gd.start()
@@ -94,5 +103,5 @@ class UniformAllocator(BaseAllocator):
         if self.fill:
             prio = [(lambda d, w=g.width: len(d) / w) for g in groups]
             drop = fill_budget(groups, drop, [[] for _ in groups], prio,
-                               self.round_to, measure, target, keep_of)
+                               rounds, measure, target, keep_of)
         return keep_of(drop)

@@ -11,6 +11,7 @@ every recorded module which output rows and input columns to keep. Masking,
 surgery and the cost model all read those same indices, which is why masked
 and compact models agree.
 """
+import logging
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set
 
@@ -18,6 +19,8 @@ import numpy as np
 import torch.nn as nn
 
 from .atoms import ModuleRecord
+
+logger = logging.getLogger('mmprune')
 
 
 @dataclass
@@ -42,12 +45,18 @@ class ChannelGroup:
         pinned (np.ndarray): (G,) True where the channel must stay.
         members (list[Member]): every module slice indexed by the group.
         pin_reasons (dict): group index -> why it is pinned.
+        unit (int): channels one group index stands for in each producer:
+            1, or C/G when the group feeds a GroupNorm whose blocks of C/G
+            channels are tied into one index (docs/methods.md §0.3). Caps
+            given in channels (``min_keep``, ``round_to``) are converted
+            with it.
     """
     name: str
     classes: np.ndarray
     pinned: np.ndarray
     members: List[Member] = field(default_factory=list)
     pin_reasons: Dict[int, str] = field(default_factory=dict)
+    unit: int = 1
 
     @property
     def width(self) -> int:
@@ -78,7 +87,10 @@ class ChannelGraph:
                  pinned: Dict[int, str], scatter: Set[str],
                  residual_mode: str, opaque: Dict[str, str],
                  fine_fallbacks: Sequence[str] = (),
-                 passthrough: Optional[Dict[str, List[np.ndarray]]] = None):
+                 passthrough: Optional[Dict[str, List[np.ndarray]]] = None,
+                 shortcuts: Sequence[str] = (),
+                 gn_blocks: Sequence[np.ndarray] = (),
+                 stream_atoms: Sequence[np.ndarray] = ()):
         self.records = records
         self.roots = roots
         self.pinned_classes = pinned
@@ -88,10 +100,18 @@ class ChannelGraph:
         self.fine_fallbacks = list(fine_fallbacks)
         # parameter-free leaf modules -> atoms each call read (latency model)
         self.passthrough = dict(passthrough or {})
+        # last modules of the identity side of adds (stream sources such
+        # as YOLOX's CSP main_conv, ResNet's downsample), see the tracer
+        self.shortcuts = set(shortcuts)
+        # classes summed by a coupled element-wise add (residual streams,
+        # FPN top-down paths in coupled mode)
+        self.stream_classes = {int(c) for a in stream_atoms
+                               for c in roots[a].tolist()}
         self.groups: List[ChannelGroup] = []
         self.class_to_group: Dict[int, tuple] = {}
         self._full: Dict[str, np.ndarray] = {}  # see full_through
         self._build_groups()
+        self._set_units(gn_blocks)
 
     # ------------------------------------------------------------ build
     def _cls(self, atoms: np.ndarray) -> np.ndarray:
@@ -159,6 +179,37 @@ class ChannelGraph:
                     self.groups[gi].members.append(Member(
                         r.name, r.kind, axis, np.asarray(pos),
                         np.asarray(idx)))
+
+    def _set_units(self, gn_blocks: Sequence[np.ndarray]) -> None:
+        """``unit`` of each group fed to a GroupNorm: how many output
+        positions of its first producer one GroupNorm-tied index covers."""
+        tied = {int(self.roots[b[0]]) for blocks in gn_blocks
+                for b in blocks}
+        if not tied:
+            return
+        for g in self.groups:
+            if not any(int(c) in tied for c in g.classes):
+                continue
+            prods = g.producers()
+            if prods:
+                counts = np.bincount(prods[0].group_index,
+                                     minlength=g.width)
+                g.unit = max(1, int(counts.max()))
+
+    def is_stream(self, group: ChannelGroup) -> bool:
+        """True for a group coupled by an element-wise add (a residual
+        stream, or the FPN's laterals and top-down sums in coupled mode);
+        False for groups coupled only by a shared reader (the FPN outputs
+        that a head shared across levels reads)."""
+        return any(int(c) in self.stream_classes for c in group.classes)
+
+    def stream_sources(self, group: ChannelGroup) -> List[str]:
+        """The modules of ``group`` that write the identity side of an add
+        (a shortcut: YOLOX's CSP ``main_conv``, ResNet's ``downsample``)."""
+        return sorted({m.module for m in group.members
+                       if m.module in self.shortcuts and
+                       (m.axis == 'out' or m.kind in ('norm', 'dwconv',
+                                                      'gn'))})
 
     # ----------------------------------------------------------- query
     def group(self, name: str) -> ChannelGroup:
@@ -267,6 +318,16 @@ def build_channel_graph(model: nn.Module, forward_fn, inputs,
     tracer.trace(forward_fn, inputs)
     roots = tracer.atoms.resolve()
     pinned = tracer.atoms.pinned_classes(roots)
+    for msg in tracer.fine_fallbacks:
+        # fine mode keeps these channels whole (or couples an add): say so,
+        # once per process and message (the hook re-traces at each event)
+        if msg not in _LOGGED_FALLBACKS:
+            _LOGGED_FALLBACKS.add(msg)
+            logger.warning('mmprune: fine mode fallback: %s', msg)
     return ChannelGraph(tracer.records, roots, pinned, tracer.scatter,
                         residual_mode, tracer.opaque, tracer.fine_fallbacks,
-                        tracer.passthrough)
+                        tracer.passthrough, tracer.shortcuts,
+                        tracer.gn_blocks, tracer.stream_atoms)
+
+
+_LOGGED_FALLBACKS: Set[str] = set()

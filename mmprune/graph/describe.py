@@ -33,7 +33,9 @@ def describe_groups(graph: ChannelGraph) -> dict:
     """``{'residual_mode', 'num_groups', 'num_prunable', 'groups': [...],
     'opaque', 'fine_fallbacks'}``; each group is ``{'name', 'width',
     'prunable', 'pinned', 'status', 'pin_reasons': {reason: channels},
-    'members': [{'module', 'kind', 'role', 'channels'}]}``."""
+    'members': [{'module', 'kind', 'role', 'channels'}]}``, plus ``'unit'``
+    (channels per index, GroupNorm groups) when > 1 and
+    ``'stream_sources'`` when the group writes a shortcut."""
     groups: List[dict] = []
     for g in graph.groups:
         members: Dict[tuple, dict] = {}
@@ -54,10 +56,16 @@ def describe_groups(graph: ChannelGraph) -> dict:
             status = f'prunable ({pinned} channels pinned)'
         else:
             status = 'prunable'
-        groups.append(dict(name=g.name, width=g.width, prunable=g.prunable,
-                           pinned=pinned, status=status,
-                           pin_reasons=dict(sorted(reasons.items())),
-                           members=list(members.values())))
+        entry = dict(name=g.name, width=g.width, prunable=g.prunable,
+                     pinned=pinned, status=status,
+                     pin_reasons=dict(sorted(reasons.items())),
+                     members=list(members.values()))
+        if g.unit > 1:  # GroupNorm: one index = one group of unit channels
+            entry['unit'] = g.unit
+        sources = graph.stream_sources(g)
+        if sources:  # identity side of a residual add (a shortcut)
+            entry['stream_sources'] = sources
+        groups.append(entry)
     return dict(residual_mode=graph.residual_mode,
                 num_groups=len(groups),
                 num_prunable=sum(1 for g in groups if g['prunable'] > 0),
@@ -71,7 +79,13 @@ def format_groups(desc: dict, members: bool = True) -> str:
              f'({desc["num_prunable"]} prunable), residual mode '
              f'{desc["residual_mode"]!r}']
     for i, g in enumerate(desc['groups']):
-        lines.append(f'[{i}] {g["name"]}  width {g["width"]}  {g["status"]}')
+        unit = (f' (GroupNorm groups of {g["unit"]} channels)'
+                if g.get('unit', 1) > 1 else '')
+        lines.append(f'[{i}] {g["name"]}  width {g["width"]}{unit}  '
+                     f'{g["status"]}')
+        if g.get('stream_sources'):
+            lines.append(f'      stream source (shortcut): '
+                         f'{", ".join(g["stream_sources"])}')
         if not members:
             continue
         for m in g['members']:

@@ -21,6 +21,22 @@ Residual modes: in ``coupled`` mode an element-wise add unions its operands'
 atoms. In ``fine`` mode (FCP) it gives the sum fresh, pinned *stream* atoms
 and records each operand's last module as a *writer* that the compact model
 scatters back to full stream width (see :mod:`mmprune.pruners.scatter`).
+
+GroupNorm (docs/methods.md §0.3): a GroupNorm with C channels in G groups
+normalises each block of C/G consecutive channels together. Removing part of
+a block changes the statistics of the rest, but removing a whole block
+changes nothing else (a zeroed block normalises to 0 and its masked
+gamma/beta give 0). So the tracer unions the atoms of each block: a block
+becomes one prunable unit, and a plan can only keep or drop whole blocks.
+A GroupNorm it cannot prove safe (a width that is not the traced channel
+axis, a non-affine one fed by an op that does not keep zeros) stays pinned.
+
+Stream sources (shortcuts): at an add of two non-stream operands, the
+operand whose producers since the fork are fewer (by conv/linear count) is
+the identity side: YOLOX's CSP ``main_conv`` (0 exclusive producers: its
+output is also the bottleneck's input), ResNet's ``downsample`` (1 against
+the branch's 3). Their last modules are listed in ``shortcuts`` so a method
+can leave them alone without a name regex.
 """
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Set
@@ -98,6 +114,16 @@ class ChannelTracer(TorchFunctionMode):
         self.scatter: Set[str] = set()  # fine mode: writers to scatter
         self.opaque: Dict[str, str] = {}  # module/op -> why it was pinned
         self.fine_fallbacks: List[str] = []
+        # last module of the identity side of an add (see module docstring)
+        self.shortcuts: Set[str] = set()
+        # atoms of element-wise sums coupled in place (coupled mode, or a
+        # fine-mode fallback): their groups are residual streams
+        self.stream_atoms: List[np.ndarray] = []
+        # GroupNorm blocks, each (G, C/G) atoms: one prunable unit per row
+        self.gn_blocks: List[np.ndarray] = []
+        # id(t) -> (t, frozenset of conv/linear indices the tensor depends
+        # on): lineage, only to tell the identity side of an add
+        self._lineage: Dict[int, tuple] = {}
         self._labels: Dict[int, tuple] = {}  # id(t) -> (t, Labels)
         self._leaf_depth = 0
         self._names = {m: n for n, m in model.named_modules()}
@@ -180,8 +206,45 @@ class ChannelTracer(TorchFunctionMode):
                 self._propagate(name, args, kwargs, out)
             except _Unsupported:
                 self._pin_unknown(name, args, kwargs, out)
+            self._pass_lineage(name, args, kwargs, out)
         self._op = None
         return out
+
+    # ---------------------------------------------------------- lineage
+    def _lin(self, t) -> frozenset:
+        hit = self._lineage.get(id(t)) if isinstance(t, torch.Tensor) \
+            else None
+        return hit[1] if hit is not None and hit[0] is t else frozenset()
+
+    def _pass_lineage(self, name, args, kwargs, out):
+        """An op's outputs depend on every producer its inputs depend on."""
+        ins = [lin for lin in (self._lin(t) for t in
+                               list(iter_tensors(args)) +
+                               list(iter_tensors(kwargs))) if lin]
+        if not ins:
+            return
+        lin = ins[0].union(*ins[1:])
+        if name == '__setitem__':  # in place: the target is the output
+            out = args[0]
+        for t in iter_tensors(out):
+            self._lineage[id(t)] = (t, lin)
+
+    def _note_shortcut(self, a, b, la: Labels, lb: Labels) -> None:
+        """At an add of two module outputs (no stream operand), remember
+        the last module of the side with fewer producers since the fork:
+        the identity/shortcut side (module docstring)."""
+        sides = []
+        for t, lab in ((a, la), (b, lb)):
+            vias = np.unique(lab.via)
+            if len(vias) != 1 or vias[0] < 0 or \
+                    self.atoms.all_pinned(lab.atoms):
+                return  # a stream or a mixed tensor: no fork at this add
+            sides.append((int(vias[0]), self._lin(t)))
+        (va, lin_a), (vb, lin_b) = sides
+        only_a, only_b = len(lin_a - lin_b), len(lin_b - lin_a)
+        if only_a != only_b:
+            names = list(self._names.values())
+            self.shortcuts.add(names[va if only_a < only_b else vb])
 
     def _check_foreign_params(self, name, args):
         """A conv/BN/linear parameter read by an op outside its module (a
@@ -214,7 +277,7 @@ class ChannelTracer(TorchFunctionMode):
         elif name in ops.RESHAPE:
             self._reshape(first, out)
         elif name in ops.REDUCE:
-            self._reduce(args, kwargs, out)
+            self._reduce(name, args, kwargs, out)
         elif name == '__getitem__':
             self._getitem(first, args[1], out)
         elif name == '__setitem__':
@@ -263,10 +326,14 @@ class ChannelTracer(TorchFunctionMode):
                     zero = la.zero_kept and name != '__rtruediv__'
                 self.put(out, Labels(la.atoms, via, zero))
                 return
+            if additive:
+                self._note_shortcut(a, b, la, lb)
             if additive and self.residual_mode == 'fine':
                 if self._fine_add(la, lb, out):
                     return
             self.atoms.union_arrays(la.atoms, lb.atoms)
+            if additive:  # a coupled residual sum: its group is a stream
+                self.stream_atoms.append(la.atoms.copy())
             self.put(out, Labels(la.atoms, self._lose_via(la, lb), False))
             return
         lab, other = (la, b) if la is not None else (lb, a)
@@ -395,12 +462,18 @@ class ChannelTracer(TorchFunctionMode):
         else:
             raise _Unsupported
 
-    def _reduce(self, args, kwargs, out):
+    def _reduce(self, name, args, kwargs, out):
         x = args[0]
         lab = self.get(x)
         if lab is None:
             return
         dim = args[1] if len(args) > 1 else kwargs.get('dim')
+        if dim is None and name == 'sum' and lab.zero_kept:
+            # a full sum to a scalar: pruned channels are 0 in the masked
+            # model and absent in the compact one, so both sums agree, and
+            # a scalar has no channel axis to label (mmdet's RoI extractor
+            # adds ``feats[i].sum() * 0.`` for a level without RoIs)
+            return
         if dim is None or isinstance(dim, str):
             raise _Unsupported
         dims = dim if isinstance(dim, (tuple, list)) else (dim, )
@@ -550,6 +623,11 @@ class ChannelTracer(TorchFunctionMode):
 
     def _leaf(self, name, m, kind, inputs, output):
         x = next(iter_tensors(inputs), None)
+        lin = self._lin(x)
+        if kind in ('conv', 'linear'):
+            lin = lin | {self._index[name]}
+        for t in iter_tensors(output):
+            self._lineage[id(t)] = (t, lin)
         lab = self.get(x)
         if lab is None and x is not None and x.dim() >= 2:
             lab = Labels(self.atoms.new(x.shape[1], pin=f'unlabelled input '
@@ -580,11 +658,14 @@ class ChannelTracer(TorchFunctionMode):
             if frozen:
                 self.atoms.pin(lab.atoms, f'frozen {name}')
             if kind == 'gn':
-                # removing a channel changes its group's statistics, so a
-                # masked and a compact GroupNorm would differ
-                self.atoms.pin(lab.atoms, f'GroupNorm {name}')
+                self._tie_groupnorm(name, m, lab)
             self._put_module_output(m, out, Labels(lab.atoms, via[:lab.width]))
         elif kind == 'roi':
+            # channel-wise; recorded so surgery can tell the adapter the
+            # extractor's new width (its zeros buffer is allocated from a
+            # static ``out_channels``)
+            rec = self._record(name, 'roi')
+            self._merge_input(rec, lab)
             self.put(out, lab)
         else:  # gconv, ln, tokens: understood enough to pin, not to prune
             rec = self._record(name, 'opaque')
@@ -595,6 +676,25 @@ class ChannelTracer(TorchFunctionMode):
                 else '')
             if out is not None:
                 self._fresh(out, f'{type(m).__name__} {name}')
+
+    def _tie_groupnorm(self, name, m, lab: Labels) -> None:
+        """Make each GroupNorm block one prunable unit (module docstring):
+        union the atoms of its C/G channels. lab.atoms: (C,)."""
+        c, g = lab.width, m.num_groups
+        if c != m.num_channels or c % g:
+            self.atoms.pin(lab.atoms, f'GroupNorm {name}: input width {c} '
+                           f'is not its {m.num_channels} channels')
+            return
+        if not m.affine and not lab.zero_kept:
+            # no gamma/beta to zero and an input whose pruned channels are
+            # not 0: nothing proves the masked block outputs 0
+            self.atoms.pin(lab.atoms, f'GroupNorm {name}: non-affine after '
+                           f'an op that does not keep zeros')
+            return
+        blocks = lab.atoms.reshape(g, c // g)  # (G, C/G)
+        for j in range(1, blocks.shape[1]):
+            self.atoms.union_arrays(blocks[:, 0], blocks[:, j])
+        self.gn_blocks.append(blocks.copy())
 
     def _check_opaque(self, name, m, inputs, output):
         for t in iter_tensors(output):
@@ -638,8 +738,14 @@ class ChannelTracer(TorchFunctionMode):
             own = np.unique(np.concatenate(parts))
             classes, count = np.unique(roots[own], return_counts=True)
             if np.any(size[classes] > count) or index in lost:
+                why = ('its output reaches a module through an op that mixes'
+                       ' tensors' if index in lost else
+                       'its channels are coupled with another producer\'s')
                 self.atoms.pin(own, f'fine mode: writer {names[index]} is '
                                f'coupled with other channels')
+                self.fine_fallbacks.append(
+                    f'writer {names[index]} cannot be scattered ({why}): '
+                    f'its channels are pinned')
 
     # -------------------------------------------------------------- run
     def trace(self, forward_fn: Callable, inputs: Sequence[torch.Tensor]):
@@ -686,6 +792,7 @@ class ChannelTracer(TorchFunctionMode):
             for h in handles:
                 h.remove()
             self._labels.clear()
+            self._lineage.clear()
         return out
 
 

@@ -1,6 +1,6 @@
 """Soft pruning: zero a plan's channels instead of removing them.
 
-Mask semantics (methods spec §0.2): the producer rows (weight and bias), the
+Mask semantics (docs/methods.md §0.2): the producer rows (weight and bias), the
 BN gamma and beta and the consumer columns of a pruned channel are zero. The
 post-BN value is then exactly 0, every activation we allow maps 0 to 0, and
 the consumers ignore the channel anyway; so a masked model computes the same
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .surgery import tensor_slices
+from .surgery import check_groupnorms, tensor_slices
 
 
 class ChannelMask:
@@ -41,7 +41,7 @@ class ChannelMask:
     @torch.no_grad()
     def apply_state(self, model: nn.Module, optimizer) -> None:
         """Zero the optimizer state (momentum, Adam moments) of masked
-        entries, so they do not drift back (methods spec §0.2, point 6)."""
+        entries, so they do not drift back (docs/methods.md §0.2, point 6)."""
         for t, dim, pos in self._targets(model):
             for v in optimizer.state.get(t, {}).values():
                 if isinstance(v, torch.Tensor) and v.shape == t.shape:
@@ -59,11 +59,16 @@ def build_mask(model: nn.Module, graph, keep: Dict[str, np.ndarray]
     """The :class:`ChannelMask` of ``keep`` ({group: kept indices}).
 
     Running statistics of BN are left alone: gamma = beta = 0 already makes
-    the channel's output exactly zero.
+    the channel's output exactly zero. A GroupNorm loses whole groups
+    only: a zeroed group normalises to 0 and the others do not see it.
     """
     modules = dict(model.named_modules())
     entries = []
-    for name, idx in graph.module_indices(keep).items():
+    index_map = graph.module_indices(keep)
+    # a GroupNorm group with some channels zeroed would not equal the
+    # compact model: refused here as in surgery
+    check_groupnorms(modules, graph, index_map)
+    for name, idx in index_map.items():
         rec = graph.records[name]
         mod = modules[name]
         for tname, axes in tensor_slices(rec.kind).items():

@@ -12,6 +12,8 @@ levels for a head shared across FPN levels). Then for any plan
     MACs(dwconv) = mult * C' * k_h * k_w
     MACs(linear) = mult * out' * in'
     FLOPs(BN)    = mult * C' * 2   (1 without affine)
+    FLOPs(GN)    = mult * C' * 5   (4 without affine; mmengine counts
+                                    group_norm like a training-mode norm)
 
 where primes are kept widths from :meth:`ChannelGraph.module_indices`.
 Modules the graph does not record (opaque) are charged at their traced cost.
@@ -23,7 +25,7 @@ import torch
 import torch.nn as nn
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.modules.batchnorm._BatchNorm, )
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
 
 
 class CostModel:
@@ -49,6 +51,10 @@ class CostModel:
             if isinstance(mod, _CONVS):
                 n = out.numel() // out.shape[1]  # N * spatial positions
                 self.kernel[name] = int(np.prod(mod.kernel_size))
+            elif isinstance(mod, nn.GroupNorm):
+                # mean, var, normalise (+ scale, shift) per element
+                n = out.numel() // out.shape[1]
+                self.kernel[name] = 5 if mod.affine else 4
             elif isinstance(mod, _NORMS):
                 n = out.numel() // out.shape[1]
                 self.kernel[name] = 2 if mod.affine else 1
@@ -79,6 +85,8 @@ class CostModel:
         for name, mod in self._modules.items():
             if isinstance(mod, _CONVS):
                 c_out, c_in, g = mod.out_channels, mod.in_channels, mod.groups
+            elif isinstance(mod, nn.GroupNorm):
+                c_out, c_in, g = mod.num_channels, 1, 1
             elif isinstance(mod, _NORMS):
                 c_out, c_in, g = mod.num_features, 1, 1
             else:
@@ -88,7 +96,7 @@ class CostModel:
                 kind = graph.records[name].kind
                 if kind == 'dwconv':
                     c_out = c_in = g = len(entry['out'])
-                elif kind == 'norm':
+                elif kind in ('norm', 'gn'):
                     c_out = len(entry['out'])
                 else:
                     c_out = len(entry['out']) if entry['out'] is not None \
