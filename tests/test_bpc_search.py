@@ -1,7 +1,10 @@
 """BPC blend search: the EA (determinism, elitism, strict improvement on a
-constructed fitness), adaptive BN, the masked evaluator, and the whole
-search on a small trained net and on YOLOX-tiny with a detection-loss
-fitness; the written blend works as a criterion."""
+constructed fitness, budget), adaptive BN (also under mmdet's
+``norm_eval``), the masked evaluator, HRank's activation taken from the
+traced graph, and the whole search (``mmprune.search.search_blend``) on a
+small trained net, on YOLOX-tiny with the detection-loss fitness (searched
+factors beat the uniform blend without it being seeded), and through
+``tools/search_blend.py`` on Faster R-CNN."""
 import importlib.util
 import os.path as osp
 
@@ -13,8 +16,9 @@ import torch.nn.functional as F
 
 from mmprune.criteria import BlendedCriterion
 from mmprune.graph import build_channel_graph
-from mmprune.search import (EAConfig, MaskedEvaluator, adaptive_bn,
-                            calibrate_pool, evolve)
+from mmprune.search import (BlendSearchConfig, EAConfig, MaskedEvaluator,
+                            adaptive_bn, calibrate_pool, evolve,
+                            search_blend)
 from mmprune.utils.flops import CostModel
 from mmprune.utils.io import write_text_atomic
 
@@ -83,6 +87,34 @@ def test_ea_config_is_validated():
     assert res.best[0] <= 0.5 and np.isfinite(res.best_fitness)
 
 
+def test_ea_budget_stops_early_and_keeps_the_best():
+    cfg = dict(pop_size=10, generations=20, elite=3, seed=3)
+    full = evolve(quadratic, 5, EAConfig(**cfg))
+    assert full.stopped == 'generations' and full.evaluations > 40
+    capped = evolve(quadratic, 5, EAConfig(max_evals=14, **cfg))
+    assert capped.stopped == 'max_evals' and capped.evaluations == 14
+    # same seed: the capped run is a prefix of the full one, and its best
+    # is the best of those 14 genomes
+    assert capped.first_best == full.first_best
+    assert len(capped.history) == 1  # generation 1 was cut short
+    assert capped.best_fitness >= capped.history[0]['best']
+    assert quadratic(capped.best) == capped.best_fitness
+
+    import time
+
+    def slow(g):
+        time.sleep(0.02)
+        return quadratic(g)
+
+    timed = evolve(slow, 5, EAConfig(time_budget_s=0.1, **cfg))
+    assert timed.stopped == 'time_budget'
+    assert 1 <= timed.evaluations <= 10 and timed.seconds < 1.0
+    for bad, arg in ((dict(max_evals=0), 'max_evals'),
+                     (dict(time_budget_s=-1), 'time_budget_s')):
+        with pytest.raises(ValueError, match=arg):
+            EAConfig(**bad)
+
+
 # ---------------------------------------------------------- plumbing
 def test_adaptive_bn_recomputes_statistics_from_batches():
     bn = nn.BatchNorm2d(3, momentum=0.03)
@@ -91,8 +123,11 @@ def test_adaptive_bn_recomputes_statistics_from_batches():
     g = torch.Generator().manual_seed(0)
     batches = [torch.randn(4, 3, 5, 5, generator=g) * 2 + 1
                for _ in range(3)]
+    model.eval()
     used = adaptive_bn(model, batches + batches, lambda m, b: m(b), 3)
-    assert used == 3 and not model.training and bn.momentum == 0.03
+    # modes and momentum are restored
+    assert used == 3 and not model.training and not bn.training
+    assert bn.momentum == 0.03
     with torch.no_grad():
         feats = [model[0](b) for b in batches]
     want_mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
@@ -179,123 +214,318 @@ def test_masked_evaluator_restores_the_dense_model(trained):
         MaskedEvaluator(model, graph, {'c1.0': 0}, neg_loss, train, forward)
 
 
+TOY_POOL = {k: dict(type=t) for k, t in (
+    ('l1', 'L1Criterion'), ('fpgm', 'FPGMCriterion'),
+    ('bn_scale', 'BNScaleCriterion'), ('taylor', 'TaylorCriterion'),
+    ('hrank', 'HRankCriterion'))}
+
+
+def toy_search(model, graph, cost, train, val, **options):
+    opts = dict(pool=TOY_POOL, pop_size=8, generations=4, elite=2,
+                calib_batches=4, bn_batches=3, fitness_images=128)
+    opts.update(options)
+    return search_blend(
+        model, graph, [g.name for g in graph.prunable_groups()], train, val,
+        cost=cost, allocator=dict(type='UniformAllocator', ratio=0.5,
+                                  min_keep=2),
+        options=opts, loss_fn=ce_loss, forward_fn=forward)
+
+
 def test_search_improves_fitness_and_writes_a_usable_blend(trained,
                                                           tmp_path):
     from mmengine.config import Config
     tool = load_tool()
     model, graph, cost, train, val = trained
-    ea = EAConfig(pop_size=8, generations=4, elite=2, seed=0)
-    pool = {k: dict(type=t) for k, t in (
-        ('l1', 'L1Criterion'), ('fpgm', 'FPGMCriterion'),
-        ('bn_scale', 'BNScaleCriterion'), ('taylor', 'TaylorCriterion'),
-        ('hrank', 'HRankCriterion'))}
-    out = tool.search_blend(model, graph, cost=cost, ratio=0.5,
-                            train_batches=train, val_batches=val,
-                            loss_fn=ce_loss, forward_fn=forward, pool=pool,
-                            ea=ea, calib_batches=4, bn_batches=3,
-                            min_keep=2)
-    res = out['result']
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = toy_search(model, graph, cost, train, val)
+    rep = out.report
     # generation 0 holds every one-hot blend and the uniform one; the EA
     # never does worse than the best of them (elitism) ...
-    bests = [h['best'] for h in res.history]
-    assert res.best_fitness >= res.first_best
+    bests = [h['best'] for h in rep['history']]
+    assert rep['best_fitness'] >= rep['first_best'] >= \
+        rep['uniform_fitness']
     assert all(b >= a for a, b in zip(bests, bests[1:]))
     # ... and the blend is a real ranking: different genomes, different
     # fitness (so the search has something to find)
-    assert res.history[0]['mean'] < res.history[0]['best']
-    again = tool.search_blend(model, graph, cost=cost, ratio=0.5,
-                              train_batches=train, val_batches=val,
-                              loss_fn=ce_loss, forward_fn=forward, pool=pool,
-                              ea=ea, calib_batches=4, bn_batches=3,
-                              min_keep=2)
-    assert again['result'].best_fitness == res.best_fitness  # seeded
+    assert rep['history'][0]['mean'] < rep['history'][0]['best']
+    assert rep['stopped'] == 'generations' and rep['generations_run'] == 4
+    assert rep['evaluations'] <= 8 + 4 * 6 and rep['seconds'] > 0
+    assert rep['heldout_images'] == 128 and rep['bn_batches'] == 3
+    again = toy_search(model, graph, cost, train, val)
+    assert again.report['best_fitness'] == rep['best_fitness']  # seeded
+    assert again.blend == out.blend
     # the dense model is untouched by the search
-    assert graph.group('c1.0').width == model.c1[0].out_channels == 16
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.training  # as it went in
+    capped = toy_search(model, graph, cost, train, val, max_evals=5)
+    assert capped.report['stopped'] == 'max_evals'
+    assert capped.report['evaluations'] == 5
 
     # the snippet is a config file whose blend builds a criterion that
     # reproduces the searched scores
     path = str(tmp_path / 'blend.py')
-    write_text_atomic(path, tool.blend_source(out['blend'], ['test run']))
+    write_text_atomic(path, tool.blend_source(out.blend, ['test run']))
     cfg = Config.fromfile(path)
     crit = BlendedCriterion(**cfg.blend)
-    assert set(crit.members) <= set(pool)
+    assert set(crit.members) <= set(TOY_POOL)
     got = calibrate_pool(model, graph, {'blend': crit}, train, ce_loss,
                          4)['blend']
-    from mmprune.criteria.blended import blend_scores, make_stage_fn
-    pool_scores = calibrate_pool(
-        model, graph, {k: crit.members[k] for k in crit.members}, train,
-        ce_loss, 4)
-    want = blend_scores(pool_scores, cfg.blend['alphas'], make_stage_fn(),
-                        'rank')
     for name in got:
-        assert torch.allclose(got[name], want[name]), name
+        assert torch.allclose(got[name], out.scores[name]), name
     assert set(cfg.blend['alphas']) >= {'c1', 'c2', '*'}
 
 
-def test_search_tool_arguments():
+def test_search_options_are_validated(trained):
     tool = load_tool()
     base = ['cfg.py', 'ckpt.pth', '--out', 'b.py']
     with pytest.raises(SystemExit):
         tool.parse_args(base + ['--flops-ratio', '1.5'])
     with pytest.raises(SystemExit):
         tool.parse_args(base + ['--flops-ratio', '0.5', '--bn-batches', '0'])
+    with pytest.raises(SystemExit):
+        tool.parse_args(base + ['--flops-ratio', '0.5', '--max-evals', '0'])
     args = tool.parse_args(base + ['--flops-ratio', '0.5'])
     assert args.pop_size == 32 and args.generations == 20 and \
         args.elite == 8 and args.mutation_sigma == 0.2
-    with pytest.raises(ValueError, match='allocation'):
-        tool.search_blend(None, None, cost=None, ratio=0.5, train_batches=[],
-                          loss_fn=None, forward_fn=None,
-                          allocation='best')
+    # the preset's options are all understood
+    from mmprune.methods import get_method
+    cfg = BlendSearchConfig.from_options(get_method('bpc').options['search'])
+    assert cfg.pop_size == 32 and cfg.calib_batches == 32
+    for bad, arg in ((dict(popsize=3), 'popsize'),
+                     (dict(fitness='map'), 'fitness'),
+                     (dict(pool=['l3']), 'l3'),
+                     (dict(bn_batches=0), 'bn_batches'),
+                     (dict(max_evals=0), 'max_evals')):
+        with pytest.raises(ValueError, match=arg):
+            BlendSearchConfig.from_options(bad)
+    model, graph, cost, train, val = trained
+    with pytest.raises(ValueError, match='not prunable'):
+        search_blend(model, graph, ['nope'], train, val, cost=cost,
+                     allocator=dict(type='UniformAllocator'))
+    with pytest.raises(ValueError, match='groups is empty'):
+        search_blend(model, graph, [], train, val, cost=cost,
+                     allocator=dict(type='UniformAllocator'))
+    with pytest.raises(ValueError, match='heldout_data'):
+        search_blend(model, graph, ['c1.0'], train, [], cost=cost,
+                     allocator=dict(type='UniformAllocator'),
+                     options=dict(pool=['l1']), loss_fn=ce_loss)
 
 
-def test_search_on_yolox_tiny_with_a_detection_loss_fitness():
-    """The mmdet glue: loss-mode calibration (Taylor), adaptive BN through
-    the data preprocessor, and -detection loss on held-out random data."""
+# ------------------------------------------------------------- mmdet
+def det_batch(g, size=96, n=2, num_classes=80):
+    """One mmdet data batch of random images with 3 random boxes each."""
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+    samples = []
+    for _ in range(n):
+        s = DetDataSample(metainfo=dict(
+            img_shape=(size, size), ori_shape=(size, size),
+            pad_shape=(size, size), batch_input_shape=(size, size),
+            scale_factor=(1.0, 1.0)))
+        xy = torch.rand(3, 2, generator=g) * (size * 0.6)
+        s.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + size / 8 + size / 4 * torch.rand(
+                3, 2, generator=g)], 1),
+            labels=torch.randint(0, num_classes, (3, ), generator=g))
+        samples.append(s)
+    imgs = [(torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
+            for _ in range(n)]
+    return dict(inputs=imgs, data_samples=samples)
+
+
+def test_adaptive_bn_reestimates_norm_eval_resnet():
+    """mmdet's ResNet with norm_eval=True keeps its BNs in eval mode under
+    model.train(); adaptive BN must still re-estimate their statistics."""
+    from mmprune.search import mmdet_forward
+    from test_graph_mmdet import build
+    model = build('retinanet_r18')
+    assert model.backbone.norm_eval  # mmdet's default for RetinaNet
+    model.train()
+    bn = model.backbone.layer2[0].bn1
+    assert not bn.training  # what norm_eval does
+    seen = []
+    handle = bn.register_forward_pre_hook(
+        lambda m, inputs: seen.append(inputs[0].detach().clone()))
+    try:
+        batch = det_batch(torch.Generator().manual_seed(0), size=64)
+        adaptive_bn(model, [batch], mmdet_forward)
+    finally:
+        handle.remove()
+    x = seen[0].transpose(0, 1).reshape(bn.num_features, -1)
+    assert torch.allclose(bn.running_mean, x.mean(1), atol=1e-5)
+    assert torch.allclose(bn.running_var, x.var(1), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(bn.running_var, torch.ones_like(
+        bn.running_var))  # not the reset value
+    # modes and momenta are as before
+    assert model.training and not bn.training
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 1
+
+
+def test_hrank_takes_the_activation_from_the_graph_yolox():
+    """YOLOX's activation is Swish (SiLU): HRank ranks silu(BN output),
+    not relu(BN output), without being told."""
+    from mmprune import apis
+    from mmprune.criteria import HRankCriterion
+    from mmprune.search import mmdet_forward
+    from test_graph_mmdet import build
+    model = build('yolox_tiny')
+    graph = apis.analyze(model)
+    crit = HRankCriterion()
+    crit.attach(model, graph)
+    unit = 'backbone.stage4.0'  # a ConvModule; stride 32: 2x2 maps at 64 px
+    group = graph.group(f'{unit}.conv')
+    bn = f'{unit}.bn'
+    assert crit.site_activation[bn] == f'{unit}.activate'
+    # a CSP block's inner conv gets its own activation, not the stream's
+    assert crit.site_activation['backbone.stage2.1.blocks.0.conv2.bn'] == \
+        'backbone.stage2.1.blocks.0.conv2.activate'
+    act = dict(model.named_modules())[f'{unit}.activate']
+    assert type(act).__name__ in ('Swish', 'SiLU')
+    seen = []
+    handle = dict(model.named_modules())[bn].register_forward_hook(
+        lambda m, i, out: seen.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            mmdet_forward(model, det_batch(torch.Generator().manual_seed(1),
+                                           size=64, n=4))
+    finally:
+        handle.remove()
+        crit.detach()
+    got = crit.score_group(model, group)
+    (site, ) = [m for m in group.members if m.module == bn]
+    pos = torch.as_tensor(site.positions)
+
+    def ranks(fn):
+        r = torch.linalg.matrix_rank(fn(seen[0])[:, pos]).double().mean(0)
+        out = torch.zeros(group.width, dtype=torch.float64)
+        out[torch.as_tensor(site.group_index)] = r
+        return out.float()
+
+    assert torch.allclose(got, ranks(F.silu))
+    assert not torch.allclose(got, ranks(F.relu))  # the old hard-coding
+    # an explicit choice still wins
+    forced = HRankCriterion(activation='relu')
+    forced.attach(model, graph)
+    assert forced.site_activation[bn] == 'relu'
+    forced.detach()
+
+
+YOLOX_GROUPS = r'^backbone\.stage[34]'
+
+
+def test_bpc_search_beats_the_uniform_blend_on_yolox_tiny():
+    """The whole method on YOLOX-tiny with the real fitness (-detection
+    loss after adaptive BN on the masked model). The uniform blend is NOT
+    in the initial population, so elitism cannot carry it: the searched
+    factors must score strictly better than uniform and differ from it.
+    The correlated norm criteria (L1, L2) fall into one cluster, so no
+    stage searches both."""
+    import re
 
     from mmprune import apis
-    from mmprune.methods import filter_groups
-    from mmprune.search import mmdet_forward, mmdet_loss
+    from mmprune.criteria.blended import DEFAULT_POOL
+    from mmprune.methods import filter_groups, get_method
     from test_graph_mmdet import build
-    tool = load_tool()
     model = build('yolox_tiny')
     model.init_weights()  # head bias priors: a finite, moderate loss
+    model.train()  # as at a training event
     graph = apis.analyze(model)
-    cost = apis.cost_model(model, (128, 128))
+    cost = apis.cost_model(model, (96, 96))
+    names = [n for n in filter_groups(graph, **get_method('bpc').groups)
+             if re.match(YOLOX_GROUPS, n)]
     g = torch.Generator().manual_seed(0)
+    calib, heldout = [det_batch(g) for _ in range(2)], [det_batch(g)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = search_blend(
+        model, graph, names, calib, heldout, cost=cost,
+        allocator=dict(type='UniformAllocator', ratio=0.9, min_keep=4),
+        options=dict(get_method('bpc').options['search'], pop_size=6,
+                     generations=2, elite=2, calib_batches=2, bn_batches=1,
+                     fitness_images=2, seed_uniform=False, max_evals=14),
+        seed=0)
+    rep = out.report
+    assert set(out.scores) == set(names)
+    assert all(rep['counts'][n] < graph.group(n).width for n in names)
+    # clustering: L1 and L2 rank alike here, so they share a cluster in
+    # most groups and only their medoid can be a candidate
+    assert set(out.blend['criteria']) < set(DEFAULT_POOL)
+    together = [g for g in rep['clusters']['groups'].values()
+                if any({'l1', 'l2'} <= set(c) for c in g['clusters'])]
+    assert len(together) >= len(names) // 2
+    for stage, cands in rep['clusters']['stages'].items():
+        assert not {'l1', 'l2'} <= set(cands), stage
+    # the search beats the uniform blend, which it never saw
+    assert np.isfinite(rep['uniform_fitness'])
+    assert rep['best_fitness'] > rep['uniform_fitness']
+    assert not np.allclose(rep['best_genome'], 1.0)
+    stage_alphas = {s: w for s, w in out.blend['alphas'].items() if s != '*'}
+    assert any(len(set(w.values())) > 1 for w in stage_alphas.values())
+    assert rep['evaluations'] <= 14 and rep['seconds_per_eval'] > 0
+    # the model is as it was: weights, statistics and train/eval flags
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training and model.backbone.stem.conv.bn.training
+    assert all(p.grad is None for p in model.parameters())
 
-    def batch():
-        samples = []
-        for _ in range(2):
-            s = DetDataSample(metainfo=dict(
-                img_shape=(128, 128), ori_shape=(128, 128),
-                pad_shape=(128, 128), batch_input_shape=(128, 128),
-                scale_factor=(1.0, 1.0)))
-            xy = torch.rand(3, 2, generator=g) * 80
-            s.gt_instances = InstanceData(
-                bboxes=torch.cat([xy, xy + 16 + 30 * torch.rand(
-                    3, 2, generator=g)], 1),
-                labels=torch.randint(0, 80, (3, ), generator=g))
-            samples.append(s)
-        imgs = [(torch.rand(3, 128, 128, generator=g) * 255).to(torch.uint8)
-                for _ in range(2)]
-        return dict(inputs=imgs, data_samples=samples)
 
-    train, val = [batch() for _ in range(2)], [batch()]
-    # a handful of backbone groups keeps the test fast
-    groups = [n for n in filter_groups(graph, exclude_coupled=True)
-              if n.startswith('backbone.stage4')]
-    ea = EAConfig(pop_size=4, generations=1, elite=2, seed=0)
-    out = tool.search_blend(
-        model, graph, cost=cost, ratio=0.95, train_batches=train,
-        val_batches=val, loss_fn=mmdet_loss, forward_fn=mmdet_forward,
-        pool={k: dict(type=t) for k, t in (('l1', 'L1Criterion'),
-                                           ('bn_scale', 'BNScaleCriterion'),
-                                           ('taylor', 'TaylorCriterion'))},
-        groups=groups, ea=ea, calib_batches=1, bn_batches=1)
-    res = out['result']
-    assert np.isfinite(res.best_fitness) and res.best_fitness < 0
-    assert res.best_fitness >= res.first_best
-    assert set(out['counts']) == set(groups)
-    assert all(k < graph.group(n).width for n, k in out['counts'].items())
+def test_search_tool_on_faster_rcnn(tmp_path, mmdet_config, synth_data):
+    """tools/search_blend.py on Faster R-CNN R50 (frozen stage 1,
+    norm_eval) at 128 px: groups are filtered before the pool is scored, so
+    HRank never meets the RoI head's fully connected groups (scoring them
+    raised 'HRankCriterion saw no spatial output')."""
+    import json
+
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    register_all_modules()
+    cfg = mmdet_config('faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py')
+    size = (128, 128)
+    classes = tuple(synth_data['classes'])
+    cfg.model.roi_head.bbox_head.num_classes = len(classes)
+
+    def coco(split, test_mode):
+        pipeline = [dict(type='LoadImageFromFile'),
+                    dict(type='LoadAnnotations', with_bbox=True),
+                    dict(type='Resize', scale=size, keep_ratio=True),
+                    dict(type='PackDetInputs')]
+        return dict(type='CocoDataset', data_root=synth_data['coco_root'],
+                    ann_file=f'annotations/instances_{split}2017.json',
+                    data_prefix=dict(img=f'{split}2017/'),
+                    metainfo=dict(classes=classes),
+                    filter_cfg=dict(filter_empty_gt=False),
+                    test_mode=test_mode, pipeline=pipeline)
+
+    def loader(dataset, batch_size):
+        return dict(batch_size=batch_size, num_workers=0,
+                    persistent_workers=False,
+                    sampler=dict(type='DefaultSampler', shuffle=False),
+                    dataset=dataset)
+
+    cfg.train_dataloader = loader(coco('train', False), 2)
+    cfg.val_dataloader = loader(coco('val', True), 1)
+    cfg_path, ckpt = str(tmp_path / 'frcnn.py'), str(tmp_path / 'w.pth')
+    cfg.dump(cfg_path)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    out_py = str(tmp_path / 'blend.py')
+    tool = load_tool()
+    res = tool.main([cfg_path, ckpt, '--flops-ratio', '0.95', '--out',
+                     out_py, '--input-size', '128', '128', '--pop-size', '2',
+                     '--generations', '0', '--elite', '1',
+                     '--calib-batches', '1', '--bn-batches', '1',
+                     '--fitness-images', '1', '--min-keep', '2'])
+    report = json.load(open(str(tmp_path / 'blend.json')))
+    # the preset's filter leaves the RoI head out (HRank has no score for
+    # its fully connected layers); nothing else needs to be left out
+    assert len(report['groups']) > 20 and not any(
+        n.startswith('roi_head') for n in report['groups'])
+    assert set(res.scores) == set(report['groups'])
+    assert report['search']['evaluator_calls'] >= 1
+    assert np.isfinite(report['search']['best_fitness'])
+    blend = Config.fromfile(out_py).blend
+    assert set(blend['criteria']) <= {'l1', 'l2', 'fpgm', 'bn_scale',
+                                      'taylor', 'hrank'}
+    BlendedCriterion(**blend)  # a usable criterion config

@@ -3,132 +3,36 @@
     python tools/search_blend.py CONFIG CHECKPOINT --flops-ratio 0.5 \
         --out work_dirs/blend.py [--pool l1,l2,fpgm,bn_scale,taylor,hrank] \
         [--pop-size 32 --generations 20 --elite 8 --seed 0] \
-        [--calib-batches 32 --bn-batches 50 --fitness-images 200]
+        [--calib-batches 32 --bn-batches 50 --fitness-images 200] \
+        [--max-evals N --time-budget SECONDS]
 
-Steps (methods spec §2B; the search is our choice, see
-:mod:`mmprune.criteria.blended` and :mod:`mmprune.search`):
+Steps (docs/methods.md §2B):
 
-1. build the detector from CONFIG, load CHECKPOINT, trace its groups
-   (BPC excludes residual streams and FPN/heads by default);
-2. compute the pool of criteria on every group (Taylor/HRank on
-   ``--calib-batches`` train batches);
-3. cluster the criteria per group (Spearman, rho >= ``--rho``), vote the
-   candidates per stage; one gene per (stage, candidate);
-4. fix per-group kept counts for the FLOPs target (uniform by default);
-5. run the EA; fitness = negative detection loss on ``--fitness-images``
-   held-out (val) images after adaptive-BN recalibration on
-   ``--bn-batches`` train batches;
-6. write ``blend = dict(...)`` to ``--out`` atomically (usable as
-   ``criterion=dict(type='BlendedCriterion', **blend)``) and a JSON report
-   next to it.
-
-``search_blend(model, graph, ...)`` runs steps 2-5 on a model object (for
-tests and notebooks).
+1. build the detector from CONFIG, load CHECKPOINT, trace its groups and
+   keep the ones the BPC preset prunes (``get_method('bpc').groups``:
+   residual streams and the RoI head left out; ``--include-coupled``
+   keeps streams);
+2. run :func:`mmprune.search.search_blend` on those groups, the same entry
+   point the training hook calls: the pool on ``--calib-batches`` train
+   batches, Spearman clustering (``--rho``), medoids, per-group counts
+   fixed by the ``--allocation`` allocator at ``--flops-ratio``, and the
+   EA whose fitness is minus the detection loss on ``--fitness-images``
+   val images after adaptive BN on ``--bn-batches`` train batches;
+3. write ``blend = dict(...)`` to ``--out`` atomically (usable as
+   ``criterion=dict(type='BlendedCriterion', **blend)``) and the search
+   report as JSON next to it.
 """
 import argparse
-import math
 import os.path as osp
 import pprint
 import sys
-from typing import Callable, Dict, Optional, Sequence
+from typing import Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-ALLOCATIONS = ('uniform', 'global')
-
-
-def search_blend(model, graph, *, cost, ratio: float, train_batches,
-                 loss_fn: Callable, forward_fn: Callable,
-                 val_batches: Sequence = (),
-                 eval_fn: Optional[Callable] = None,
-                 pool: Optional[Dict[str, dict]] = None,
-                 groups: Optional[Sequence[str]] = None,
-                 allocation: str = 'uniform', rho_threshold: float = 0.9,
-                 vote: float = 0.5, ea=None, calib_batches: int = 32,
-                 bn_batches: int = 50, stages=None, normalize: str = 'rank',
-                 min_keep: int = 8, max_prune_ratio: float = 0.8,
-                 round_to: int = 1, log: Optional[Callable] = None) -> dict:
-    """Search a blend on ``model`` (dense, trained) and ``graph``.
-
-    Args:
-        cost: the model's :class:`~mmprune.utils.flops.CostModel`.
-        ratio (float): FLOPs to keep, in (0, 1].
-        train_batches (Sequence): calibration and adaptive-BN batches.
-        loss_fn (Callable): ``(model, batch) -> scalar loss``.
-        forward_fn (Callable): ``(model, batch)`` forward (adaptive BN).
-        val_batches (Sequence): held-out batches for the default fitness
-            (``-mean loss_fn``).
-        eval_fn (Callable | None): ``model -> float`` fitness instead.
-        pool (dict | None): ``{key: criterion config}``. Defaults to
-            ``DEFAULT_POOL``.
-        groups (Sequence[str] | None): groups to prune (default: all
-            prunable groups).
-        allocation (str): ``'uniform'`` or ``'global'`` counts, fixed from
-            the uniform blend for the whole search.
-        ea (EAConfig | None): EA settings.
-
-    Returns:
-        dict: ``blend`` (kwargs of BlendedCriterion), ``result``
-        (EAResult), ``clusters`` (see ``cluster_pool``), ``counts``.
-    """
-    import numpy as np
-
-    from mmprune.allocators import GlobalThresholdAllocator, UniformAllocator
-    from mmprune.criteria.blended import (DEFAULT_POOL, BlendLayout,
-                                          blend_scores, cluster_pool,
-                                          make_stage_fn)
-    from mmprune.registry import CRITERIA, build_from
-    from mmprune.search import (BlendFitness, EAConfig, MaskedEvaluator,
-                                calibrate_pool, counts_of, evolve,
-                                negative_loss)
-
-    if allocation not in ALLOCATIONS:
-        raise ValueError(f'allocation must be one of {ALLOCATIONS}, got '
-                         f'{allocation!r}')
-    pool_cfg = dict(DEFAULT_POOL if pool is None else pool)
-    criteria = {k: build_from(CRITERIA, cfg, 'criterion')
-                for k, cfg in pool_cfg.items()}
-    train_batches = list(train_batches)
-    say = log or (lambda msg: None)
-    say(f'computing the pool {sorted(criteria)} on {len(graph.groups)} '
-        f'groups')
-    pool_scores = calibrate_pool(model, graph, criteria, train_batches,
-                                 loss_fn, calib_batches)
-    if groups is not None:
-        keep_names = set(groups)
-        unknown = keep_names - set(next(iter(pool_scores.values())))
-        if unknown:
-            raise ValueError(f'groups not prunable or unknown: '
-                             f'{sorted(unknown)[:5]}')
-        pool_scores = {k: {g: s for g, s in v.items() if g in keep_names}
-                       for k, v in pool_scores.items()}
-    if not next(iter(pool_scores.values())):
-        raise ValueError('no group to search a blend for')
-    stage_fn = make_stage_fn(stages)
-    clusters = cluster_pool(pool_scores, stage_fn, rho_threshold, vote)
-    layout = BlendLayout(clusters['stages'])
-    say(f'{len(layout)} genes: {layout.genes}')
-    uniform_blend = blend_scores(pool_scores, layout.alphas(
-        np.ones(len(layout))), stage_fn, normalize)
-    alloc_cls = UniformAllocator if allocation == 'uniform' else \
-        GlobalThresholdAllocator
-    allocator = alloc_cls(ratio, min_keep=min_keep,
-                          max_prune_ratio=max_prune_ratio, round_to=round_to)
-    counts = counts_of(allocator.allocate(model, graph, uniform_blend, cost))
-    if eval_fn is None:
-        eval_fn = negative_loss(val_batches, loss_fn)
-    evaluator = MaskedEvaluator(model, graph, counts, eval_fn, train_batches,
-                                forward_fn, bn_batches)
-    fitness = BlendFitness(pool_scores, layout, evaluator, stage_fn,
-                           normalize)
-    result = evolve(fitness, len(layout), ea or EAConfig(),
-                    seeds=layout.seeds(), log=say)
-    blend = dict(criteria={k: dict(pool_cfg[k]) for k in layout.keys},
-                 alphas=layout.alphas(result.best), normalize=normalize)
-    if stages:
-        blend['stages'] = [list(s) for s in stages]
-    return dict(blend=blend, result=result, clusters=clusters,
-                counts=counts)
+# --allocation -> the allocator that fixes the kept counts (§2B(b))
+ALLOCATORS = {'uniform': 'UniformAllocator',
+              'global': 'GlobalThresholdAllocator'}
 
 
 def blend_source(blend: dict, header: Sequence[str] = ()) -> str:
@@ -154,7 +58,8 @@ def parse_args(argv=None):
                    choices=['coupled', 'fine'])
     p.add_argument('--include-coupled', action='store_true',
                    help='also prune residual streams / FPN laterals')
-    p.add_argument('--allocation', default='uniform', choices=ALLOCATIONS)
+    p.add_argument('--allocation', default='uniform',
+                   choices=sorted(ALLOCATORS))
     p.add_argument('--rho', type=float, default=0.9,
                    help='Spearman threshold of the clustering')
     p.add_argument('--pop-size', type=int, default=32)
@@ -164,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument('--mutation-sigma', type=float, default=0.2)
     p.add_argument('--mutation-p', type=float, default=0.1)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--max-evals', type=int, default=None,
+                   help='stop the EA after this many fitness evaluations')
+    p.add_argument('--time-budget', type=float, default=None,
+                   help='stop the EA after this many seconds')
     p.add_argument('--calib-batches', type=int, default=32)
     p.add_argument('--bn-batches', type=int, default=50)
     p.add_argument('--fitness-images', type=int, default=200)
@@ -181,16 +90,11 @@ def parse_args(argv=None):
             p.error(f'--{name.replace("_", "-")} must be >= 1')
     if not 0 < args.rho <= 1:
         p.error(f'--rho must be in (0, 1], got {args.rho}')
+    if args.max_evals is not None and args.max_evals < 1:
+        p.error(f'--max-evals must be >= 1, got {args.max_evals}')
+    if args.time_budget is not None and args.time_budget <= 0:
+        p.error(f'--time-budget must be > 0, got {args.time_budget}')
     return args
-
-
-def _take(loader, n: int) -> list:
-    out = []
-    for batch in loader:
-        if len(out) >= n:
-            break
-        out.append(batch)
-    return out
 
 
 def main(argv=None):
@@ -203,7 +107,7 @@ def main(argv=None):
     from mmprune import apis
     from mmprune.criteria.blended import DEFAULT_POOL
     from mmprune.methods import filter_groups, get_method
-    from mmprune.search import EAConfig, mmdet_forward, mmdet_loss
+    from mmprune.search import BlendSearchConfig, search_blend
     from mmprune.utils.io import write_json_atomic, write_text_atomic
     from mmprune.utils.offline import check_offline_weights
 
@@ -212,10 +116,15 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f'--pool: unknown criteria {unknown}; valid: '
                          f'{sorted(DEFAULT_POOL)}')
-    ea = EAConfig(pop_size=args.pop_size, generations=args.generations,
-                  elite=args.elite, crossover_p=args.crossover_p,
-                  mutation_sigma=args.mutation_sigma,
-                  mutation_p=args.mutation_p, seed=args.seed)
+    options = BlendSearchConfig.from_options(
+        get_method('bpc').options['search'], pool=keys,
+        rho_threshold=args.rho, allocation=args.allocation,
+        pop_size=args.pop_size, generations=args.generations,
+        elite=args.elite, crossover_p=args.crossover_p,
+        mutation_sigma=args.mutation_sigma, mutation_p=args.mutation_p,
+        seed=args.seed, calib_batches=args.calib_batches,
+        bn_batches=args.bn_batches, fitness_images=args.fitness_images,
+        max_evals=args.max_evals, time_budget_s=args.time_budget)
     register_all_modules()
     cfg = apis.load_config(args.config)
     check_offline_weights(cfg)
@@ -224,35 +133,35 @@ def main(argv=None):
     model.to(args.device).eval()
     graph = apis.analyze(model, args.residual_mode)
     cost = apis.cost_model(model, tuple(args.input_size))
+    # filter first: only the groups BPC prunes are scored (HRank cannot
+    # score the RoI head's fully connected groups)
     group_filter = dict(get_method('bpc').groups)
     if args.include_coupled:
-        group_filter['exclude_coupled'] = False
+        for key in ('exclude_coupled', 'exclude_streams'):
+            group_filter.pop(key, None)
     groups = filter_groups(graph, **group_filter)
-    train_loader = Runner.build_dataloader(cfg.train_dataloader)
-    val_loader = Runner.build_dataloader(cfg.val_dataloader)
-    n_train = max(args.calib_batches, args.bn_batches)
-    train_batches = _take(train_loader, n_train)
-    val_bs = cfg.val_dataloader.get('batch_size', 1)
-    val_batches = _take(val_loader, math.ceil(args.fitness_images / val_bs))
+    if not groups:
+        raise SystemExit(f'{args.config}: BPC prunes no group of this model '
+                         f'(filter {group_filter})')
+    allocator = dict(type=ALLOCATORS[args.allocation],
+                     ratio=args.flops_ratio, min_keep=args.min_keep,
+                     max_prune_ratio=args.max_prune_ratio,
+                     round_to=args.round_to)
     out = search_blend(
-        model, graph, cost=cost, ratio=args.flops_ratio,
-        train_batches=train_batches, val_batches=val_batches,
-        loss_fn=mmdet_loss, forward_fn=mmdet_forward,
-        pool={k: DEFAULT_POOL[k] for k in keys}, groups=groups,
-        allocation=args.allocation, rho_threshold=args.rho, ea=ea,
-        calib_batches=args.calib_batches, bn_batches=args.bn_batches,
-        min_keep=args.min_keep, max_prune_ratio=args.max_prune_ratio,
-        round_to=args.round_to, log=print)
-    res = out['result']
+        model, graph, groups, Runner.build_dataloader(cfg.train_dataloader),
+        Runner.build_dataloader(cfg.val_dataloader), cost=cost,
+        allocator=allocator, options=options, log=print)
+    rep = out.report
     header = [f'config: {args.config}', f'checkpoint: {args.checkpoint}',
               f'flops ratio {args.flops_ratio}, fitness -det loss: best '
-              f'{res.best_fitness:.6g} (generation 0: '
-              f'{res.first_best:.6g}), seed {args.seed}']
-    write_text_atomic(args.out, blend_source(out['blend'], header))
+              f'{rep["best_fitness"]:.6g} (uniform blend '
+              f'{rep["uniform_fitness"]:.6g}), seed {args.seed}, '
+              f'{rep["evaluator_calls"]} evaluations in '
+              f'{rep["seconds"]:.0f} s']
+    write_text_atomic(args.out, blend_source(out.blend, header))
     report = dict(config=args.config, checkpoint=args.checkpoint,
-                  flops_ratio=args.flops_ratio, ea=vars(ea),
-                  result=res.to_dict(), clusters=out['clusters'],
-                  counts=out['counts'], blend=out['blend'])
+                  flops_ratio=args.flops_ratio, groups=groups,
+                  search=rep, blend=out.blend)
     write_json_atomic(report, osp.splitext(args.out)[0] + '.json', indent=1)
     print(f'blend written to {args.out}')
     return out

@@ -1,6 +1,6 @@
 """A small, deterministic genetic algorithm over vectors in a box.
 
-Used by BPC's blend search (methods spec §2B(a)4, our choice): genomes are
+Used by BPC's blend search (docs/methods.md §2B(a)4, our choice): genomes are
 calibration factors in [0, 1]. Pure numpy; all randomness comes from one
 ``numpy.random.Generator`` seeded by ``EAConfig.seed``, so a run is
 reproducible given a deterministic fitness.
@@ -20,8 +20,15 @@ One run:
 
 So ``pop_size + generations * (pop_size - elite)`` evaluations at most, and
 the best fitness never decreases from one generation to the next.
+
+A search budget can stop it earlier: ``max_evals`` (fitness calls, so the
+result stays reproducible under a seed) and ``time_budget_s`` (wall clock,
+checked before each new evaluation; the result then depends on the
+machine's speed). The best genome evaluated so far is returned, and
+``EAResult.stopped`` says why the run ended.
 """
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -30,7 +37,7 @@ import numpy as np
 
 @dataclass
 class EAConfig:
-    """EA settings (defaults: methods spec §2B(e)).
+    """EA settings (defaults: docs/methods.md §2B(e)).
 
     Args:
         pop_size (int): population size. Defaults to 32.
@@ -46,6 +53,10 @@ class EAConfig:
         low (float): lower bound of every gene. Defaults to 0.
         high (float): upper bound of every gene. Defaults to 1.
         seed (int): seed of the numpy Generator. Defaults to 0.
+        max_evals (int | None): stop after this many fitness evaluations
+            (cache hits are free). Defaults to None (no cap).
+        time_budget_s (float | None): stop starting new evaluations after
+            this many seconds. Defaults to None (no cap).
     """
     pop_size: int = 32
     generations: int = 20
@@ -57,6 +68,8 @@ class EAConfig:
     low: float = 0.0
     high: float = 1.0
     seed: int = 0
+    max_evals: Optional[int] = None
+    time_budget_s: Optional[float] = None
 
     def __post_init__(self):
         def integer(name, lo):
@@ -70,6 +83,14 @@ class EAConfig:
         integer('elite', 1)
         integer('tournament', 1)
         integer('seed', 0)
+        if self.max_evals is not None:
+            integer('max_evals', 1)
+        if self.time_budget_s is not None and not (
+                isinstance(self.time_budget_s, (int, float))
+                and not isinstance(self.time_budget_s, bool)
+                and self.time_budget_s > 0):
+            raise ValueError(f'time_budget_s must be a number > 0 or None, '
+                             f'got {self.time_budget_s!r}')
         if self.elite >= self.pop_size:
             raise ValueError(f'elite must be < pop_size, got elite='
                              f'{self.elite}, pop_size={self.pop_size}')
@@ -97,17 +118,27 @@ class EAResult:
         first_best (float): the best fitness of generation 0.
         history (list[dict]): per generation ``gen``, ``best``, ``mean``.
         evaluations (int): fitness calls made (cache hits excluded).
+        seconds (float): wall time of the run.
+        stopped (str): ``'generations'`` (ran them all), ``'max_evals'``
+            or ``'time_budget'``.
     """
     best: np.ndarray
     best_fitness: float
     first_best: float
     history: List[Dict[str, float]] = field(default_factory=list)
     evaluations: int = 0
+    seconds: float = 0.0
+    stopped: str = 'generations'
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d['best'] = [float(x) for x in self.best]
         return d
+
+
+class _OutOfBudget(Exception):
+    """Raised inside :func:`evolve` when the next evaluation would exceed
+    the budget; never leaves it."""
 
 
 def evolve(fitness: Callable[[np.ndarray], float], dim: int,
@@ -123,6 +154,9 @@ def evolve(fitness: Callable[[np.ndarray], float], dim: int,
         seeds (Sequence): genomes placed in generation 0 first (at most
             ``pop_size`` are used).
         log (Callable | None): called with one line per generation.
+
+    Returns:
+        EAResult: the best genome evaluated (ties: the first one found).
     """
     cfg = config or EAConfig()
     if isinstance(dim, bool) or not (isinstance(dim, int) and dim >= 1):
@@ -138,49 +172,73 @@ def evolve(fitness: Callable[[np.ndarray], float], dim: int,
         pop.append(rng.uniform(cfg.low, cfg.high, dim))
     cache: Dict[bytes, float] = {}
     evaluations = 0
+    start = time.perf_counter()
+    best = dict(genome=None, fitness=-math.inf)
 
     def evaluate(g: np.ndarray) -> float:
         nonlocal evaluations
         key = np.round(g, 12).tobytes()
+        if key not in cache and evaluations >= 1:
+            # the first genome is always evaluated: a result exists
+            if cfg.max_evals is not None and evaluations >= cfg.max_evals:
+                raise _OutOfBudget('max_evals')
+            if cfg.time_budget_s is not None and \
+                    time.perf_counter() - start >= cfg.time_budget_s:
+                raise _OutOfBudget('time_budget')
         if key not in cache:
             f = float(fitness(g.copy()))
             cache[key] = f if math.isfinite(f) else -math.inf
             evaluations += 1
+            if best['genome'] is None or cache[key] > best['fitness']:
+                best.update(genome=g.copy(), fitness=cache[key])
         return cache[key]
 
-    fit = np.array([evaluate(g) for g in pop])
-    history = [dict(gen=0, best=float(fit.max()),
-                    mean=float(np.mean(fit[np.isfinite(fit)]))
-                    if np.isfinite(fit).any() else -math.inf)]
-    first_best = float(fit.max())
-    if log:
-        log(f'generation 0: best {fit.max():.6g}')
-    for gen in range(1, cfg.generations + 1):
-        order = np.argsort(-fit, kind='stable')
-        new = [pop[i].copy() for i in order[:cfg.elite]]
-        new_fit = [fit[i] for i in order[:cfg.elite]]
-
-        def pick():
-            cand = rng.integers(0, len(pop), size=cfg.tournament)
-            return pop[int(cand[np.argmax(fit[cand])])]
-
-        while len(new) < cfg.pop_size:
-            a, b = pick(), pick()
-            take_a = rng.random(dim) < cfg.crossover_p
-            child = np.where(take_a, a, b)
-            mutate = rng.random(dim) < cfg.mutation_p
-            noise = rng.normal(0.0, cfg.mutation_sigma, dim)
-            child = np.clip(child + mutate * noise, cfg.low, cfg.high)
-            new.append(child)
-            new_fit.append(evaluate(child))
-        pop, fit = new, np.asarray(new_fit)
+    def record(gen: int, fit: np.ndarray) -> None:
         finite = fit[np.isfinite(fit)]
         history.append(dict(gen=gen, best=float(fit.max()),
                             mean=float(finite.mean()) if len(finite)
                             else -math.inf))
         if log:
-            log(f'generation {gen}: best {fit.max():.6g}')
-    i = int(np.argmax(fit))
-    return EAResult(best=pop[i].copy(), best_fitness=float(fit[i]),
+            log(f'generation {gen}: best {fit.max():.6g} '
+                f'({evaluations} evaluations)')
+
+    history: List[Dict[str, float]] = []
+    stopped = 'generations'
+    first_best = -math.inf
+    try:
+        fit = np.array([evaluate(g) for g in pop])
+        first_best = float(fit.max())
+        record(0, fit)
+        for gen in range(1, cfg.generations + 1):
+            order = np.argsort(-fit, kind='stable')
+            new = [pop[i].copy() for i in order[:cfg.elite]]
+            new_fit = [fit[i] for i in order[:cfg.elite]]
+
+            def pick():
+                cand = rng.integers(0, len(pop), size=cfg.tournament)
+                return pop[int(cand[np.argmax(fit[cand])])]
+
+            while len(new) < cfg.pop_size:
+                a, b = pick(), pick()
+                take_a = rng.random(dim) < cfg.crossover_p
+                child = np.where(take_a, a, b)
+                mutate = rng.random(dim) < cfg.mutation_p
+                noise = rng.normal(0.0, cfg.mutation_sigma, dim)
+                child = np.clip(child + mutate * noise, cfg.low, cfg.high)
+                new.append(child)
+                new_fit.append(evaluate(child))
+            pop, fit = new, np.asarray(new_fit)
+            record(gen, fit)
+    except _OutOfBudget as e:
+        stopped = str(e)
+        if log:
+            log(f'search budget reached ({stopped}) after {evaluations} '
+                f'evaluations')
+    if best['genome'] is None:  # cannot happen: max_evals >= 1
+        raise RuntimeError('evolve evaluated no genome')
+    if not math.isfinite(first_best):
+        first_best = best['fitness']  # stopped inside generation 0
+    return EAResult(best=best['genome'], best_fitness=float(best['fitness']),
                     first_best=first_best, history=history,
-                    evaluations=evaluations)
+                    evaluations=evaluations,
+                    seconds=time.perf_counter() - start, stopped=stopped)

@@ -1,4 +1,4 @@
-"""Fitness plumbing of the BPC blend search (methods spec §2B(a)).
+"""Fitness plumbing of the BPC blend search (docs/methods.md §2B(a)).
 
 A blend is judged the way BPC (and EagleEye, Li et al., ECCV 2020,
 https://arxiv.org/abs/2007.02491, for "adaptive BN") judge a pruned
@@ -12,8 +12,9 @@ candidate, with **our choices** marked:
    fixed once for the whole search (our choice: the EA compares criteria,
    not allocations), zero the rest with masks (§0.2);
 3. adaptive BN: reset every BN's running statistics, forward ``N`` train
-   batches in train mode without gradients (cumulative average, i.e.
-   ``momentum=None``), then switch to eval;
+   batches with the BNs in train mode (even under mmdet's ``norm_eval``)
+   without gradients (cumulative average, i.e. ``momentum=None``), then
+   evaluate in eval mode;
 4. evaluate on held-out data: by default for detectors the negative
    detection loss on a held-out subset (cheap proxy; mAP is optional via
    any ``eval_fn``);
@@ -72,16 +73,28 @@ def negative_loss(batches: Sequence, loss_fn: Callable = mmdet_loss
 def adaptive_bn(model: nn.Module, batches: Iterable, forward_fn: Callable,
                 num_batches: Optional[int] = None) -> int:
     """Recompute BN running statistics from ``batches``; returns the number
-    of batches used. The model is left in eval mode."""
+    of batches used.
+
+    Every BN with running statistics is reset and put in train mode for
+    the pass *itself*, not through ``model.train()``: mmdet's ResNet with
+    ``norm_eval=True`` (the RetinaNet/Faster R-CNN default) overrides
+    ``train()`` to put its BNs back in eval mode, which would leave them at
+    mean 0 / var 1 after the reset. The rest of the model runs in train
+    mode (as EagleEye's recalibration does). Afterwards every module's
+    ``training`` flag and every BN's ``momentum`` are what they were.
+    """
     bns = [m for m in model.modules()
            if isinstance(m, nn.modules.batchnorm._BatchNorm)
            and m.track_running_stats]
     momenta = [m.momentum for m in bns]
+    modes = [(m, m.training) for m in model.modules()]
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over the batches
     used = 0
     model.train()
+    for m in bns:  # after model.train(): norm_eval must not win
+        m.train()
     try:
         with torch.no_grad():
             for b in batches:
@@ -92,30 +105,75 @@ def adaptive_bn(model: nn.Module, batches: Iterable, forward_fn: Callable,
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
-        model.eval()
+        # module by module: model.train(flag) would re-run norm_eval and
+        # _freeze_stages logic and could differ from the saved flags
+        for m, flag in modes:
+            m.training = flag
     if used == 0 and bns:
         raise ValueError('adaptive_bn got no batch to recalibrate on')
     return used
 
 
+class GroupSubset:
+    """A view of a channel graph whose prunable groups are only ``names``.
+
+    Data-driven criteria attach to the sites of ``prunable_groups()``; given
+    this view they hook only the groups a method prunes, so a criterion that
+    cannot score some group (HRank on the RoI head's fully connected layers:
+    no spatial map) never meets it, and no time is spent on sites nobody
+    reads (HRank's SVDs). Everything else is the underlying graph's.
+
+    Args:
+        graph (ChannelGraph): the full graph.
+        names (Iterable[str]): group names to keep; each must be prunable.
+    """
+
+    def __init__(self, graph, names: Iterable[str]):
+        names = list(dict.fromkeys(names))
+        prunable = {g.name for g in graph.prunable_groups()}
+        unknown = [n for n in names if n not in prunable]
+        if unknown:
+            raise ValueError(f'groups {unknown[:5]} are not prunable groups '
+                             f'of the graph')
+        if not names:
+            raise ValueError('GroupSubset needs at least one group name')
+        self._graph, self._names = graph, set(names)
+
+    def prunable_groups(self):
+        return [g for g in self._graph.prunable_groups()
+                if g.name in self._names]
+
+    def __getattr__(self, key):
+        return getattr(self._graph, key)
+
+
 def calibrate_pool(model: nn.Module, graph, criteria: Dict[str, object],
                    batches: Iterable = (), loss_fn: Optional[Callable] = None,
-                   num_batches: Optional[int] = None
+                   num_batches: Optional[int] = None,
+                   names: Optional[Sequence[str]] = None
                    ) -> Dict[str, Dict[str, torch.Tensor]]:
-    """Score every criterion of ``criteria`` (``{key: criterion}``) on
-    ``graph``. Criteria with ``attach`` get one calibration pass over
-    ``batches`` (``loss_fn(model, batch).backward()``, eval mode);
-    parameter gradients are cleared afterwards."""
+    """Score every criterion of ``criteria`` (``{key: criterion}``) on the
+    groups ``names`` of ``graph`` (default: every prunable group).
+
+    Criteria with ``attach`` are attached to those groups only (see
+    :class:`GroupSubset`) and get one calibration pass over ``batches``
+    (``loss_fn(model, batch).backward()``, eval mode); parameter gradients
+    are cleared afterwards and every module's mode restored.
+
+    Returns:
+        dict: ``{criterion key: {group: (G,) float32 scores}}``.
+    """
+    view = graph if names is None else GroupSubset(graph, names)
     data_driven = {k: c for k, c in criteria.items()
                    if callable(getattr(c, 'attach', None))}
     if data_driven:
         if loss_fn is None:
             raise ValueError(f'criteria {sorted(data_driven)} need '
                              f'calibration batches and a loss_fn')
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         model.eval()
         for c in data_driven.values():
-            c.attach(model, graph)
+            c.attach(model, view)
         used = 0
         try:
             for b in batches:
@@ -133,8 +191,9 @@ def calibrate_pool(model: nn.Module, graph, criteria: Dict[str, object],
             for c in data_driven.values():
                 c.detach()
             model.zero_grad(set_to_none=True)
-            model.train(was_training)
-    return {k: c.score(model, graph) for k, c in criteria.items()}
+            for m, flag in modes:
+                m.training = flag
+    return {k: c.score(model, view, names) for k, c in criteria.items()}
 
 
 def counts_of(keep: Dict[str, np.ndarray]) -> Dict[str, int]:
@@ -201,20 +260,25 @@ class MaskedEvaluator:
     def __call__(self, scores: Dict[str, torch.Tensor]) -> float:
         self.calls += 1
         self.restore()
+        modes = [(m, m.training) for m in self.model.modules()]
         try:
             keep = self.keep_from_scores(scores)
             build_mask(self.model, self.graph, keep).apply(self.model)
             adaptive_bn(self.model, self.bn_batches, self.forward_fn,
                         self.num_bn_batches)
+            self.model.eval()  # BN now uses the recalibrated statistics
             with torch.no_grad():
                 return float(self.eval_fn(self.model))
         finally:
             self.restore()
+            for m, flag in modes:
+                m.training = flag
 
 
 class BlendFitness:
     """Genome -> fitness: blend the pool with the genome's alphas and
-    evaluate the resulting scores.
+    evaluate the resulting scores. Identical genomes are evaluated once
+    (so the uniform baseline costs nothing when the EA already saw it).
 
     Args:
         pool (dict): ``{criterion key: {group: scores}}``.
@@ -230,12 +294,18 @@ class BlendFitness:
         self.evaluator, self.stage_fn = evaluator, stage_fn
         self.normalize = normalize
         self.trace: List[float] = []
+        self._memo: Dict[bytes, float] = {}
 
     def scores(self, genome) -> Dict[str, torch.Tensor]:
         return blend_scores(self.pool, self.layout.alphas(genome),
                             self.stage_fn, self.normalize)
 
     def __call__(self, genome) -> float:
-        f = float(self.evaluator(self.scores(genome)))
-        self.trace.append(f)
-        return f
+        # the key is what the evaluator sees: alphas are rounded to 1e-6
+        key = repr(sorted((s, sorted(w.items())) for s, w in
+                          self.layout.alphas(genome).items())).encode()
+        if key not in self._memo:
+            f = float(self.evaluator(self.scores(genome)))
+            self._memo[key] = f
+            self.trace.append(f)
+        return self._memo[key]
