@@ -20,12 +20,18 @@ test: setup
 demo: setup
 	$(PYTHON) tools/demo.py
 
-# The benchmark suites (benchmarks/run.py; quick preset, ~30-40 min on 2 cores).
-# Pass options through BENCH_ARGS, e.g. BENCH_ARGS="--resume" after an
-# interruption, or BENCH_ARGS="--preset full".
+# The benchmark (benchmarks/run.py): by default the `session` preset, the
+# committed accuracy numbers (trained references + protocol 'trained', 3 seeds
+# at 50 % FLOPs; ~2.5 h on 2 cores, plan printed at the start). Bench-only
+# dependencies (requirements/bench.txt: Torch-Pruning for the peers) are
+# installed into the venv first, with --no-deps so they never pull another
+# torch. Pass options through BENCH_ARGS, e.g. BENCH_ARGS="--resume" after an
+# interruption, BENCH_ARGS="--preset quick" (from scratch + speed + tools) or
+# BENCH_ARGS="--preset full --device cuda".
 bench:
 	@if [ -f benchmarks/run.py ]; then \
 		$(MAKE) --no-print-directory setup && \
+		$(PYTHON) -m pip install --no-deps --quiet -r requirements/bench.txt && \
 			$(PYTHON) benchmarks/run.py $(BENCH_ARGS); \
 	else \
 		echo "bench: benchmarks/run.py is not there yet; nothing to run."; \

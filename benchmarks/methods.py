@@ -1,27 +1,48 @@
-"""The methods the quality suite compares, and when each one prunes.
+"""The methods the quality suite compares, and when each one prunes under
+each protocol.
 
-Every run trains from scratch for the same ``epochs`` (the budget of the
-comparison is equal epochs, not equal iterations of the compact model):
+Methods:
 
-* ``dense``: no pruning;
-* peers, one-shot at epoch ``P`` then fine-tuning to the end:
-  ``l1_uniform`` (mmprune's ``ChannelPruningHook`` with the L1 criterion
-  and :class:`~mmprune.allocators.UniformAllocator`: every group loses the
-  same fraction), ``tp_magnitude`` and ``tp_taylor`` (Torch-Pruning 1.6,
-  global ranking, :mod:`benchmarks.tp_peer`);
-* mmprune's four method presets through ``ChannelPruningHook(method=...)``:
-  ``bpc`` and ``fcp`` prune once at ``P`` (FCP's BN-L1 sparsity term is on
-  from the start), ``acp_tp`` (soft events, TPP penalty, each selection
-  removed at the next position) and ``gcp_frs`` (hard events) prune
-  gradually from epoch ``b`` to ``P``;
+* ``dense``: no pruning (the reference row);
+* peers, one-shot: ``l1_uniform`` (mmprune's ``ChannelPruningHook`` with
+  the L1 criterion and :class:`~mmprune.allocators.UniformAllocator`:
+  every group loses the same fraction), ``tp_magnitude`` and ``tp_taylor``
+  (Torch-Pruning 1.6, global ranking, :mod:`benchmarks.tp_peer`);
+* mmprune's four method presets through ``ChannelPruningHook(method=...)``;
 * ``l1_coupled`` / ``l1_fine``: L1 with the hook's default global
-  :class:`~mmprune.allocators.BudgetAllocator`, one-shot at ``P``, in
-  coupled and in fine residual mode (the ResNet comparison).
+  :class:`~mmprune.allocators.BudgetAllocator`, one-shot, in coupled and
+  in fine residual mode (the ResNet comparison);
+* ``random``: the floor. :class:`~mmprune.criteria.RandomCriterion`
+  (seeded with the run's seed) with the same global allocator, coupled
+  mode and one-shot cut as ``l1_coupled``: any criterion worth its cost
+  must beat it by more than the seeds' spread.
 
-``P = round(0.4 * epochs)`` (at least 1, at most ``epochs - 1``): the
-papers' schedules assume a pretrained model or hundreds of epochs; with a
-few epochs from scratch a cut after 40 % of training leaves the rest to
-recover. ``b = round(0.1 * epochs)`` (at least 1).
+Protocol ``'trained'`` (the pruning literature's): every run loads the
+same dense reference checkpoint and trains ``epochs`` = F epochs of ``T``
+iterations in all. Positions are in iterations (``by_epoch=False``), so
+"at the start" really is the start: one-shot methods (the peers, BPC,
+``l1_*``, ``random``) cut after iteration 1 and fine-tune the rest; the
+methods with a training-time schedule keep its shape, scaled from the
+paper's pretrained (or, for GCP-FRS, only) schedule to the window:
+
+* FCP: BN-L1 sparsity training, then one cut at ``T/3`` (paper: 50
+  sparsity epochs, cut, 100 fine-tuning epochs);
+* ACP-TP: soft events from ``0.02 T`` to ``0.4 T`` (paper, pretrained
+  YOLOX: every 2 epochs from 2 to 40 of 100), each selection cut one
+  interval later;
+* GCP-FRS: hard events from ``0.1 T`` to ``0.7 T`` (paper: 30 to 210 of
+  300 epochs).
+
+Gradual schedules keep at most :data:`MAX_GRADUAL_EVENTS` events (each
+event traces the graph and scores; the paper's 12-20 events would cost
+more than the short window trains).
+
+Protocol ``'scratch'``: every run trains ``epochs`` epochs from random
+init; positions are epochs. ``P = round(0.4 * epochs)`` (at least 1, at
+most ``epochs - 1``) is the one-shot cut and the last gradual event,
+``b = round(0.1 * epochs)`` (at least 1) the first: the papers' schedules
+assume a pretrained model or hundreds of epochs; with a few epochs from
+scratch a cut after 40 % of training leaves the rest to recover.
 """
 from typing import Sequence
 
@@ -30,8 +51,10 @@ MMPRUNE_METHODS = ('acp_tp', 'bpc', 'fcp', 'gcp_frs')
 #: the baselines mmprune's best method is compared with
 PEER_METHODS = ('l1_uniform', 'tp_magnitude', 'tp_taylor')
 RESIDUAL_METHODS = ('l1_coupled', 'l1_fine')
+FLOOR_METHOD = 'random'
 ALL_METHODS = ('dense', ) + PEER_METHODS + MMPRUNE_METHODS + \
-    RESIDUAL_METHODS
+    RESIDUAL_METHODS + (FLOOR_METHOD, )
+PROTOCOLS = ('trained', 'scratch')
 
 LABELS = dict(
     dense='dense', l1_uniform='L1 uniform (one-shot)',
@@ -39,7 +62,8 @@ LABELS = dict(
     tp_taylor='Torch-Pruning Taylor (global)', acp_tp='mmprune ACP-TP',
     bpc='mmprune BPC', fcp='mmprune FCP', gcp_frs='mmprune GCP-FRS',
     l1_coupled='L1 global, coupled residuals',
-    l1_fine='L1 global, fine residuals')
+    l1_fine='L1 global, fine residuals',
+    random='random channels (floor)')
 
 PRUNE_FRACTION = 0.4
 BEGIN_FRACTION = 0.1
@@ -47,32 +71,67 @@ BEGIN_FRACTION = 0.1
 MAX_GRADUAL_EVENTS = 4
 #: batches the Taylor peer backpropagates to score (no optimizer step)
 TP_TAYLOR_BATCHES = 8
+#: protocol 'trained': (first, last) event as fractions of the window for
+#: the methods whose paper schedule trains between events (module doc)
+TRAINED_WINDOWS = dict(fcp=(1 / 3, 1 / 3), acp_tp=(0.02, 0.4),
+                       gcp_frs=(0.1, 0.7))
 
 
 def prune_epoch(epochs: int) -> int:
-    """``P``: the one-shot cut, and the last gradual event."""
+    """``P``: the one-shot cut, and the last gradual event (scratch)."""
     return max(1, min(epochs - 1 if epochs > 1 else 1,
                       round(PRUNE_FRACTION * epochs)))
 
 
-def gradual_positions(epochs: int, soft: bool) -> dict:
-    """``begin``/``end``/``interval`` for gradual events ending at ``P``
-    (soft events are cut one interval later, which must stay within
-    training)."""
-    end = prune_epoch(epochs)
-    begin = min(end, max(1, round(BEGIN_FRACTION * epochs)))
+def _spread(begin: int, end: int, total: int, soft: bool) -> dict:
+    """At most MAX_GRADUAL_EVENTS positions from ``begin`` to at most
+    ``end``; a soft schedule's last cut (one interval later) stays within
+    ``total``."""
     span = end - begin
     interval = max(1, -(-span // (MAX_GRADUAL_EVENTS - 1))) if span else 1
     end = begin + (span // interval) * interval
     if soft:
-        while end + interval > epochs and end > begin:
+        while end + interval > total and end > begin:
             end -= interval
     return dict(begin=begin, end=end, interval=interval)
 
 
+def gradual_positions(epochs: int, soft: bool) -> dict:
+    """``begin``/``end``/``interval`` (epochs) for gradual events ending at
+    ``P`` (protocol 'scratch')."""
+    end = prune_epoch(epochs)
+    begin = min(end, max(1, round(BEGIN_FRACTION * epochs)))
+    return _spread(begin, end, epochs, soft)
+
+
+def trained_positions(method: str, total_iters: int) -> dict:
+    """``begin``/``end``/``interval`` in iterations for protocol
+    'trained': after iteration 1 for one-shot methods, else the method's
+    :data:`TRAINED_WINDOWS` scaled to ``total_iters``."""
+    if total_iters < 2:
+        raise ValueError(f'the fine-tuning window must have at least 2 '
+                         f'iterations, got {total_iters}')
+    if method not in TRAINED_WINDOWS:
+        return dict(begin=1, end=1, interval=1)
+    first, last = TRAINED_WINDOWS[method]
+    begin = min(total_iters - 1, max(1, round(first * total_iters)))
+    end = min(total_iters - 1, max(begin, round(last * total_iters)))
+    return _spread(begin, end, total_iters, soft=method == 'acp_tp')
+
+
 def method_spec(method: str, epochs: int, target: float,
-                input_size: Sequence[int], batches_per_epoch: int) -> dict:
+                input_size: Sequence[int], batches_per_epoch: int,
+                protocol: str = 'scratch', seed: int = 0) -> dict:
     """How a quality run of ``method`` prunes.
+
+    Args:
+        method (str): one of :data:`ALL_METHODS`.
+        epochs (int): the run's epochs (F or E).
+        target (float): FLOPs fraction to keep.
+        input_size (Sequence[int]): (H, W).
+        batches_per_epoch (int): iterations per epoch.
+        protocol (str): 'trained' or 'scratch'. Defaults to 'scratch'.
+        seed (int): the run's seed (the random floor's draw).
 
     Returns:
         dict: ``kind`` ('dense', 'mmprune' or 'torch_pruning') and
@@ -82,28 +141,42 @@ def method_spec(method: str, epochs: int, target: float,
     if method not in ALL_METHODS:
         raise ValueError(f'unknown benchmark method {method!r}; valid: '
                          f'{ALL_METHODS}')
+    if protocol not in PROTOCOLS:
+        raise ValueError(f'protocol must be one of {PROTOCOLS}, got '
+                         f'{protocol!r}')
     if method == 'dense':
         return dict(kind='dense', hook=None)
     size = tuple(input_size)
-    p = prune_epoch(epochs)
+    trained = protocol == 'trained'
+    if trained:
+        pos = trained_positions(method, epochs * batches_per_epoch)
+        when = dict(pos, by_epoch=False)
+    else:
+        p = prune_epoch(epochs)
+        when = dict(begin=p)
+        if method in ('acp_tp', 'gcp_frs'):
+            when = gradual_positions(epochs, soft=method == 'acp_tp')
     if method.startswith('tp_'):
+        at = dict(iteration=when['begin']) if trained else \
+            dict(epoch=when['begin'])
         return dict(kind='torch_pruning', hook=dict(
-            importance=method[3:], target=target, epoch=p, input_size=size,
-            taylor_batches=min(TP_TAYLOR_BATCHES, batches_per_epoch)))
-    hook = dict(type='ChannelPruningHook', target=target, input_size=size)
+            importance=method[3:], target=target, input_size=size,
+            taylor_batches=min(TP_TAYLOR_BATCHES, batches_per_epoch), **at))
+    hook = dict(type='ChannelPruningHook', target=target, input_size=size,
+                **when)
     if method == 'l1_uniform':
         hook.update(criterion='L1Criterion',
-                    allocator=dict(type='UniformAllocator'), begin=p)
+                    allocator=dict(type='UniformAllocator'))
     elif method in RESIDUAL_METHODS:
-        hook.update(criterion='L1Criterion', begin=p,
+        hook.update(criterion='L1Criterion',
                     residual_mode=method.split('_')[1])
-    elif method in ('bpc', 'fcp'):
-        hook.update(method=method, begin=p)
+    elif method == FLOOR_METHOD:
+        hook.update(criterion=dict(type='RandomCriterion', seed=seed),
+                    residual_mode='coupled')
+    else:
+        hook['method'] = method
         if method == 'bpc':  # the preset's 32 calibration batches
             hook['scoring_batches'] = min(32, batches_per_epoch)
-    elif method == 'acp_tp':
-        hook.update(method=method, **gradual_positions(epochs, soft=True))
-    elif method == 'gcp_frs':
-        hook.update(method=method, **gradual_positions(epochs, soft=False),
-                    scoring_batches=min(16, batches_per_epoch))
+        elif method == 'gcp_frs':
+            hook['scoring_batches'] = min(16, batches_per_epoch)
     return dict(kind='mmprune', hook=hook)

@@ -1,7 +1,10 @@
 """PNG plots of the benchmark results (drawn by :mod:`benchmarks.report`).
 
-* ``quality_<model>.png``: mAP against the FLOPs fraction kept, one marker
-  per method (mean over seeds, bars: the seeds' standard deviation);
+* ``quality_<model>_<protocol>.png``: mAP against the FLOPs fraction kept
+  (100/50/30 %), one marker per method and budget (mean over seeds, bars:
+  the seeds' standard deviation);
+* ``latency_<model>_<protocol>.png``: the same points against the measured
+  latency (batch 1, one thread);
 * ``speed.png``: realized speedup / FLOPs speedup per measured row, with
   the coupled (0.9) and fine (0.85) targets;
 * ``graph_time.png``: graph-analysis seconds, mmprune vs Torch-Pruning.
@@ -32,26 +35,49 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def _quality_points(ax, points: Sequence[dict], x: str) -> None:
+    labels = []
+    for p in points:
+        if p['label'] not in labels:
+            labels.append(p['label'])
+    for i, label in enumerate(labels):
+        pts = sorted((p for p in points if p['label'] == label and
+                      p.get(x) is not None), key=lambda p: p[x])
+        if not pts:
+            continue
+        ax.errorbar([p[x] for p in pts], [p['mAP'] for p in pts],
+                    yerr=[p['std'] or 0.0 for p in pts],
+                    fmt=_MARKERS[i % 11] + '-', color=_COLORS[i % 10],
+                    capsize=3, markersize=7, linewidth=0.8, label=label)
+    ax.set_ylabel('bbox mAP (x100)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc='best')
+
+
 def plot_quality(points: Sequence[dict], path: str, title: str) -> str:
     """``points``: dicts with ``label``, ``flops_ratio``, ``mAP`` (points,
-    i.e. x100), ``std`` (or None)."""
+    i.e. x100), ``std`` (or None); a method's budgets are joined."""
     if not points:
         raise ValueError('plot_quality: no results to plot')
     fig = _figure(8, 5.5)
     ax = fig.subplots()
-    labels = sorted({p['label'] for p in points},
-                    key=lambda k: [p['label'] for p in points].index(k))
-    for i, label in enumerate(labels):
-        pts = [p for p in points if p['label'] == label]
-        ax.errorbar([p['flops_ratio'] for p in pts], [p['mAP'] for p in pts],
-                    yerr=[p['std'] or 0.0 for p in pts], fmt=_MARKERS[i % 11],
-                    color=_COLORS[i % 10], capsize=3, markersize=8,
-                    label=label, linestyle='none')
+    _quality_points(ax, points, 'flops_ratio')
     ax.set_xlabel('FLOPs kept (fraction of dense)')
-    ax.set_ylabel('bbox mAP (x100)')
     ax.set_xlim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc='best')
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_quality_latency(points: Sequence[dict], path: str,
+                         title: str) -> str:
+    """Like :func:`plot_quality` against ``latency_ms`` (points without a
+    latency are left out)."""
+    if not any(p.get('latency_ms') for p in points):
+        raise ValueError('plot_quality_latency: no point has a latency')
+    fig = _figure(8, 5.5)
+    ax = fig.subplots()
+    _quality_points(ax, points, 'latency_ms')
+    ax.set_xlabel('latency, ms (batch 1, torch eager, 1 thread)')
     ax.set_title(title)
     return _save(fig, path)
 

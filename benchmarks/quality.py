@@ -1,5 +1,12 @@
-"""Quality at equal FLOPs: train each (model, budget, method, seed) with the
-real mmengine Runner and record mAP, AP50, FLOPs, params and wall time.
+"""Quality at equal FLOPs: train each (model, protocol, budget, method,
+seed) with the real mmengine Runner and record mAP, AP50, FLOPs, params and
+wall time.
+
+Protocol 'trained' runs load their model's reference checkpoint
+(:mod:`benchmarks.reference`) and fine-tune at
+:data:`benchmarks.train_config.FINETUNE_LR_MULT` of the LR; 'scratch' runs
+start from random init (:mod:`benchmarks.methods` says when each method
+cuts).
 
 One run is one *job*: :func:`quality_jobs` lists them for a preset,
 :func:`run_job` trains one (in a child process, ``python -m
@@ -20,7 +27,7 @@ import os.path as osp
 import sys
 import time
 import traceback
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
@@ -28,6 +35,7 @@ if ROOT not in sys.path:
 
 from benchmarks.env import environment  # noqa: E402
 from benchmarks.methods import LABELS, method_spec  # noqa: E402
+from benchmarks.presets import model_setting, seeds_for  # noqa: E402
 
 MODEL_FILE = 'final_model.pt'
 
@@ -58,64 +66,101 @@ def prepare_data(root: str, data: dict) -> dict:
 
 
 # ------------------------------------------------------------------ jobs
-def job_id(model: str, budget: float, method: str, seed: int) -> str:
-    return f'{model}__f{round(budget * 100):02d}__{method}__s{seed}'
+PROTOCOL_TAGS = dict(trained='tr', scratch='sc')
+
+
+def job_id(model: str, budget: float, method: str, seed: int,
+           protocol: str = 'scratch') -> str:
+    return (f'{model}__{PROTOCOL_TAGS[protocol]}__f{round(budget * 100):02d}'
+            f'__{method}__s{seed}')
 
 
 def quality_jobs(preset: dict, results_dir: str, work_root: str,
-                 data: dict, device: str, threads: int) -> List[dict]:
-    """Every quality run of ``preset`` as a JSON-safe job."""
+                 data: dict, device: str, threads: int,
+                 references: Optional[Dict[str, dict]] = None) -> List[dict]:
+    """Every quality run of ``preset`` as a JSON-safe job.
+
+    Args:
+        references (dict, optional): model -> its reference job
+            (:func:`benchmarks.reference.reference_jobs`); needed when the
+            preset runs protocol 'trained'.
+    """
     q = preset['quality']
     jobs = []
-    for model, m in q['models'].items():
-        epochs = m.get('epochs', q['epochs'])
-        for budget in q['budgets']:
-            for seed in q['seeds']:
-                for method in m['methods']:
-                    if method == 'dense' and budget != q['budgets'][0]:
-                        continue  # dense does not depend on the budget
-                    jid = job_id(model, budget, method, seed)
-                    jobs.append(dict(
-                        id=jid, suite='quality', preset=preset['name'],
-                        model=model, method=method, budget=budget,
-                        seed=seed, epochs=epochs,
-                        batch_size=q['batch_size'],
-                        size=q['data']['size'], data_spec=q['data'],
-                        data=data, device=device, threads=threads,
-                        work_dir=osp.join(work_root, 'quality', jid),
-                        out=osp.join(results_dir, 'quality',
-                                     jid + '.json')))
+    for protocol in q.get('protocols', ('scratch', )):
+        for model, m in q['models'].items():
+            ref = None
+            if protocol == 'trained':
+                if not references or model not in references:
+                    raise ValueError(f'protocol trained: no reference job '
+                                     f'for {model}')
+                r = references[model]
+                ref = dict(job=r['id'], key=r['key'],
+                           checkpoint=r['checkpoint'], record=r['out'])
+            epochs = model_setting(q, model, 'epochs')
+            for budget in q['budgets']:
+                for seed in seeds_for(q, budget):
+                    for method in m['methods']:
+                        if method == 'dense' and budget != q['budgets'][0]:
+                            continue  # dense does not depend on the budget
+                        jid = job_id(model, budget, method, seed, protocol)
+                        jobs.append(dict(
+                            id=jid, suite='quality', preset=preset['name'],
+                            protocol=protocol, model=model, method=method,
+                            budget=budget, seed=seed, epochs=epochs,
+                            batch_size=q['batch_size'],
+                            size=q['data']['size'], data_spec=q['data'],
+                            data=data, device=device, threads=threads,
+                            reference=ref,
+                            needs=[ref['job']] if ref else [],
+                            work_dir=osp.join(work_root, 'quality', jid),
+                            out=osp.join(results_dir, 'quality',
+                                         jid + '.json')))
     return jobs
 
 
 # ------------------------------------------------------------ one run
-class _Record:
+def make_record_hook():
     """An mmengine hook (built lazily: mmengine imports are heavy) keeping
-    the last validation metrics and the time spent validating."""
+    the last validation metrics and the time spent validating, and
+    refusing a ``load_from`` checkpoint that does not match the model
+    (mmengine loads it non-strictly: a mismatch would only be a warning
+    and the run would quietly start from random weights)."""
+    from mmengine.hooks import Hook
 
-    @staticmethod
-    def make():
-        from mmengine.hooks import Hook
+    class Record(Hook):
+        priority = 'LOWEST'
 
-        class Record(Hook):
-            priority = 'LOWEST'
+        def __init__(self):
+            self.metrics, self.history = None, []
+            self.val_s, self._t = 0.0, None
+            self.loaded = None
 
-            def __init__(self):
-                self.metrics, self.history = None, []
-                self.val_s, self._t = 0.0, None
+        def after_load_checkpoint(self, runner, checkpoint) -> None:
+            from mmprune.runtime.rebind import unwrap
+            want = {k: tuple(v.shape) for k, v in
+                    unwrap(runner.model).state_dict().items()}
+            have = {k: tuple(v.shape) for k, v in
+                    checkpoint.get('state_dict', {}).items()}
+            bad = sorted(k for k in set(want) | set(have)
+                         if want.get(k) != have.get(k))
+            if bad:
+                raise RuntimeError(
+                    f'the checkpoint does not match the model: {len(bad)} '
+                    f'missing, extra or reshaped tensors, e.g. {bad[:5]}')
+            self.loaded = len(have)
 
-            def before_val_epoch(self, runner):
-                self._t = time.perf_counter()
+        def before_val_epoch(self, runner):
+            self._t = time.perf_counter()
 
-            def after_val_epoch(self, runner, metrics=None):
-                self.val_s += time.perf_counter() - self._t
-                self.metrics = {k: float(v) for k, v in (metrics or
-                                                         {}).items()
-                                if isinstance(v, (int, float))}
-                self.history.append(dict(epoch=runner.epoch,
-                                         **self.metrics))
+        def after_val_epoch(self, runner, metrics=None):
+            self.val_s += time.perf_counter() - self._t
+            self.metrics = {k: float(v) for k, v in (metrics or
+                                                     {}).items()
+                            if isinstance(v, (int, float))}
+            self.history.append(dict(epoch=runner.epoch, **self.metrics))
 
-        return Record()
+    return Record()
 
 
 def _picklable(obj) -> bool:
@@ -154,7 +199,7 @@ def portable_copy(module):
     return clone
 
 
-def _final_model(runner):
+def final_model(runner):
     from mmprune.runtime.rebind import find_ema, unwrap
     ema = find_ema(runner)
     return (ema.module, 'ema') if ema is not None else \
@@ -172,19 +217,27 @@ def run_job(job: dict) -> dict:
     from mmengine.runner import Runner
 
     from benchmarks.tp_peer import TorchPruningHook
-    from benchmarks.train_config import build_train_config
+    from benchmarks.train_config import FINETUNE_LR_MULT, build_train_config
     from mmprune.apis import cost_model
     from mmprune.utils.io import atomic_write, write_json_atomic
     register_all_modules(init_default_scope=False)
     size = (job['size'], job['size'])
     batches = math.ceil(job['data_spec']['num_train'] / job['batch_size'])
+    protocol = job.get('protocol', 'scratch')
     spec = method_spec(job['method'], job['epochs'], job['budget'], size,
-                       batches)
+                       batches, protocol, job['seed'])
     hooks = [spec['hook']] if spec['kind'] == 'mmprune' else []
-    cfg = build_train_config(job['model'], job['data'], job['size'],
-                             job['epochs'], job['batch_size'], job['seed'],
-                             job['work_dir'], hooks)
+    ref = job.get('reference')
+    trained = protocol == 'trained'
+    cfg = build_train_config(
+        job['model'], job['data'], job['size'], job['epochs'],
+        job['batch_size'], job['seed'], job['work_dir'], hooks,
+        lr_mult=FINETUNE_LR_MULT if trained else 1.0,
+        load_from=ref['checkpoint'] if trained else None)
     res = dict(id=job['id'], suite='quality', preset=job['preset'],
+               protocol=protocol,
+               reference_key=ref['key'] if trained else None,
+               lr_mult=FINETUNE_LR_MULT if trained else 1.0,
                model=job['model'], method=job['method'],
                label=LABELS[job['method']], kind=spec['kind'],
                budget=job['budget'], seed=job['seed'],
@@ -194,6 +247,8 @@ def run_job(job: dict) -> dict:
                threads=job['threads'], env=environment(job['device']))
     t0 = time.perf_counter()
     try:
+        if trained:
+            _check_reference(ref)
         with DefaultScope.overwrite_default_scope('mmdet'):
             dense = MODELS.build(copy.deepcopy(cfg.model))
         res['dense_flops'] = cost_model(dense, size).flops()
@@ -205,7 +260,7 @@ def run_job(job: dict) -> dict:
         if spec['kind'] == 'torch_pruning':
             tp_hook = TorchPruningHook(**spec['hook'])
             runner.register_hook(tp_hook)
-        record = _Record.make()
+        record = make_record_hook()
         runner.register_hook(record)
         runner.train()
     except Exception as e:  # noqa: BLE001  (the table shows the failure)
@@ -217,7 +272,7 @@ def run_job(job: dict) -> dict:
         write_json_atomic(res, job['out'])
         return res
     total = time.perf_counter() - t0
-    model, which = _final_model(runner)
+    model, which = final_model(runner)
     model = portable_copy(model).eval()
     path = osp.join(job['work_dir'], MODEL_FILE)
     atomic_write(path, lambda tmp: torch.save(model, tmp))
@@ -241,16 +296,32 @@ def run_job(job: dict) -> dict:
         total_wall_s=total, val_wall_s=record.val_s,
         search_wall_s=search_s,
         train_wall_s=total - record.val_s - search_s,
-        iterations=runner.iter,
+        iterations=runner.iter, loaded_tensors=record.loaded,
         weights=which, model_file=path,
         log_dir=osp.join(job['work_dir'], runner.timestamp))
     write_json_atomic(res, job['out'])
     return res
 
 
+def _check_reference(ref: dict) -> None:
+    """The reference this run starts from must be the one its job was
+    planned with (the scheduler runs the reference job first)."""
+    try:
+        with open(ref['record']) as f:
+            rec = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"reference record {ref['record']}: {e}") from None
+    if rec.get('status') != 'ok' or rec.get('key') != ref['key']:
+        raise RuntimeError(
+            f"reference record {ref['record']}: status "
+            f"{rec.get('status')!r}, key {rec.get('key')!r}, want "
+            f"{ref['key']!r}: run its reference job first")
+
+
 # ------------------------------------------------------------- latency
 def group_key(res: dict) -> str:
-    return f"{res['model']}__f{round(res['budget'] * 100):02d}"
+    tag = PROTOCOL_TAGS[res.get('protocol', 'scratch')]
+    return f"{res['model']}__{tag}__f{round(res['budget'] * 100):02d}"
 
 
 def measure_group_latency(results: List[dict], runs: int, device: str,

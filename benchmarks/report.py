@@ -8,11 +8,19 @@ Reads ``<dir>/quality/*.json`` (and ``latency__*.json``),
 writes ``<dir>/results.md`` and ``<dir>/plots/*.png``. Runs alone: nothing
 is measured here.
 
-Targets (from the benchmark issue):
+Targets (from the benchmark issues), per model and protocol, at 50 % FLOPs:
 
-* quality, at 50 % FLOPs: the best mmprune method within 1.0 mAP (points,
-  x100) of dense, and at least 1.0 mAP above the best peer (L1 uniform,
-  Torch-Pruning magnitude and Taylor); means over the seeds;
+* the best mmprune method (by mean mAP, points x100) at least 1.0 above
+  the best peer (L1 uniform, Torch-Pruning magnitude and Taylor) with the
+  per-seed paired 95 % t interval of the difference above 0 (means alone
+  when one seed: said so), and within 1.0 mAP of dense (fine-tuned as
+  long);
+* the random floor beaten by more than the seeds' spread: the best method's
+  mean minus random's larger than the larger of their seed standard
+  deviations; otherwise the report says the benchmark is not
+  discriminative at this size (the row is always shown);
+* on a ResNet detector, L1 fine residual mode >= coupled (mean of the
+  paired differences, with its interval);
 * speed: realized speedup >= 0.9 x the FLOPs speedup in coupled mode,
   >= 0.85 x in fine mode, checked on every measured row.
 """
@@ -29,8 +37,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.methods import (ALL_METHODS, LABELS,  # noqa: E402
-                                MMPRUNE_METHODS, PEER_METHODS)
+from benchmarks.methods import (ALL_METHODS, FLOOR_METHOD,  # noqa: E402
+                                LABELS, MMPRUNE_METHODS, PEER_METHODS)
+from benchmarks.stats import mean_std, paired_difference  # noqa: E402
 
 QUALITY_BUDGET = 0.5
 DENSE_GAP = 1.0  # mAP points
@@ -58,6 +67,8 @@ def load_results(results_dir: str) -> dict:
     env = osp.join(results_dir, 'env.json')
     return dict(
         dir=results_dir,
+        references=[_read(p) for p in sorted(glob.glob(
+            osp.join(results_dir, 'references', '*.json')))],
         env=_read(env) if osp.isfile(env) else None,
         quality=[_read(p) for p in q_files
                  if not osp.basename(p).startswith('latency__')],
@@ -71,37 +82,33 @@ def load_results(results_dir: str) -> dict:
 
 
 # ----------------------------------------------------------- aggregation
-def _mean_std(xs: List[float]):
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1
-                                  else None)
-
-
-def _group_of(res: dict) -> str:
-    return f"{res['model']}__f{round(res['budget'] * 100):02d}"
+def _protocol(res: dict) -> str:
+    return res.get('protocol', 'scratch')  # older results: from scratch
 
 
 def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
-    """``{(model, budget): [row per method]}``; dense (trained once, at the
-    first budget) is the reference row of every budget of its model."""
+    """``{(model, protocol, budget): [row per method]}``; dense (trained
+    once, at the first budget) is the reference row of every budget of
+    its model and protocol. ``by_seed`` maps seed -> mAP (points) for the
+    paired statistics."""
     by_key = OrderedDict()
     dense = {}
     for r in results['quality']:
         if 'model' not in r or 'method' not in r:
             continue  # not a quality run's result
+        proto = _protocol(r)
         if r['method'] == 'dense':
-            dense.setdefault(r['model'], []).append(r)
-        by_key.setdefault((r['model'], r['budget']), {}).setdefault(
+            dense.setdefault((r['model'], proto), []).append(r)
+        by_key.setdefault((r['model'], proto, r['budget']), {}).setdefault(
             r['method'], []).append(r)
     lat = {}
     for entry in results['latency'].values():
         lat.update(entry.get('latency', {}))
     tables = OrderedDict()
-    for (model, budget) in sorted(by_key, key=lambda k: (k[0], -k[1])):
-        methods = dict(by_key[(model, budget)])
-        methods['dense'] = dense.get(model, [])
+    for key in sorted(by_key, key=lambda k: (k[0], k[1], -k[2])):
+        model, proto, budget = key
+        methods = dict(by_key[key])
+        methods['dense'] = dense.get((model, proto), [])
         rows = []
         for method in [m for m in ALL_METHODS if methods.get(m)]:
             runs = methods[method]
@@ -113,9 +120,10 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
                            r.get('error', '') for r in runs
                            if r.get('status') != 'ok'])
             if ok:
-                row['mAP'], row['mAP_std'] = _mean_std(
+                row['by_seed'] = {r['seed']: 100 * r['mAP'] for r in ok}
+                row['mAP'], row['mAP_std'] = mean_std(
                     [100 * r['mAP'] for r in ok])
-                row['AP50'], row['AP50_std'] = _mean_std(
+                row['AP50'], row['AP50_std'] = mean_std(
                     [100 * r['AP50'] for r in ok])
                 row['flops_g'] = statistics.fmean(r['flops'] / 1e9
                                                   for r in ok)
@@ -123,7 +131,7 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
                                                       for r in ok)
                 row['params_m'] = statistics.fmean(r['params'] / 1e6
                                                    for r in ok)
-                row['train_s'], row['train_s_std'] = _mean_std(
+                row['train_s'], row['train_s_std'] = mean_std(
                     [r['train_wall_s'] for r in ok])
                 ms = [lat[r['id']]['median_ms'] for r in ok if r['id'] in lat]
                 row['latency_ms'] = statistics.fmean(ms) if ms else None
@@ -135,7 +143,7 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
         for row in rows:
             if d and d.get('latency_ms') and row.get('latency_ms'):
                 row['speedup'] = d['latency_ms'] / row['latency_ms']
-        tables[(model, budget)] = rows
+        tables[key] = rows
     return tables
 
 
@@ -144,31 +152,76 @@ def _status(runs: List[dict]) -> str:
     return '/'.join(states)
 
 
+def _best(rows: List[dict], methods) -> Optional[dict]:
+    cands = [r for r in rows if r['method'] in methods and
+             r.get('mAP') is not None]
+    return max(cands, key=lambda r: r['mAP']) if cands else None
+
+
+def _paired(a: Optional[dict], b: Optional[dict]) -> Optional[dict]:
+    if not (a and b):
+        return None
+    return paired_difference(a['by_seed'], b['by_seed'])
+
+
 def quality_targets(tables: Dict[tuple, List[dict]]) -> List[dict]:
-    """The two quality targets per model at 50 % FLOPs."""
+    """The targets of every (model, protocol) table at 50 % FLOPs: best
+    mmprune vs best peer and vs dense (paired), the random floor, and fine
+    vs coupled residual mode where both ran."""
     out = []
-    for (model, budget), rows in tables.items():
+    for key, rows in tables.items():
+        model, proto, budget = key
         if abs(budget - QUALITY_BUDGET) > 1e-9:
             continue
         by = {r['method']: r for r in rows if r.get('mAP') is not None}
         dense = by.get('dense')
-        mm = [by[m] for m in MMPRUNE_METHODS if m in by]
-        peers = [by[m] for m in PEER_METHODS if m in by]
-        best = max(mm, key=lambda r: r['mAP']) if mm else None
-        peer = max(peers, key=lambda r: r['mAP']) if peers else None
-        rec = dict(model=model, budget=budget,
+        best = _best(rows, MMPRUNE_METHODS)
+        peer = _best(rows, PEER_METHODS)
+        rec = dict(model=model, protocol=proto, budget=budget,
                    dense=dense and dense['mAP'],
-                   best=best and best['method'], best_mAP=best and
-                   best['mAP'], peer=peer and peer['method'],
+                   best=best and best['method'],
+                   best_mAP=best and best['mAP'],
+                   peer=peer and peer['method'],
                    peer_mAP=peer and peer['mAP'],
-                   seeds=min((len(r.get('seeds', [])) for r in mm + peers +
-                              ([dense] if dense else [])), default=0))
+                   seeds=min((len(r.get('seeds', [])) for r in
+                              [x for x in (best, peer, dense) if x]),
+                             default=0))
+        rec['vs_peer'] = _paired(best, peer)
+        rec['vs_dense'] = _paired(best, dense)
         rec['near_dense'] = None if not (best and dense) else \
             best['mAP'] >= dense['mAP'] - DENSE_GAP
-        rec['above_peer'] = None if not (best and peer) else \
-            best['mAP'] >= peer['mAP'] + PEER_MARGIN
+        rec['above_peer'] = None
+        if best and peer:
+            ci = rec['vs_peer']
+            rec['above_peer'] = best['mAP'] >= peer['mAP'] + PEER_MARGIN \
+                and (ci is None or ci['low'] is None or ci['low'] > 0)
+        rec.update(_floor(rows, by))
+        fine, coupled = by.get('l1_fine'), by.get('l1_coupled')
+        rec['fine_vs_coupled'] = _paired(fine, coupled)
+        rec['fine_ge_coupled'] = None if not (fine and coupled) else \
+            fine['mAP'] >= coupled['mAP']
         out.append(rec)
     return out
+
+
+def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
+    """The best pruning method against the random floor: discriminative
+    when its mean beats random's by more than the larger seed std."""
+    rand = by.get(FLOOR_METHOD)
+    top = _best(rows, [m for m in ALL_METHODS
+                       if m not in ('dense', FLOOR_METHOD)])
+    rec = dict(floor=rand and rand['mAP'], top=top and top['method'],
+               top_mAP=top and top['mAP'], floor_margin=None,
+               floor_spread=None, discriminative=None,
+               vs_floor=_paired(top, rand))
+    if rand and top:
+        rec['floor_margin'] = top['mAP'] - rand['mAP']
+        stds = [s for s in (top.get('mAP_std'), rand.get('mAP_std'))
+                if s is not None]
+        if stds:
+            rec['floor_spread'] = max(stds)
+            rec['discriminative'] = rec['floor_margin'] > max(stds)
+    return rec
 
 
 def speed_rows(results: dict) -> List[dict]:
@@ -227,32 +280,171 @@ def _env_lines(results: dict) -> List[str]:
     return lines
 
 
+def _ci(d: Optional[dict]) -> str:
+    """``+1.23 [−0.40, 2.86] (n=3)`` or the mean alone with one seed."""
+    if not d:
+        return 'n/a'
+    if d['low'] is None:
+        return f"{d['mean']:+.2f} (n={d['n']}, no interval)"
+    return (f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+            f"(n={d['n']})")
+
+
+def _cell(row: Optional[dict]) -> str:
+    if not row or row.get('mAP') is None:
+        return '–'
+    return (f"{_f(row['mAP'], '.2f', row['mAP_std'])} "
+            f"({len(row['seeds'])})")
+
+
+def headline(tables: Dict[tuple, List[dict]]) -> List[str]:
+    """The one table: per model and protocol, each method's mAP at 100 %
+    (dense), 50 % and 30 % FLOPs (mean ± std (seeds)) and its latency at
+    50 %."""
+    L = ['| model | protocol | method | 100 % FLOPs | 50 % FLOPs | '
+         '30 % FLOPs | latency ms at 50 % (speedup) |',
+         '|---|---|---|---|---|---|---|']
+    pairs = sorted({(m, p) for m, p, _ in tables})
+    for model, proto in pairs:
+        at = {b: {r['method']: r for r in rows}
+              for (m, p, b), rows in tables.items()
+              if (m, p) == (model, proto)}
+        half = next((v for b, v in at.items() if abs(b - 0.5) < 1e-9), {})
+        third = next((v for b, v in at.items() if abs(b - 0.3) < 1e-9), {})
+        methods = [m for m in ALL_METHODS
+                   if any(m in v for v in at.values())]
+        for method in methods:
+            any_row = next(v[method] for v in at.values() if method in v)
+            if method == 'dense':
+                cols = (_cell(any_row), '', '')
+                lat = any_row.get('latency_ms')
+                lat_s = _f(lat, '.1f') + (' (1.00x)' if lat else '')
+            else:
+                cols = ('', _cell(half.get(method)),
+                        _cell(third.get(method)))
+                h = half.get(method) or {}
+                lat_s = (f"{_f(h.get('latency_ms'), '.1f')} "
+                         f"({_f(h.get('speedup'), '.2f')}x)"
+                         if h.get('latency_ms') else 'n/a')
+            L.append(f"| {model} | {proto} | {any_row['label']} | "
+                     f"{' | '.join(cols)} | {lat_s} |")
+    return L
+
+
+def _references_md(results) -> List[str]:
+    refs = results.get('references') or []
+    if not refs:
+        return []
+    L = ['## Trained references', '',
+         "Dense checkpoints trained here on the synthetic set (no weights "
+         "can be downloaded) and cached by a hash of their config, data "
+         "arguments, seed and recipe (`benchmarks/reference.py`); every "
+         "protocol-'trained' run of a model starts from its checkpoint. "
+         "Plateau: the mAP gained over the last quarter of the validated "
+         "epochs (near 0: plateaued).", '',
+         '| model | mAP | AP50 | epochs | iterations | train wall s | '
+         'plateau (gain) | key | cached |',
+         '|---|---|---|---|---|---|---|---|---|']
+    for r in refs:
+        if r.get('status') != 'ok':
+            L.append(f"| {r.get('model')} | failed: "
+                     f"{str(r.get('error', ''))[:200]} | | | | | | "
+                     f"{r.get('key', '')} | |")
+            continue
+        pl = r.get('plateau')
+        pl_s = 'n/a' if not pl else (f"{pl['gain']:+.2f} (epochs "
+                                     f"{pl['from_epoch']}-{pl['to_epoch']})")
+        L.append(f"| {r['model']} | {100 * r['mAP']:.2f} | "
+                 f"{100 * r['AP50']:.2f} | {r['epochs']} | "
+                 f"{r['iterations']} | {r['train_wall_s']:.0f} | {pl_s} | "
+                 f"`{r['key']}` | {'yes' if r.get('cached') else 'no'} |")
+    L.append('')
+    return L
+
+
+def _stats_md(targets: List[dict]) -> List[str]:
+    if not targets:
+        return []
+    L = ['### Paired comparisons at 50 % FLOPs', '',
+         'Per-seed differences of mAP points (runs of the same seed share '
+         'the reference, the data order and the augmentation), mean and '
+         'Student-t 95 % interval over the seeds (`benchmarks/stats.py`).',
+         '', '| model | protocol | comparison | difference [95 % CI] |',
+         '|---|---|---|---|']
+    for t in targets:
+        pre = f"| {t['model']} | {t['protocol']} | "
+        if t['best'] and t['peer']:
+            L.append(pre + f"best mmprune ({t['best']}) − best peer "
+                     f"({t['peer']}) | {_ci(t['vs_peer'])} |")
+        if t['best'] and t['dense'] is not None:
+            L.append(pre + f"best mmprune ({t['best']}) − dense | "
+                     f"{_ci(t['vs_dense'])} |")
+        if t['top'] and t['floor'] is not None:
+            L.append(pre + f"best method ({t['top']}) − random floor | "
+                     f"{_ci(t['vs_floor'])} |")
+        if t['fine_vs_coupled']:
+            L.append(pre + 'L1 fine − L1 coupled residuals | '
+                     f"{_ci(t['fine_vs_coupled'])} |")
+    L.append('')
+    for t in targets:
+        if t['discriminative'] is False:
+            L.append(
+                f"**Not discriminative at this size** ({t['model']}, "
+                f"{t['protocol']}): the best method ({t['top']}, "
+                f"{t['top_mAP']:.2f}) beats the random floor "
+                f"({t['floor']:.2f}) by {t['floor_margin']:+.2f} mAP, not "
+                f"more than the seeds' spread ({t['floor_spread']:.2f}); "
+                f"the differences between methods in this table are not "
+                f"evidence of a better criterion.")
+            L.append('')
+        elif t['floor'] is not None and t['discriminative'] is None:
+            L.append(f"{t['model']} ({t['protocol']}): one seed, so "
+                     f"whether the best method beats the random floor by "
+                     f"more than the seeds' spread is unknown.")
+            L.append('')
+    return L
+
+
 def _quality_md(results, tables, targets, plots) -> List[str]:
     L = ['## 1. Quality at equal FLOPs', '']
     if not tables:
         return L + ['No quality results.', '']
     q = next(r for r in results['quality'] if 'data' in r)
     d = q.get('data', {})
+    protos = sorted({p for _, p, _ in tables})
+    lr_mult = '/'.join(sorted({str(r['lr_mult']) for r in results['quality']
+                               if r.get('protocol') == 'trained' and
+                               'lr_mult' in r})) or 'n/a'
     L += [f"Synthetic COCO set ({d.get('difficulty')} profile, "
           f"{d.get('num_train')} train / {d.get('num_val')} val images at "
-          f"{d.get('size')} px, {d.get('num_classes')} classes); every run "
-          f"of a table trains from scratch for the same epochs (batch "
-          f"{q['batch_size']}) with the same recipe; pruning methods cut "
-          f"during those epochs (`benchmarks/methods.py`). mAP and AP50 are "
-          f"COCO bbox metrics x100 (YOLOX: EMA weights), mean ± std over "
-          f"the seeds (no ± with one seed). FLOPs: mmprune's cost model "
-          f"(multiply-adds + BN) at the training size. Latency: batch 1, "
-          f"torch eager, 1 thread, median of interleaved rounds, no other "
-          f"benchmark job running. Train time: wall seconds of the "
-          f"training loop without validation (and without the "
-          f"Torch-Pruning ratio search), with another run beside it.", '']
+          f"{d.get('size')} px, {d.get('num_classes')} classes), batch "
+          f"{q['batch_size']}, the same recipe in every run of a table "
+          f"(`benchmarks/methods.py` says when each method cuts). Protocol "
+          f"'trained': every run starts from the model's trained reference "
+          f"and fine-tunes the same epochs at {lr_mult} x its LR; one-shot "
+          f"methods "
+          f"cut after the first iteration, the others keep their paper "
+          f"schedule compressed into the window; dense is the reference "
+          f"fine-tuned as long. Protocol 'scratch': every run trains the "
+          f"same epochs from random init, pruning methods cut during them."
+          f" mAP and AP50 are COCO bbox metrics x100 (YOLOX: EMA weights), "
+          f"mean ± std over the seeds (no ± with one seed). FLOPs: "
+          f"mmprune's cost model (multiply-adds + BN) at the training size."
+          f" Latency: batch 1, torch eager, 1 thread, median of interleaved "
+          f"rounds, no other benchmark job running. Train time: wall "
+          f"seconds of the training loop without validation (and without "
+          f"the Torch-Pruning ratio search), with another run beside it. "
+          f"Protocols here: {', '.join(protos)}.", '']
     epochs = {}
     for r in results['quality']:
-        epochs.setdefault(r['model'], set()).add(r['epochs'])
-    for (model, budget), rows in tables.items():
-        ep = '/'.join(str(e) for e in sorted(epochs.get(model, ())))
-        L += [f'### {model}, {round(budget * 100)} % FLOPs ({ep} epochs)',
-              '',
+        if 'model' in r:
+            epochs.setdefault((r['model'], _protocol(r)), set()).add(
+                r['epochs'])
+    for (model, proto, budget), rows in tables.items():
+        ep = '/'.join(str(e) for e in sorted(epochs.get((model, proto),
+                                                          ())))
+        L += [f'### {model}, {proto}, {round(budget * 100)} % FLOPs '
+              f'({ep} epochs)', '',
               '| method | mAP | AP50 | GFLOPs (kept) | params (M) | '
               'latency ms (speedup) | train s | seeds | status |',
               '|---|---|---|---|---|---|---|---|---|']
@@ -275,31 +467,38 @@ def _quality_md(results, tables, targets, plots) -> List[str]:
                                 for e in r['errors'])
                 L.append(f"| {r['label']} | – | – | – | – | – | – | 0 "
                          f"| {r['status']}: {err} |")
-        if plots.get(model):
-            L += ['', f'![{model}](plots/{osp.basename(plots[model])})']
+        L.append('')
+    for (model, proto), files in sorted(plots.items()):
+        L += [f'![{model} {proto} {what}](plots/{osp.basename(f)})'
+              for what, f in files]
         L.append('')
     L += ['### Targets at 50 % FLOPs', '',
-          '| model | dense mAP | best mmprune | best peer | within '
-          f'{DENSE_GAP} of dense | ≥ {PEER_MARGIN} above the best peer |',
-          '|---|---|---|---|---|---|']
+          '| model | protocol | dense mAP | best mmprune | best peer | '
+          f'within {DENSE_GAP} of dense | ≥ {PEER_MARGIN} above the best '
+          'peer, CI > 0 | beats random by more than the spread | fine ≥ '
+          'coupled |', '|---|---|---|---|---|---|---|---|---|']
     for t in targets:
         L.append(
-            f"| {t['model']} | {_f(t['dense'], '.2f')} | "
+            f"| {t['model']} | {t['protocol']} | {_f(t['dense'], '.2f')} | "
             f"{t['best'] or 'n/a'} {_f(t['best_mAP'], '.2f')} | "
             f"{t['peer'] or 'n/a'} {_f(t['peer_mAP'], '.2f')} | "
-            f"{_verdict(t['near_dense'])} | {_verdict(t['above_peer'])} |")
-    low = [t['model'] for t in targets
+            f"{_verdict(t['near_dense'])} | {_verdict(t['above_peer'])} | "
+            f"{_verdict(t['discriminative'])} | "
+            f"{_verdict(t['fine_ge_coupled'])} |")
+    L.append('')
+    L += _stats_md(targets)
+    low = [f"{t['model']} ({t['protocol']})" for t in targets
            if t['dense'] is not None and t['dense'] < MEANINGFUL_MAP]
     if low:
-        L += ['', f"Dense mAP is below {MEANINGFUL_MAP} for "
+        L += [f"Dense mAP is below {MEANINGFUL_MAP} for "
               f"{', '.join(low)}: the schedule is too short for the model "
               f"to learn the data, so these verdicts say nothing about the "
-              f"methods."]
+              f"methods.", '']
     if any(t['seeds'] < 2 for t in targets):
-        L += ['', 'With one seed there is no spread: differences of about '
-              '1 mAP are within what another seed could change.']
-    L += ['', 'Torch-Pruning peers: Torch-Pruning prunes the live model '
-          'inside a hook after the cut epoch (its channel ratio bisected on '
+        L += ['With one seed there is no spread: differences of about '
+              '1 mAP are within what another seed could change.', '']
+    L += ['Torch-Pruning peers: Torch-Pruning prunes the live model '
+          'inside a hook at the cut (its channel ratio bisected on '
           'copies until mmprune\'s cost model gives the FLOPs target); it '
           'does not know the optimizer or the EMA copy, so the optimizer '
           'keeps its param groups with the pruned parameters swapped in by '
@@ -422,6 +621,35 @@ def _tools_md(results, plot) -> List[str]:
 
 
 # ----------------------------------------------------------------- write
+def _plots(tables, plot_dir) -> Dict[tuple, list]:
+    """Per (model, protocol): mAP vs kept FLOPs and mAP vs latency, every
+    budget, error bars = the seeds' std."""
+    from benchmarks import plots as P
+    out = {}
+    for model, proto in sorted({(m, p) for m, p, _ in tables}):
+        pts = [dict(label=r['label'], flops_ratio=r['flops_ratio'],
+                    latency_ms=r.get('latency_ms'), mAP=r['mAP'],
+                    std=r['mAP_std'])
+               for (m, p, _), rows in tables.items() if (m, p) == (model,
+                                                                  proto)
+               for r in rows if r.get('mAP') is not None]
+        seen = set()  # dense is the reference row of every budget: once
+        pts = [p for p in pts if (p['label'], p['flops_ratio']) not in seen
+               and not seen.add((p['label'], p['flops_ratio']))]
+        if not pts:
+            continue
+        stem = f'{model}_{proto}'
+        files = [('vs FLOPs', P.plot_quality(
+            pts, osp.join(plot_dir, f'quality_{stem}.png'),
+            f'{model} ({proto}): mAP vs FLOPs kept'))]
+        if any(p['latency_ms'] for p in pts):
+            files.append(('vs latency', P.plot_quality_latency(
+                pts, osp.join(plot_dir, f'latency_{stem}.png'),
+                f'{model} ({proto}): mAP vs latency (batch 1, 1 thread)')))
+        out[(model, proto)] = files
+    return out
+
+
 def write_report(results_dir: str) -> str:
     """Write ``results.md`` and the plots; return the markdown path."""
     from benchmarks import plots as P
@@ -430,16 +658,7 @@ def write_report(results_dir: str) -> str:
     plot_dir = osp.join(results_dir, 'plots')
     tables = quality_rows(results)
     targets = quality_targets(tables)
-    q_plots = {}
-    for model in sorted({m for m, _ in tables}):
-        pts = [dict(label=r['label'], flops_ratio=r['flops_ratio'],
-                    mAP=r['mAP'], std=r['mAP_std'])
-               for (m, _), rows in tables.items() if m == model
-               for r in rows if r.get('mAP') is not None]
-        if pts:
-            q_plots[model] = P.plot_quality(
-                pts, osp.join(plot_dir, f'quality_{model}.png'),
-                f'{model}: mAP vs FLOPs kept')
+    q_plots = _plots(tables, plot_dir)
     s_rows = speed_rows(results)
     s_plot = P.plot_speed(s_rows, osp.join(plot_dir, 'speed.png'),
                           SPEED_TARGETS) if s_rows else None
@@ -447,21 +666,29 @@ def write_report(results_dir: str) -> str:
               if g.get('kind') == 'graph' and g.get('status') == 'ok']
     g_plot = P.plot_graph_time(graphs, osp.join(plot_dir, 'graph_time.png')) \
         if graphs else None
-    name = (results['env'] or {}).get('preset', osp.basename(results_dir))
+    env = results['env'] or {}
+    name = env.get('preset', osp.basename(results_dir))
     lines = [f'# mmprune benchmark results ({name})', '',
              'Written by `benchmarks/report.py` from the JSON files in this '
              'folder (`make bench`, `python benchmarks/run.py`).', '']
+    if env.get('argv') is not None:
+        lines += [f"Command: `python benchmarks/run.py "
+                  f"{' '.join(env['argv'])}`", '']
     lines += _env_lines(results) + ['']
     summary = []
     for t in targets:
-        summary.append(f"- quality ({t['model']}, 50 % FLOPs): best mmprune "
-                       f"within {DENSE_GAP} mAP of dense "
-                       f"{_verdict(t['near_dense'])}; ≥ {PEER_MARGIN} mAP "
-                       f"above the best peer {_verdict(t['above_peer'])}"
-                       + (f" (dense mAP {t['dense']:.2f} < "
-                          f"{MEANINGFUL_MAP}: not informative)"
-                          if t['dense'] is not None and
-                          t['dense'] < MEANINGFUL_MAP else ''))
+        summary.append(
+            f"- quality ({t['model']}, {t['protocol']}, 50 % FLOPs): best "
+            f"mmprune within {DENSE_GAP} mAP of dense "
+            f"{_verdict(t['near_dense'])}; ≥ {PEER_MARGIN} mAP above the "
+            f"best peer with the paired interval above 0 "
+            f"{_verdict(t['above_peer'])}; random floor beaten by more "
+            f"than the seeds' spread {_verdict(t['discriminative'])}"
+            + (f"; fine ≥ coupled {_verdict(t['fine_ge_coupled'])}"
+               if t['fine_ge_coupled'] is not None else '')
+            + (f" (dense mAP {t['dense']:.2f} < {MEANINGFUL_MAP}: not "
+               f"informative)" if t['dense'] is not None and
+               t['dense'] < MEANINGFUL_MAP else ''))
     for mode, target in SPEED_TARGETS.items():
         sel = [r for r in s_rows if r['mode'] == mode]
         if sel:
@@ -471,6 +698,11 @@ def write_report(results_dir: str) -> str:
                            f"{_verdict(n == len(sel))}")
     if summary:
         lines += ['## Targets', ''] + summary + ['']
+    if tables:
+        lines += ['## Headline', '', 'mAP (COCO bbox x100), mean ± std '
+                  '(seeds); details and the paired intervals in section 1.',
+                  ''] + headline(tables) + ['']
+    lines += _references_md(results)
     lines += _quality_md(results, tables, targets, q_plots)
     lines += _speed_md(results, s_rows, s_plot)
     lines += _tools_md(results, g_plot)

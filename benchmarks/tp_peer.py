@@ -32,7 +32,7 @@ the same plan instead (:mod:`mmprune.runtime.rebind`).
 import copy
 import logging
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -158,14 +158,17 @@ def rebuild_ema(runner) -> bool:
 
 
 class TorchPruningHook(Hook):
-    """Prune once with Torch-Pruning after epoch ``epoch``.
+    """Prune once with Torch-Pruning after epoch ``epoch`` or after
+    training iteration ``iteration`` (exactly one of the two).
 
     Args:
         importance (str): 'magnitude' (L2 of the group's weights, Torch-
             Pruning's default) or 'taylor' (first-order Taylor, |w * dL/dw|
             over ``taylor_batches`` training batches).
         target (float): fraction of the dense FLOPs to keep.
-        epoch (int): prune after this epoch.
+        epoch (int, optional): prune after this (1-based) epoch.
+        iteration (int, optional): prune after this (1-based) training
+            iteration instead: the 'trained' protocol cuts at the start.
         input_size (tuple): (H, W) for FLOPs and the trace.
         taylor_batches (int): batches backpropagated (eval-mode BN, no
             optimizer step) for the Taylor scores.
@@ -173,14 +176,22 @@ class TorchPruningHook(Hook):
 
     priority = 40  # before EMAHook (49), like ChannelPruningHook
 
-    def __init__(self, importance: str, target: float, epoch: int,
-                 input_size: Sequence[int], taylor_batches: int = 8):
+    def __init__(self, importance: str, target: float,
+                 input_size: Sequence[int], epoch: Optional[int] = None,
+                 iteration: Optional[int] = None, taylor_batches: int = 8):
+        if (epoch is None) == (iteration is None):
+            raise ValueError(f'give exactly one of epoch and iteration, got '
+                             f'epoch={epoch!r}, iteration={iteration!r}')
+        for name, v in (('epoch', epoch), ('iteration', iteration)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f'{name} must be an int >= 1, got {v!r}')
         if importance not in IMPORTANCES:
             raise ValueError(f'importance must be one of {IMPORTANCES}, '
                              f'got {importance!r}')
         if not 0 < target < 1:
             raise ValueError(f'target must be in (0, 1), got {target!r}')
-        self.importance, self.target, self.epoch = importance, target, epoch
+        self.importance, self.target = importance, target
+        self.epoch, self.iteration = epoch, iteration
         self.input_size = tuple(input_size)
         self.taylor_batches = taylor_batches
         self.record = dict(tool='torch_pruning', importance=importance,
@@ -192,9 +203,12 @@ class TorchPruningHook(Hook):
     def before_train(self, runner) -> None:
         from importlib.metadata import version
         from mmprune.apis import cost_model
-        if self.epoch > runner.max_epochs:
+        if self.epoch is not None and self.epoch > runner.max_epochs:
             raise ValueError(f'TorchPruningHook: epoch {self.epoch} is after '
                              f'training ends ({runner.max_epochs})')
+        if self.iteration is not None and self.iteration > runner.max_iters:
+            raise ValueError(f'TorchPruningHook: iteration {self.iteration} '
+                             f'is after training ends ({runner.max_iters})')
         model = _unwrap(runner.model)
         self.dense_flops = cost_model(model, self.input_size).flops()
         self.record['torch_pruning_version'] = version('torch-pruning')
@@ -215,8 +229,15 @@ class TorchPruningHook(Hook):
             model.train(was_training)
 
     def after_train_epoch(self, runner) -> None:
-        if runner.epoch + 1 != self.epoch:
-            return
+        if self.epoch is not None and runner.epoch + 1 == self.epoch:
+            self._cut(runner)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        if self.iteration is not None and runner.iter + 1 == self.iteration:
+            self._cut(runner)
+
+    def _cut(self, runner) -> None:
         t0 = time.perf_counter()
         model = _unwrap(runner.model)
         if self.importance == 'taylor':
@@ -236,7 +257,7 @@ class TorchPruningHook(Hook):
         rebuild_optimizer(optimizer, names, dict(model.named_parameters()))
         self.record['ema_rebuilt'] = rebuild_ema(runner)
         self.record.update(found, event_seconds=time.perf_counter() - t0,
-                           epoch=self.epoch)
+                           epoch=self.epoch, iteration=self.iteration)
         runner.logger.info(
             f'Torch-Pruning ({self.importance}): channel ratio '
             f'{found["ratio"]:.4f} -> {found["flops_ratio"]:.3f} of the '

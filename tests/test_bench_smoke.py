@@ -1,5 +1,8 @@
-"""The benchmark suite (``make bench``): one real quality run through the
-mmengine Runner, the latency phase, the report and its target checks.
+"""The benchmark suite (``make bench``): a real smoke run of both protocols
+(a trained reference and runs fine-tuned from it; runs from scratch)
+through the mmengine Runner, the latency phase, the report with its
+statistics and targets, the schedules of each protocol, and the plan of the
+session preset.
 
 The full suites are far too slow for tests; ``benchmarks/run.py --preset
 smoke`` exercises every path and its results (``benchmarks/results/smoke``)
@@ -23,26 +26,52 @@ from benchmarks import report as R  # noqa: E402
 SMOKE_RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'smoke')
 
 
-def _row(method, mAP, seeds=(0, )):
-    return dict(method=method, mAP=mAP, seeds=list(seeds))
+def _row(method, by_seed, std=None):
+    vals = list(by_seed.values())
+    return dict(method=method, mAP=sum(vals) / len(vals), mAP_std=std,
+                seeds=sorted(by_seed), by_seed=dict(by_seed))
 
 
-def test_quality_targets_compare_means_with_the_margins():
-    rows = [_row('dense', 10.0), _row('l1_uniform', 7.5),
-            _row('tp_taylor', 8.0), _row('fcp', 9.0), _row('acp_tp', 8.5)]
-    t, = R.quality_targets({('yolox_tiny', 0.5): rows})
-    assert (t['best'], t['peer']) == ('fcp', 'tp_taylor')
-    assert t['near_dense'] is True  # 9.0 >= 10.0 - 1.0
-    assert t['above_peer'] is True  # 9.0 >= 8.0 + 1.0
-    rows[3]['mAP'] = 8.99
-    t, = R.quality_targets({('yolox_tiny', 0.5): rows})
-    assert t['best'] == 'fcp' and t['near_dense'] is False and \
-        t['above_peer'] is False
-    # other budgets are not judged; missing peers give no verdict
-    assert R.quality_targets({('yolox_tiny', 0.3): rows}) == []
-    t, = R.quality_targets({('m', 0.5): [_row('dense', 1.0),
-                                         _row('bpc', 1.0)]})
+def _targets(rows, budget=0.5):
+    return R.quality_targets({('yolox_tiny', 'trained', budget): rows})
+
+
+def test_quality_targets_use_paired_intervals_and_the_floor():
+    rows = [_row('dense', {0: 10.0, 1: 10.2, 2: 9.8}, 0.2),
+            _row('l1_uniform', {0: 7.5, 1: 7.4, 2: 7.6}, 0.1),
+            _row('tp_taylor', {0: 8.0, 1: 7.9, 2: 8.1}, 0.1),
+            _row('fcp', {0: 9.1, 1: 9.0, 2: 9.2}, 0.1),
+            _row('acp_tp', {0: 8.5, 1: 8.5, 2: 8.5}, 0.0),
+            _row('random', {0: 8.6, 1: 8.2, 2: 8.4}, 0.2)]
+    t, = _targets(rows)
+    assert (t['best'], t['peer'], t['top']) == ('fcp', 'tp_taylor', 'fcp')
+    assert t['protocol'] == 'trained' and t['seeds'] == 3
+    assert t['near_dense'] is True  # 9.1 >= 10.0 - 1.0
+    # per-seed differences 1.1, 1.1, 1.1: mean 1.1 >= 1.0, interval > 0
+    assert t['vs_peer']['mean'] == pytest.approx(1.1)
+    assert t['vs_peer']['low'] == pytest.approx(1.1)
+    assert t['above_peer'] is True
+    # floor: 9.1 - 8.4 = 0.7 > the larger std 0.2
+    assert t['floor_margin'] == pytest.approx(0.7)
+    assert t['discriminative'] is True
+    # a noisy gap: mean above the margin, paired interval not above 0
+    rows[3] = _row('fcp', {0: 12.0, 1: 7.5, 2: 8.2}, 2.4)
+    t, = _targets(rows)
+    assert t['best'] == 'fcp' and t['vs_peer']['low'] < 0 < \
+        t['vs_peer']['mean'] and t['above_peer'] is False
+    # ... and the floor is within the spread: not discriminative
+    assert t['discriminative'] is False
+    md = '\n'.join(R._stats_md([t]))
+    assert 'Not discriminative at this size' in md and 'random floor' in md
+    # other budgets are not judged; missing rows give no verdict
+    assert _targets(rows, 0.3) == []
+    t, = _targets([_row('dense', {0: 1.0}), _row('bpc', {0: 1.0})])
     assert t['near_dense'] is True and t['above_peer'] is None
+    assert t['discriminative'] is None and t['fine_ge_coupled'] is None
+    # the residual comparison, one seed: a verdict from the mean, no CI
+    t, = _targets([_row('l1_coupled', {0: 5.0}), _row('l1_fine', {0: 5.5})])
+    assert t['fine_ge_coupled'] is True and \
+        t['fine_vs_coupled']['low'] is None
 
 
 @pytest.mark.parametrize('epochs', [1, 2, 3, 5, 8, 12, 30, 100])
@@ -56,54 +85,159 @@ def test_schedules_fit_the_epochs(epochs):
         assert last <= epochs or epochs == 1
         assert len(range(g['begin'], g['end'] + 1, g['interval'])) <= \
             M.MAX_GRADUAL_EVENTS
-    for method in M.ALL_METHODS:
-        spec = M.method_spec(method, epochs, 0.5, (64, 64), 4)
-        assert spec['kind'] in ('dense', 'mmprune', 'torch_pruning')
+    for protocol in M.PROTOCOLS:
+        for method in M.ALL_METHODS:
+            spec = M.method_spec(method, max(epochs, 2), 0.5, (64, 64), 4,
+                                 protocol, seed=3)
+            assert spec['kind'] in ('dense', 'mmprune', 'torch_pruning')
 
 
-def test_quality_run_latency_and_report(tmp_path):
-    """A real (tiny) L1-uniform run: pruned to the FLOPs target inside the
-    Runner, evaluated by CocoMetric, its model saved whole and reloadable,
-    timed by the latency phase, and tabled by the report."""
+@pytest.mark.parametrize('total', [2, 3, 8, 40, 240, 1000])
+def test_trained_schedules_are_compressed_into_the_window(total):
+    for method in M.ALL_METHODS[1:]:
+        spec = M.method_spec(method, 1, 0.5, (64, 64), total, 'trained', 2)
+        h = spec['hook']
+        if spec['kind'] == 'torch_pruning':
+            assert h['iteration'] == 1 and 'epoch' not in h
+            continue
+        assert h['by_epoch'] is False
+        soft = method == 'acp_tp'
+        last = h['end'] + (h['interval'] if soft else 0)
+        assert 1 <= h['begin'] <= h['end'] and last <= total
+        assert len(range(h['begin'], h['end'] + 1, h['interval'])) <= \
+            M.MAX_GRADUAL_EVENTS
+        if method not in M.TRAINED_WINDOWS:
+            assert h['begin'] == h['end'] == 1  # one-shot: at the start
+        elif total >= 40:  # the window's shape survives the rounding
+            first, end = M.TRAINED_WINDOWS[method]
+            assert abs(h['begin'] - first * total) <= 1
+            assert round(end * total) - h['interval'] <= h['end'] <= \
+                round(end * total)
+    floor = M.method_spec('random', 1, 0.5, (64, 64), total, 'trained', 7)
+    assert floor['hook']['criterion'] == dict(type='RandomCriterion', seed=7)
+    with pytest.raises(ValueError, match='protocol'):
+        M.method_spec('fcp', 2, 0.5, (64, 64), 4, 'pretrained')
+
+
+def test_both_protocols_latency_and_report(tmp_path):
+    """A real (tiny) run of both protocols: a trained reference, runs that
+    fine-tune from it (dense, L1 uniform cut at the start, the random
+    floor) and dense and L1 uniform from scratch, their models saved and
+    timed, and the report's headline table, statistics and plots."""
     from benchmarks.quality import prepare_data, quality_jobs, run_job
+    from benchmarks.reference import reference_jobs
+    from benchmarks.reference import run_job as run_reference
     from benchmarks.run import quality_latency, select
+    from mmprune.utils.io import write_json_atomic
     preset = dict(name='test', quality=dict(
+        protocols=('trained', 'scratch'),
         data=dict(difficulty='easy', size=64, num_train=8, num_val=4,
                   num_classes=10, seed=0),
-        epochs=1, batch_size=4, budgets=(0.5, ), seeds=(0, ),
-        models=dict(yolox_tiny=dict(methods=('dense', 'l1_uniform'))),
+        epochs=2, batch_size=4, budgets=(0.5, ), seeds=(0, ),
+        reference=dict(epochs=1, seed=0),
+        models=dict(yolox_tiny=dict(methods=('dense', 'l1_uniform',
+                                             'random'))),
         latency_runs=2))
     data = prepare_data(str(tmp_path / 'data'), preset['quality']['data'])
     out = tmp_path / 'results'
+    refs = reference_jobs(preset, str(out), str(tmp_path / 'work'), data,
+                          'cpu', 1, str(tmp_path / 'cache'))
     jobs = quality_jobs(preset, str(out), str(tmp_path / 'work'), data,
-                        'cpu', 1)
-    assert [j['method'] for j in jobs] == ['dense', 'l1_uniform']
-    res = run_job(jobs[1])
-    assert res['status'] == 'ok', res.get('traceback')
-    assert 0.45 <= res['flops_ratio'] <= 0.5 + 1e-6
-    assert res['kind'] == 'mmprune' and res['iterations'] == 2
-    assert res['mAP'] is not None and 0 <= res['mAP'] <= 1
-    assert res['env']['git']['commit'] and res['env']['versions']['torch']
-    with open(jobs[1]['out']) as f:
-        assert json.load(f)['id'] == res['id']
-    model = torch.load(res['model_file'], weights_only=False)
-    assert sum(p.numel() for p in model.parameters()) == res['params']
-    # --resume skips a run once its JSON says 'ok': here, all but dense
+                        'cpu', 1, {r['model']: r for r in refs})
+    assert [(j['protocol'], j['method']) for j in jobs] == [
+        ('trained', 'dense'), ('trained', 'l1_uniform'),
+        ('trained', 'random'), ('scratch', 'dense'),
+        ('scratch', 'l1_uniform'), ('scratch', 'random')]
+    assert jobs[0]['needs'] == [refs[0]['id']] and not jobs[3]['needs']
+    # a trained run refuses to start before its reference exists
+    res = run_job(jobs[0])
+    assert res['status'] == 'failed' and 'reference record' in res['error']
+    ref = run_reference(refs[0])
+    assert ref['status'] == 'ok', ref.get('traceback')
+
+    results = {}
+    for job in jobs[:5]:  # scratch's random run adds nothing new: time
+        res = run_job(job)
+        assert res['status'] == 'ok', (job['id'], res.get('traceback'))
+        results[(job['protocol'], job['method'])] = res
+    dense = results[('trained', 'dense')]
+    # it started from the reference: every tensor checked and loaded
+    assert dense['loaded_tensors'] > 100 and dense['iterations'] == 4
+    assert dense['reference_key'] == refs[0]['key'] and \
+        dense['lr_mult'] == 0.5
+    assert results[('scratch', 'dense')]['loaded_tensors'] is None
+    cut = results[('trained', 'l1_uniform')]
+    assert cut['pruning']['by_epoch'] is False and \
+        cut['pruning']['begin'] == 1
+    for key in [('trained', 'l1_uniform'), ('trained', 'random'),
+                ('scratch', 'l1_uniform')]:
+        assert 0.45 <= results[key]['flops_ratio'] <= 0.5 + 1e-6, key
+    assert results[('trained', 'random')]['pruning']['criterion'] == \
+        dict(type='RandomCriterion', seed=0)
+    assert results[('scratch', 'dense')]['reference_key'] is None
+    model = torch.load(cut['model_file'], weights_only=False)
+    assert sum(p.numel() for p in model.parameters()) == cut['params']
+
+    # --resume keeps finished runs only while their reference is the same
     args = type('A', (), dict(only=None, resume=True))
-    assert [j['id'] for j in select(jobs, args)] == [jobs[0]['id']]
-    assert run_job(jobs[0])['status'] == 'ok'
-    assert [j['id'] for j in select(jobs, args)] == []
+    assert select(refs + jobs, args) == [jobs[5]]
+    stale = dict(jobs[1], reference=dict(jobs[1]['reference'], key='0' * 16))
+    assert [j['id'] for j in select(refs + [stale], args)] == \
+        [refs[0]['id'], stale['id']]
+    # --only keeps the reference the selected runs need
+    only = type('A', (), dict(only=['*__tr__*random*'], resume=False))
+    assert [j['id'] for j in select(refs + jobs, only)] == \
+        [refs[0]['id'], jobs[2]['id']]
+    only.only = ['reference__*']
+    assert select(refs + jobs, only) == refs
 
     quality_latency(str(out), 2, 'cpu', 1, resume=False)
-    with open(out / 'quality' / 'latency__yolox_tiny__f50.json') as f:
-        lat = json.load(f)
-    assert sorted(lat['latency']) == sorted(j['id'] for j in jobs)
+    for tag, n in (('tr', 3), ('sc', 2)):
+        with open(out / 'quality' / f'latency__yolox_tiny__{tag}__f50.json'
+                  ) as f:
+            assert len(json.load(f)['latency']) == n
+    write_json_atomic(dict(preset='test', argv=['--preset', 'test']),
+                      str(out / 'env.json'))
     md = open(R.write_report(str(out))).read()
-    assert 'L1 uniform (one-shot)' in md and \
-        '### yolox_tiny, 50 % FLOPs (1 epochs)' in md
-    # no mmprune method ran: the quality targets have no verdict
-    assert '| yolox_tiny | ' in md and 'n/a' in md
-    assert osp.isfile(out / 'plots' / 'quality_yolox_tiny.png')
+    assert '## Headline' in md and '## Trained references' in md
+    assert '### yolox_tiny, trained, 50 % FLOPs (2 epochs)' in md
+    assert '### yolox_tiny, scratch, 50 % FLOPs (2 epochs)' in md
+    assert 'random channels (floor)' in md and \
+        '| yolox_tiny | trained | L1 uniform (one-shot) |' in md
+    assert f"`{refs[0]['key']}`" in md
+    assert 'Command: `python benchmarks/run.py --preset test`' in md
+    for stem in ('quality_yolox_tiny_trained', 'latency_yolox_tiny_trained',
+                 'quality_yolox_tiny_scratch'):
+        assert (out / 'plots' / f'{stem}.png').stat().st_size > 1000
+
+
+def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
+    """``--list`` of the committed preset: the seeds, the floor, both
+    references, and a printed plan within the session budget."""
+    from benchmarks.plan import schedule
+    from benchmarks.run import main
+    assert main(['--preset', 'session', '--list', '--out', str(tmp_path),
+                 '--work-dir', str(tmp_path), '--ref-cache',
+                 str(tmp_path / 'cache')]) == 0
+    text = capsys.readouterr().out
+    assert '[bench] plan:' in text
+    ids = [line.split('\t')[1] for line in text.splitlines()
+           if line.startswith('quality\t')]
+    assert 'reference__yolox_tiny' in ids and \
+        'reference__retinanet_r18' in ids
+    for model in ('yolox_tiny', 'retinanet_r18'):
+        for method in ('dense', 'random'):
+            assert {f'{model}__tr__f50__{method}__s{s}'
+                    for s in (0, 1, 2)} <= set(ids)
+        assert f'{model}__tr__f30__random__s0' in ids
+        assert f'{model}__tr__f30__random__s1' not in ids
+    for method in M.PEER_METHODS + M.MMPRUNE_METHODS:
+        assert f'yolox_tiny__tr__f50__{method}__s2' in ids
+    for method in M.RESIDUAL_METHODS:
+        assert f'retinanet_r18__tr__f50__{method}__s2' in ids
+    wall = float(text.split('estimated ')[1].split(' min')[0])
+    assert wall <= 150, text
+    assert schedule([], 2)['wall_seconds'] == 0
 
 
 @pytest.mark.skipif(not osp.isdir(SMOKE_RESULTS),

@@ -4,6 +4,7 @@ from .bn_scale import BNScaleCriterion
 from .fpgm import FPGMCriterion
 from .hrank import HRankCriterion
 from .magnitude import L1Criterion, L2Criterion
+from .random import RandomCriterion
 from .relevance import FeatureRelevanceCriterion
 from .similarity import WeightSimilarityCriterion
 from .taylor import TaylorCriterion
