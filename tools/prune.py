@@ -11,7 +11,15 @@ activations included); the budget stays in FLOPs. On YOLOX-s at 640 px
 of the FLOPs speedup into 0.93 (``benchmarks/graph_and_speed.py``).
 
 ``--flops-ratio`` is the FLOPs to keep, as a fraction of the dense model's
-(0.5 = half). Writes into DIR, each file atomically:
+(0.5 = half). ``--latency-ratio R`` / ``--latency-ms T`` budget latency
+instead: R of the dense latency, or T milliseconds, predicted by a measured
+latency grid (:mod:`mmprune.utils.latency_grid`) at ``--input-size``,
+``--batch`` on ``--backend`` (torch, cuda, onnxruntime): read from
+``--latency-table FILE`` (``tools/analysis/latency_table.py`` on the
+deployment machine; refused if it does not fit) or measured here. The
+report then holds ``latency``: target, predicted and measured ms of the
+dense and compact models (median of interleaved rounds, this machine).
+Writes into DIR, each file atomically:
 
 * ``pruned.pth``: the compact weights, with the plan in
   ``meta['mmprune']`` (``mmprune.apis.init_pruned_detector`` loads it);
@@ -42,8 +50,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--checkpoint', help='dense (or already pruned) weights')
-    p.add_argument('--flops-ratio', type=float, required=True,
+    p.add_argument('--flops-ratio', type=float,
                    help='fraction of FLOPs to keep, in (0, 1]')
+    p.add_argument('--latency-ratio', type=float,
+                   help='fraction of the dense latency to keep, in (0, 1]')
+    p.add_argument('--latency-ms', type=float,
+                   help='latency to reach, in milliseconds')
+    p.add_argument('--latency-table',
+                   help='latency grid JSON (tools/analysis/latency_table.py)'
+                   '; default: measure one here')
+    p.add_argument('--backend', choices=['torch', 'cuda', 'onnxruntime'],
+                   help='latency backend (default: the table\'s, or torch)')
+    p.add_argument('--batch', type=int,
+                   help='latency batch (default: the table\'s, or 1)')
+    p.add_argument('--latency-runs', type=int, default=10,
+                   help='interleaved rounds timing dense vs compact')
     p.add_argument('--criterion', default='l1',
                    help='importance criterion name (l1, l2, bn_scale, ...)')
     p.add_argument('--residual-mode', default='coupled',
@@ -63,16 +84,30 @@ def parse_args(argv=None):
                    'and suits deployment on a machine like this one)')
     p.add_argument('--work-dir', required=True)
     args = p.parse_args(argv)
-    if not 0 < args.flops_ratio <= 1:
-        p.error(f'--flops-ratio must be in (0, 1], got {args.flops_ratio}')
+    given = [f for f in ('flops_ratio', 'latency_ratio', 'latency_ms')
+             if getattr(args, f) is not None]
+    if len(given) != 1:
+        p.error('give exactly one budget: --flops-ratio, --latency-ratio or '
+                '--latency-ms')
+    for f in ('flops_ratio', 'latency_ratio'):
+        v = getattr(args, f)
+        if v is not None and not 0 < v <= 1:
+            p.error(f"--{f.replace('_', '-')} must be in (0, 1], got {v}")
+    if args.latency_ms is not None and args.latency_ms <= 0:
+        p.error(f'--latency-ms must be > 0, got {args.latency_ms}')
+    if args.batch is not None and args.batch < 1:
+        p.error(f'--batch must be >= 1, got {args.batch}')
+    args.budget = 'flops' if args.flops_ratio is not None else 'latency'
     if args.round_to < 1:
         p.error(f'--round-to must be >= 1, got {args.round_to}')
     if min(args.input_size) < 32:
         p.error(f'--input-size must be at least 32x32, got {args.input_size}')
     # a missing config or a file that is not a checkpoint: one line, exit 2
-    from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
+    from mmprune.utils.cli import (check_checkpoint_arg, check_config_arg,
+                                   check_file_arg)
     check_config_arg(p, args.config)
     check_checkpoint_arg(p, args.checkpoint, '--checkpoint')
+    check_file_arg(p, args.latency_table, '--latency-table')
     return args
 
 
@@ -105,6 +140,67 @@ def pruned_config(cfg):
     if cfg.model.get('type') != 'PrunableDetector':
         cfg.model = dict(type='PrunableDetector', architecture=cfg.model)
     return cfg
+
+
+def latency_budget(args, model, graph, size):
+    """``(grid, ratio, info)``: the latency grid (read from
+    ``--latency-table`` and checked against the model, or measured here),
+    the budget as a fraction of its dense prediction, and what the report
+    needs."""
+    from mmprune.utils.latency_backends import make_backend
+    from mmprune.utils.latency_grid import LatencyGrid, measure_grid
+    if args.latency_table:
+        try:
+            grid = LatencyGrid.load(args.latency_table)
+            grid.check(model, input_size=size, batch=args.batch,
+                       backend=args.backend)
+        except ValueError as e:  # LatencyTableMismatch names the field
+            raise SystemExit(f'--latency-table: {e}')
+        backend_name, batch = grid.key['backend'], grid.key['batch']
+    else:
+        backend_name, batch = args.backend or 'torch', args.batch or 1
+        try:
+            grid = measure_grid(model, size, batch,
+                                make_backend(backend_name), graph)
+        except RuntimeError as e:  # no CUDA here, no onnxruntime
+            raise SystemExit(f'--backend: {e}')
+    dense_ms = grid.predict(graph)
+    if args.latency_ms is not None:
+        if args.latency_ms >= dense_ms:
+            raise SystemExit(
+                f'--latency-ms: {args.latency_ms} ms is not below the dense '
+                f'model\'s predicted {dense_ms:.3f} ms ({backend_name}, '
+                f'batch {batch}): nothing to prune')
+        ratio = args.latency_ms / dense_ms
+    else:
+        ratio = args.latency_ratio
+    return grid, ratio, dict(backend=backend_name, batch=batch,
+                             dense_predicted_ms=dense_ms,
+                             target_ms=ratio * dense_ms, ratio_target=ratio)
+
+
+def latency_measured(args, lat, grid, graph, keep, models, size):
+    """Predicted vs measured latency of the dense and compact models on
+    this machine (median of ``--latency-runs`` interleaved rounds, with the
+    grid's backend, batch and input size)."""
+    from mmprune.utils.latency_backends import make_backend
+    from mmprune.utils.latency_grid import measure_models
+    out = dict(lat, predicted_ms=grid.predict(graph, keep),
+               table=grid.key, table_file=args.latency_table,
+               measured_ms=None, dense_measured_ms=None,
+               runs=args.latency_runs)
+    try:
+        backend = make_backend(lat['backend'])
+    except RuntimeError as e:  # e.g. a CUDA table used on a CPU machine
+        out['not_measured'] = str(e)
+        return out
+    times = measure_models(models, size, lat['batch'], backend,
+                           runs=args.latency_runs)
+    out['dense_measured_ms'] = times['dense']['median_ms']
+    out['measured_ms'] = times['pruned']['median_ms']
+    out['measured_ratio'] = out['measured_ms'] / out['dense_measured_ms']
+    out['measured_on'] = backend.device_name()
+    return out
 
 
 def main(argv=None):
@@ -143,18 +239,24 @@ def main(argv=None):
     t0 = time.perf_counter()
     graph = apis.analyze(model, args.residual_mode)
     t_graph = time.perf_counter() - t0
-    cost = apis.cost_model(model, size, latency=args.order == 'latency')
+    cost = apis.cost_model(model, size, latency=args.order == 'latency'
+                           and args.budget == 'flops')
+    ratio = args.flops_ratio
+    if args.budget == 'latency':  # a measured grid predicts the budget
+        cost.latency, ratio, lat = latency_budget(args, model, graph, size)
+        dense_model = copy.deepcopy(model)  # timed beside the compact one
     dense_flops, dense_params = cost.flops(), cost.params(model)
     widths_before = module_widths(model)
     scores = criterion.score(model, graph)
     limits = dict(min_keep=args.min_keep,
                   max_prune_ratio=args.max_prune_ratio,
                   round_to=args.round_to)
+    limits['budget'] = args.budget
     if args.order == 'score':
-        allocator = BudgetAllocator(args.flops_ratio, **limits)
+        allocator = BudgetAllocator(ratio, **limits)
     else:
         allocator = AdaptiveAllocator(
-            args.flops_ratio, cost_weight=1.0, normalize='median',
+            ratio, cost_weight=1.0, normalize='median',
             cost_measure='budget' if args.order == 'flops' else 'latency',
             **limits)
     keep = allocator.allocate(model, graph, scores, cost)
@@ -207,6 +309,11 @@ def main(argv=None):
         report['latency_ms_predicted'] = round(
             cost.latency.predict(graph, keep), 3)
         report['latency_table'] = cost.latency.meta
+    if args.budget == 'latency':
+        report['budget'] = 'latency'
+        report['latency'] = latency_measured(
+            args, lat, cost.latency, graph, keep,
+            dict(dense=dense_model, pruned=model), size)
     ckpt = dict(state_dict=model.state_dict(),
                 meta={apis.META_KEY: apis.make_meta(plans, apis.TRACE_SIZE)})
     # DIR/config.py: CONFIG with mmprune imported and the model wrapped in
@@ -225,8 +332,16 @@ def main(argv=None):
     print(f'{"dense":8}{dense_flops / 1e9:12.3f}{dense_params / 1e6:12.3f}')
     print(f'{"pruned":8}{pruned_flops / 1e9:12.3f}'
           f'{pruned_params / 1e6:12.3f}')
-    print(f'FLOPs ratio {report["flops_ratio"]:.3f} (target '
-          f'{args.flops_ratio}), written to {args.work_dir}')
+    if args.budget == 'latency':
+        lt = report['latency']
+        print(f"latency (ms)  target {lt['target_ms']:.3f}  predicted "
+              f"{lt['predicted_ms']:.3f}  measured {lt['measured_ms']} "
+              f"(dense predicted {lt['dense_predicted_ms']:.3f}, measured "
+              f"{lt['dense_measured_ms']}; {lt['backend']})")
+    target = '' if args.flops_ratio is None else \
+        f' (target {args.flops_ratio})'
+    print(f'FLOPs ratio {report["flops_ratio"]:.3f}{target}, written to '
+          f'{args.work_dir}')
     return report
 
 

@@ -3,7 +3,7 @@ exact-cost solvers every allocator uses.
 
 An allocator turns ``{group: (G,) scores}`` into ``{group: kept indices}``
 that meet a FLOPs or params target measured by the exact cost model
-(:class:`mmprune.utils.flops.CostModel`). Two solvers live here:
+(:class:`mmprune.costs.flops.CostModel`). Two solvers live here:
 
 * :class:`GlobalOrder`: drop channels in one global ascending order (after
   per-group normalisation), bisecting on *how many* to drop, since cost is
@@ -29,7 +29,7 @@ The caps are relative to the *dense* width (docs/methods.md §0.5), not to
 the width at the event: applied to the current width they compounded over
 events (a 512-wide group ended at 68 channels with a 0.8 cap over 12
 events). The dense width of a group comes from the plans already applied
-to the model (:func:`mmprune.apis.model_plans`: the first plan naming a
+to the model (:func:`mmprune.structures.model_record.model_plans`: the first plan naming a
 group recorded its width then), or from ``dense_widths=`` given to
 ``allocate``.
 
@@ -157,7 +157,7 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         if given:
             known.update({k: int(v) for k, v in given.items()})
         elif model is not None:
-            from ..apis import model_plans  # apis imports the pruners
+            from ..structures.model_record import model_plans
             for plan in model_plans(model):
                 for name, w in plan.widths.items():
                     known.setdefault(name, int(w))
