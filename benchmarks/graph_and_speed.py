@@ -36,7 +36,7 @@ SETTINGS = {
     'cost_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
                        max_prune_ratio=0.5, round_to=8),
     # the same order by *measured time* saved per channel (pools and
-    # activations included, mmprune/utils/latency_table.py), so the FLOPs
+    # activations included, mmprune/costs/latency_table.py), so the FLOPs
     # budget is spent where the device spends its time
     'latency_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
                           cost_measure='latency', max_prune_ratio=0.7,

@@ -334,7 +334,7 @@ def measure_group_latency(results: List[dict], runs: int, device: str,
     """
     import torch
     from mmprune.adapters.detector import tensor_forward
-    from mmprune.utils.latency import measure_latency
+    from mmprune.costs.latency import measure_latency
     torch.set_num_threads(threads)
     fns = {}
     for r in results:

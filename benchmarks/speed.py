@@ -12,7 +12,7 @@ model is exported to ONNX (:func:`mmprune.export.export_onnx`, dynamic
 batch) and checked against torch with onnxruntime
 (:func:`mmprune.export.verify_onnx`). For each batch size every variant
 (dense and compact, torch and onnxruntime) is timed in the *same*
-interleaved rounds (:func:`mmprune.utils.latency.measure_latency`), one
+interleaved rounds (:func:`mmprune.costs.latency.measure_latency`), one
 intra-op thread each unless told otherwise, so machine noise hits all of
 them alike.
 
@@ -119,7 +119,7 @@ def run_job(job: dict) -> dict:
     from mmprune.apis import cost_model
     from mmprune.export import export_onnx, random_batch, verify_onnx
     from mmprune.utils.io import atomic_write, write_json_atomic
-    from mmprune.utils.latency import measure_latency
+    from mmprune.costs.latency import measure_latency
     torch.set_num_threads(job['threads'])
     device, size = job['device'], tuple(job['input_size'])
     t0 = time.perf_counter()

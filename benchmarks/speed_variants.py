@@ -8,7 +8,7 @@ Every variant prunes ``--model`` (L1 scores) to 50 % of its FLOPs; they
 differ in the allocator limits (``max_prune_ratio``, ``round_to``) and in
 the order (global budget vs cost-aware, where ``latency_aware`` orders by
 the time a channel saves, from a latency table measured here first, see
-``mmprune/utils/latency_table.py``). ``+spp`` takes the cost-aware plan
+``mmprune/costs/latency_table.py``). ``+spp`` takes the cost-aware plan
 at 0.53 and halves the group feeding YOLOX's SPP max-pools (which a
 FLOPs-only allocator keeps whole; see ``op_profile.py``), 0.52 of the
 FLOPs in all. ``fused`` folds BN into the convs (``mmcv.cnn.fuse_conv_bn``,
@@ -59,7 +59,7 @@ def main(argv=None):
     from mmprune.criteria import L1Criterion
     from mmprune.registry import ALLOCATORS, build_from
     from mmprune.utils.io import write_json_atomic
-    from mmprune.utils.latency import measure_latency
+    from mmprune.costs.latency import measure_latency
     torch.set_num_threads(1)
     size = CONFIGS[args.model][1]
     dense = build(args.model).eval()

@@ -11,6 +11,7 @@ from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
 
 from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
+from mmprune.runtime.consistency import structure_hash
 from mmprune.runtime.rebind import unwrap
 
 
@@ -28,7 +29,7 @@ class StructureProbeHook(Hook):
         latency = None if table is None else hashlib.sha1(json.dumps(
             table, sort_keys=True).encode()).hexdigest()
         rows.append(dict(epoch=runner.epoch + 1, latency=latency,
-                         hash=ChannelPruningHook.structure_hash(model),
+                         hash=structure_hash(model),
                          params=sum(p.numel() for p in model.parameters()),
                          ddp=type(runner.model).__name__))
         json.dump(rows, open(path, 'w'))

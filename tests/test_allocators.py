@@ -16,7 +16,7 @@ from mmprune.graph import build_channel_graph
 from mmprune.methods import filter_groups, get_method
 from mmprune.pruners import apply_compact
 from mmprune.registry import ALLOCATORS, build_from
-from mmprune.utils.flops import CostModel
+from mmprune.costs.flops import CostModel
 from test_graph_toy import ToyDetector, randomise_bn
 
 

@@ -19,7 +19,7 @@ from mmprune.graph import build_channel_graph
 from mmprune.search import (BlendSearchConfig, EAConfig, MaskedEvaluator,
                             adaptive_bn, calibrate_pool, evolve,
                             search_blend)
-from mmprune.utils.flops import CostModel
+from mmprune.costs.flops import CostModel
 from mmprune.utils.io import write_text_atomic
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -142,7 +142,7 @@ class ScoreLog:
     (dict(interval=-2), 'interval must be a non-negative int, got -2'),
     (dict(begin=-1), 'begin must be a non-negative int, got -1'),
     (dict(begin=3, end=2), r'end \(2\) is before begin \(3\)'),
-    (dict(budget='macs'), "budget must be 'flops' or 'params', got 'macs'"),
+    (dict(budget='macs'), "budget must be one of .*, got 'macs'"),
     (dict(ramp='exp'), "ramp must be one of .*, got 'exp'"),
     (dict(scoring_batches=0), 'scoring_batches must be an int >= 1'),
     (dict(min_keep=0), 'min_keep must be an int >= 1, got 0'),

@@ -18,7 +18,7 @@ from mmprune.criteria import BNScaleCriterion, L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.pruners import apply_compact, build_mask, scatter_index
 from mmprune.structures import PruningPlan
-from mmprune.utils.flops import CostModel
+from mmprune.costs.flops import CostModel
 
 
 def conv_bn(cin, cout, k=1, groups=1):

@@ -21,7 +21,7 @@ from mmprune.criteria import L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.pruners import apply_compact, prune_module
 from mmprune.pruners.surgery import check_groupnorms
-from mmprune.utils.flops import CostModel
+from mmprune.costs.flops import CostModel
 from test_graph_toy import assert_masked_equals_compact, random_keep
 
 

@@ -273,7 +273,7 @@ def test_latency_table_is_measured_once_and_kept_on_resume(
     """A latency-aware allocator gets a table measured before training; it
     goes into the checkpointed state, and a resumed run reuses it instead
     of timing again (a new timing could reorder channels)."""
-    from mmprune.utils.latency_table import LatencyTable
+    from mmprune.costs.latency_table import LatencyTable
     alloc = dict(type='AdaptiveAllocator', cost_weight=1.0,
                  cost_measure='latency')
     cfg = pruning_cfg(mmdet_config, synth_data, tmp_path, allocator=alloc)

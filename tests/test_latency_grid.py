@@ -1,4 +1,4 @@
-"""Latency grid (mmprune/utils/latency_grid.py): interpolation against
+"""Latency grid (mmprune/costs/latency_grid.py): interpolation against
 direct measurements, the misalignment cliff, a latency budget met, tables
 that do not fit refused by name, the CUDA and onnxruntime timing paths,
 and the two command lines.
@@ -21,10 +21,10 @@ import torch.nn as nn
 from mmprune import apis
 from mmprune.allocators import BudgetAllocator
 from mmprune.graph import build_channel_graph
-from mmprune.utils.flops import CostModel
-from mmprune.utils.latency_backends import (CudaBackend, OnnxRuntimeBackend,
+from mmprune.costs.flops import CostModel
+from mmprune.costs.latency_backends import (CudaBackend, OnnxRuntimeBackend,
                                             TorchBackend)
-from mmprune.utils.latency_grid import (LatencyGrid, LatencyTableMismatch,
+from mmprune.costs.latency_grid import (LatencyGrid, LatencyTableMismatch,
                                         curve_ms)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

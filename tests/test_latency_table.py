@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from mmprune.allocators import AdaptiveAllocator
 from mmprune.graph import build_channel_graph
-from mmprune.utils.flops import CostModel
-from mmprune.utils.latency_table import LatencyTable
+from mmprune.costs.flops import CostModel
+from mmprune.costs.latency_table import LatencyTable
 
 
 class SPPNet(nn.Module):
@@ -168,13 +168,13 @@ def test_yolox_spp_pools_are_charged_to_their_group():
 
 
 def test_hook_state_with_a_bad_table_is_refused():
-    from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
+    from mmprune.hooks.state import check_state
     from mmprune.structures import StructureError
     bad = dict(version=1, other_ms=0.0, entries={
         'backbone.stem.conv.conv': dict(kind='conv', ms=1.0, out=-3,
                                         **{'in': 3})})
     with pytest.raises(StructureError, match='backbone.stem.conv.conv'):
-        ChannelPruningHook._checked_state(dict(latency=bad))
+        check_state(dict(latency=bad))
 
 
 def test_configs_readme_latency_setting_builds():

@@ -8,7 +8,15 @@ import torch
 from mmengine.runner import Runner
 
 from mmprune import apis
+from mmprune.allocators.schedule import PruningSchedule
 from test_hook_training import pruning_cfg, shapes
+
+
+class _Flat(PruningSchedule):
+    """Every event targets the final ratio."""
+
+    def target_at(self, event: int) -> float:
+        return self.target
 
 
 @pytest.mark.parametrize('method', ['acp_tp', 'bpc', 'fcp', 'gcp_frs'])
@@ -53,10 +61,12 @@ def test_acp_tp_event_with_target_met_drops_stale_selection(
     runner = Runner.from_cfg(cfg)
     ph = [h for h in runner.hooks
           if type(h).__name__ == 'ChannelPruningHook'][0]
-    ph.target_at = lambda k: 0.6  # event 2's goal = event 1's: already met
+    # event 2's goal = event 1's: already met
+    ph.schedule = _Flat(ph.schedule.positions, ph.schedule.interval, 0.6,
+                        ph.schedule.ramp, ph.schedule.soft)
     runner.train()
     assert ph.state['events_done'] == 2 and ph.state['pending'] is None
-    tpp = [r for r in ph.regularizers if hasattr(r, 'set_selection')][0]
+    tpp = [r for r in ph.regularizers if r.selective][0]
     assert not tpp.selection
     ratio = apis.cost_model(runner.model, (128, 128)).flops() / \
         ph.state['dense_cost']

@@ -355,7 +355,7 @@ def measure(args, results: dict) -> dict:
     latency (batch 1, one thread, interleaved rounds) of both runs."""
     from mmprune.apis import cost_model
     from mmprune.adapters import tensor_forward
-    from mmprune.utils.latency import measure_latency
+    from mmprune.costs import measure_latency
     torch.set_num_threads(1)
     size = (args.size, args.size)
     models = {run: load_ema_model(r) for run, r in results.items()}

@@ -13,7 +13,7 @@ of the FLOPs speedup into 0.93 (``benchmarks/graph_and_speed.py``).
 ``--flops-ratio`` is the FLOPs to keep, as a fraction of the dense model's
 (0.5 = half). ``--latency-ratio R`` / ``--latency-ms T`` budget latency
 instead: R of the dense latency, or T milliseconds, predicted by a measured
-latency grid (:mod:`mmprune.utils.latency_grid`) at ``--input-size``,
+latency grid (:mod:`mmprune.costs.latency_grid`) at ``--input-size``,
 ``--batch`` on ``--backend`` (torch, cuda, onnxruntime): read from
 ``--latency-table FILE`` (``tools/analysis/latency_table.py`` on the
 deployment machine; refused if it does not fit) or measured here. The
@@ -116,17 +116,20 @@ def criterion_by_name(name: str):
     from mmprune.registry import CRITERIA
     import mmprune.criteria  # noqa: F401  (registers)
     key = name.replace('_', '').lower()
-    data_driven = ('taylorcriterion', 'featurerelevancecriterion',
-                   'hrankcriterion', 'blendedcriterion')
     for reg in CRITERIA.module_dict:
         if reg.lower() in (key, key + 'criterion'):
-            if reg.lower() in data_driven:
+            try:
+                criterion = CRITERIA.module_dict[reg]()
+            except TypeError:  # needs arguments: a searched blend (BPC)
+                criterion = None
+            # a criterion declares whether it reads data (BaseCriterion)
+            if criterion is None or criterion.data_driven:
                 raise SystemExit(
                     f'--criterion: {reg} needs data or a searched blend; '
                     f'use ChannelPruningHook (training) or '
                     f'tools/search_blend.py. One-shot weight criteria: l1, '
                     f'l2, bn_scale, fpgm, weight_similarity')
-            return CRITERIA.module_dict[reg]()
+            return criterion
     raise SystemExit(f'--criterion: unknown criterion {name!r}; valid: '
                      f'{sorted(CRITERIA.module_dict)}')
 
@@ -147,8 +150,8 @@ def latency_budget(args, model, graph, size):
     ``--latency-table`` and checked against the model, or measured here),
     the budget as a fraction of its dense prediction, and what the report
     needs."""
-    from mmprune.utils.latency_backends import make_backend
-    from mmprune.utils.latency_grid import LatencyGrid, measure_grid
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import LatencyGrid, measure_grid
     if args.latency_table:
         try:
             grid = LatencyGrid.load(args.latency_table)
@@ -183,8 +186,8 @@ def latency_measured(args, lat, grid, graph, keep, models, size):
     """Predicted vs measured latency of the dense and compact models on
     this machine (median of ``--latency-runs`` interleaved rounds, with the
     grid's backend, batch and input size)."""
-    from mmprune.utils.latency_backends import make_backend
-    from mmprune.utils.latency_grid import measure_models
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import measure_models
     out = dict(lat, predicted_ms=grid.predict(graph, keep),
                table=grid.key, table_file=args.latency_table,
                measured_ms=None, dense_measured_ms=None,
@@ -206,7 +209,6 @@ def latency_measured(args, lat, grid, graph, keep, models, size):
 def main(argv=None):
     args = parse_args(argv)
     import torch
-    from mmengine.runner import load_checkpoint
     from mmengine.runner.checkpoint import _load_checkpoint
 
     import mmprune  # noqa: F401
@@ -217,23 +219,15 @@ def main(argv=None):
     from mmprune.utils.io import (atomic_write, write_json_atomic,
                                   write_text_atomic)
     from mmprune.utils.report import module_widths
-    from mmprune.utils.offline import check_offline_weights
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
+    from mmprune.runtime.rebuild import build_detector, load_pruned_detector
 
-    register_all_modules()
     criterion = criterion_by_name(args.criterion)
     cfg = apis.load_config(args.config)
-    check_offline_weights(cfg)
-    model = MODELS.build(cfg.model)
+    model = build_detector(cfg)
     if args.checkpoint:
+        # already pruned: the one loader rebuilds that structure first
         ckpt = _load_checkpoint(args.checkpoint, map_location='cpu')
-        meta = (ckpt.get('meta') or {}).get(apis.META_KEY)
-        if meta is not None:  # already pruned: rebuild that structure first
-            old, size, _ = apis.read_meta(meta)
-            apis.replay(model, old, size)
-        load_checkpoint(model, args.checkpoint, map_location='cpu',
-                        strict=True)
+        load_pruned_detector(cfg, ckpt, source=args.checkpoint, model=model)
     model.eval()
     size = tuple(args.input_size)
     t0 = time.perf_counter()

@@ -22,8 +22,8 @@ from typing import List
 import torch
 import torch.nn as nn
 
-from .detector import (_is_detector, _is_two_stage, dummy_batch,
-                       flatten_tensors, output_diff)
+from .detector import (_is_detector, dummy_batch, flatten_tensors,
+                       is_two_stage, output_diff)
 
 ON_TENSOR = 'tensor forward on one seeded random image'
 ON_PROPOSALS = ('two-stage: RPN outputs on one seeded random image, and RoI '
@@ -31,7 +31,7 @@ ON_PROPOSALS = ('two-stage: RPN outputs on one seeded random image, and RoI '
 
 
 def _two_stage(model) -> bool:
-    return _is_detector(model) and _is_two_stage(model)
+    return _is_detector(model) and is_two_stage(model)
 
 
 @torch.no_grad()

@@ -29,7 +29,9 @@ def fixed_output_module(name: str, module: nn.Module) -> bool:
     return bool(_PREDICTION.search(name))
 
 
-def _is_two_stage(model) -> bool:
+def is_two_stage(model) -> bool:
+    """A two-stage detector (an RPN feeding RoI heads): its tensor forward
+    needs image meta and runs the RPN's proposal selection."""
     return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')
 
 
@@ -66,7 +68,7 @@ def dummy_batch(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
     device = next((p.device for p in model.parameters()), torch.device('cpu'))
     x = torch.rand(batch, 3, h, w, generator=gen).to(device)
     samples = None
-    if _is_detector(model) and _is_two_stage(model):
+    if _is_detector(model) and is_two_stage(model):
         from mmdet.structures import DetDataSample
         meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                     batch_input_shape=(h, w), scale_factor=(1.0, 1.0))

@@ -20,7 +20,7 @@ assigned from a preset target). Reconstruction, docs/methods.md §1B(b), all
   exact cost saved by dropping one of its channels, so expensive channels
   go first at equal importance (0 = off, the default); with
   ``cost_measure='latency'`` ``delta_g`` is the *time* saved, predicted by
-  the measured :class:`~mmprune.utils.latency_table.LatencyTable` attached
+  the measured :class:`~mmprune.costs.latency_table.LatencyTable` attached
   to the cost model (``cost.latency``), which also charges pooling and
   activations; the budget itself stays in FLOPs/params;
 * channels pruned at earlier events (``pruned=``) stay pruned and count

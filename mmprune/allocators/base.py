@@ -82,7 +82,7 @@ class BaseAllocator(metaclass=abc.ABCMeta):
             in (0, 1]. 0.5 = keep half the FLOPs.
         budget (str): ``'flops'``, ``'params'`` or ``'latency'`` (ms
             predicted by ``cost.latency``, a measured
-            :class:`~mmprune.utils.latency_grid.LatencyGrid`; ``ratio`` is
+            :class:`~mmprune.costs.latency_grid.LatencyGrid`; ``ratio`` is
             then a fraction of the dense predicted latency). Defaults to
             'flops'.
         min_keep (int): fewest channels kept per group, >= 1. Defaults
@@ -194,7 +194,7 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         if self.budget == 'flops':
             return lambda keep: cost.flops(graph, keep)
         if self.budget == 'latency':
-            # ms predicted by a measured table (mmprune.utils.latency_grid)
+            # ms predicted by a measured table (mmprune.costs.latency_grid)
             # on the graph of the model as it is now
             table = getattr(cost, 'latency', None)
             if table is None:

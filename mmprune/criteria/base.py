@@ -29,10 +29,69 @@ def group_weight_rows(model: nn.Module, group, kinds=('conv', 'linear')
 class BaseCriterion(metaclass=abc.ABCMeta):
     """Scores the channels of every prunable group.
 
+    Lifecycle (declared here so a hook never probes for it): a criterion
+    that reads only weights needs nothing; a *data-driven* one
+    (:attr:`data_driven`) collects statistics between :meth:`attach` and
+    :meth:`detach`, either during ordinary training backward passes
+    (Taylor) or in a scoring pass the caller runs at the event
+    (:attr:`needs_scoring_pass`; one :meth:`scoring_step` per batch). Then
+    :meth:`sync` (all-reduce over ranks), :meth:`score`, and :meth:`reset`
+    before the next window. All of these are no-ops here.
+
     Examples:
         >>> crit = L1Criterion()
         >>> scores = crit.score(model, graph)   # {group name: (G,) tensor}
+        >>> crit = TaylorCriterion()              # data-driven
+        >>> crit.attach(model, graph)            # ... backward passes ...
+        >>> crit.sync(); scores = crit.score(model, graph); crit.reset()
     """
+
+    #: whether :meth:`score_group` can score a reader group (fine mode
+    #: with ``read_pruning``: one reader's stream columns, no producer
+    #: rows). Criteria that cannot leave such groups unscored, so the
+    #: allocators keep them whole instead of reading zeros as unimportant.
+    scores_readers = False
+
+    #: AMP loss scale (number or callable) that gradient-reading criteria
+    #: divide each backward's contribution by; None: unscaled
+    loss_scale = None
+
+    @property
+    def data_driven(self) -> bool:
+        """Whether scores need activations/gradients collected after
+        :meth:`attach` (False: weights only)."""
+        return False
+
+    @property
+    def needs_scoring_pass(self) -> bool:
+        """Whether statistics can only come from a dedicated scoring pass
+        (:meth:`scoring_step`), not from training backward passes."""
+        return False
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a clear error, before any training, when this criterion
+        cannot score ``model`` (e.g. LRP on SiLU networks)."""
+
+    def attach(self, model: nn.Module, graph) -> None:
+        """Start collecting statistics on ``graph``'s groups (resets)."""
+
+    def detach(self) -> None:
+        """Stop collecting (remove hooks); collected statistics stay."""
+
+    def reset(self) -> None:
+        """Forget the collected statistics."""
+
+    def sync(self) -> None:
+        """All-reduce the statistics over ranks (idempotent)."""
+
+    def scoring_step(self, model: nn.Module, data: dict) -> None:
+        """One scoring-pass batch: ``data`` is the data preprocessor's
+        output (``inputs``, ``data_samples``). Default: backward of the
+        model's training loss, which gradient-reading criteria observe
+        through their hooks (no optimizer step is taken)."""
+        losses = model(**data, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
 
     @abc.abstractmethod
     def score_group(self, model: nn.Module, group) -> torch.Tensor:
@@ -48,4 +107,5 @@ class BaseCriterion(metaclass=abc.ABCMeta):
         wanted = None if names is None else set(names)
         return {g.name: self.score_group(model, g).float().cpu()
                 for g in graph.prunable_groups()
-                if wanted is None or g.name in wanted}
+                if (wanted is None or g.name in wanted) and
+                (getattr(g, 'reader', None) is None or self.scores_readers)}

@@ -7,7 +7,7 @@ rank of their scores, calibration factors per candidate, an evolutionary
 search for the blend). Supporting: Huang et al., "Rethinking the Pruning
 Criteria for Convolutional Neural Network", NeurIPS 2021.
 
-Everything concrete is **our choice** (methods spec §2B):
+Everything concrete is **our choice** (docs/methods.md §2B):
 
 * pool: any registered criteria, default ``DEFAULT_POOL`` = {L1, L2, FPGM,
   BN-gamma, Taylor-FO, HRank};
@@ -44,6 +44,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..adapters.stages import default_stage
 from ..registry import CRITERIA, build_from
 from .base import BaseCriterion
 
@@ -124,18 +125,6 @@ def medoid(cluster: Sequence[int], rho: np.ndarray) -> int:
     means = [np.mean([rho[i, j] for j in cluster if j != i])
              for i in cluster]
     return cluster[int(np.argmax(means))]
-
-
-def default_stage(name: str) -> str:
-    """Stage of a group name (see the module docstring)."""
-    parts = name.split('.')
-    if parts[0] == 'backbone' and len(parts) > 1:
-        return 'backbone.' + parts[1]
-    if parts[0] == 'neck':
-        return 'neck'
-    if 'head' in parts[0]:
-        return 'head'
-    return parts[0]
 
 
 def make_stage_fn(stages: Optional[Sequence[Tuple[str, str]]] = None
@@ -316,6 +305,14 @@ class BlendedCriterion(BaseCriterion):
             fn = getattr(crit, method, None)
             if callable(fn):
                 fn(*args)
+
+    @property
+    def data_driven(self) -> bool:
+        return any(c.data_driven for c in self.members.values())
+
+    @property
+    def needs_scoring_pass(self) -> bool:
+        return any(c.needs_scoring_pass for c in self.members.values())
 
     def attach(self, model, graph) -> None:
         self._each('attach', model, graph)

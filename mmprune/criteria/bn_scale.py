@@ -15,6 +15,9 @@ from .magnitude import L1Criterion
 class BNScaleCriterion(BaseCriterion):
     """Sum of |gamma| of the BNs that normalise the group's channels."""
 
+    # a reader group has no BN: the L1 fallback scores its columns
+    scores_readers = True
+
     def score_group(self, model, group):
         modules = dict(model.named_modules())
         score = torch.zeros(group.width)

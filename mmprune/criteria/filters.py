@@ -1,13 +1,11 @@
 """Group-level views of weights that several criteria share.
 
 ``group_filter_matrix`` concatenates, for every channel of a group, the
-filters of all its producers into one vector ``v_c`` (methods spec §1B(a),
-§2B(f): "FPGM uses the concatenated producer rows"). ``group_norm_params``
-gives the BN gamma/beta slices of a group. Both read module slices only
-through :func:`mmprune.criteria.base.group_weight_rows` and the group's
-members, so no criterion branches on layer types.
+filters of all its producers into one vector ``v_c`` (docs/methods.md §1B(a),
+§2B(f): "FPGM uses the concatenated producer rows"). It reads module
+slices only through :func:`mmprune.criteria.base.group_weight_rows` and the
+group's members, so no criterion branches on layer types.
 """
-from typing import Iterator, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,17 +43,3 @@ def group_filter_matrix(model: nn.Module, group) -> torch.Tensor:
         raise ValueError(f'group {group.name!r} has no conv/linear producer '
                          f'to read filters from')
     return torch.cat(blocks, 1)
-
-
-def group_norm_params(model: nn.Module, group
-                      ) -> Iterator[Tuple[str, nn.Module, torch.Tensor,
-                                          torch.Tensor]]:
-    """Yield ``(name, bn, positions, group_index)`` for every BN-like member
-    of ``group`` (kind ``'norm'``); ``positions`` are BN channels."""
-    modules = dict(model.named_modules())
-    for m in group.members:
-        if m.kind != 'norm' or m.axis != 'in':
-            continue
-        yield (m.module, modules[m.module],
-               torch.as_tensor(m.positions, dtype=torch.long),
-               torch.as_tensor(m.group_index, dtype=torch.long))

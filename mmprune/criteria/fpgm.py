@@ -8,7 +8,7 @@ https://arxiv.org/abs/1811.00250 (code: he-y/filter-pruning-geometric-median).
 a filter close to the others (near the geometric median) is the most
 replaceable and gets the smallest score.
 
-Our choice (methods spec §2B(f)): for a coupled group ``v_c`` concatenates
+Our choice (docs/methods.md §2B(f)): for a coupled group ``v_c`` concatenates
 the filters of every producer of channel ``c``
 (:func:`mmprune.criteria.filters.group_filter_matrix`), so the distance is
 taken in the joint space instead of summing per-producer distances.

@@ -5,12 +5,17 @@ CVPR 2020, https://arxiv.org/abs/2002.10179 (code: lmbxmu/HRankPlus,
 ``rank_generation.py``). A channel scores the matrix rank of its H x W
 output map, averaged over calibration images; low rank is pruned first.
 
-Our choices (methods spec §2A, §2B(f)):
+Our choices (docs/methods.md §2A, §2B(f)):
 
 * the map is each site's output (its BNs, or producers no BN follows, see
-  :mod:`mmprune.criteria.gates`) passed through ``activation`` (``'relu'``
-  by default, as the official code hooks ReLU outputs; ``'silu'`` for
-  YOLOX, or None);
+  :mod:`mmprune.criteria.gates`) passed through the network's own
+  activation, as the official code ranks the ReLU outputs of its ReLU
+  networks. ``activation='auto'`` (default) takes it from the traced
+  graph: the parameter-free activation module (:func:`_activation_types`)
+  that reads exactly the site's channels (``ChannelGraph.passthrough``),
+  e.g. ``Swish``/``SiLU`` in YOLOX, ``ReLU`` in ResNet; a site no activation
+  module reads (a functional ``F.relu``, a prediction conv) is ranked as
+  it is, and logged once. ``'relu'``, ``'silu'`` or None force one;
 * coupled groups average the rank over their sites;
 * ranks use ``torch.linalg.matrix_rank`` with its default tolerance;
 * forward hooks only (no gradients); the hooks run in whatever mode the
@@ -18,8 +23,10 @@ Our choices (methods spec §2A, §2B(f)):
   ranked between resets (the paper uses a few hundred calibration
   images). Spatially flat outputs (Linear) have no rank and are skipped.
 """
-from typing import Optional
+import logging
+from typing import Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -28,7 +35,58 @@ from ..registry import CRITERIA
 from .base import BaseCriterion
 from .gates import SiteSums, gate_sites, model_device, sites_by_group
 
+logger = logging.getLogger('mmprune')
+
 _ACTS = {'relu': F.relu, 'silu': F.silu, None: (lambda t: t)}
+_MODES = ('auto', ) + tuple(_ACTS)
+
+
+def _activation_types() -> tuple:
+    """Element-wise activation modules (torch's, and mmcv's own bricks)."""
+    types = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish,
+             nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.ELU, nn.SELU,
+             nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh]
+    from mmcv.cnn.bricks import HSigmoid, HSwish, Swish
+    return tuple(types + [Swish, HSwish, HSigmoid])
+
+
+def site_activations(model: nn.Module, graph, sites) -> List[Optional[str]]:
+    """Per gate site, the name of the activation module that reads exactly
+    its output channels in the traced graph, or None.
+
+    A site's output channels are its atoms (a BN passes its input's atoms
+    on; a conv makes new ones); ``graph.passthrough`` holds, per
+    parameter-free leaf module, the atoms of each call's input. Exact atoms
+    are matched first, then classes (``graph.roots``: a module shared
+    between calls, whose atoms were unioned, still matches). Pools and
+    upsampling read the same channels after the activation and are not
+    activations (:func:`_activation_types`); the first matching activation
+    in trace order wins.
+    """
+    acts = _activation_types()
+    modules = dict(model.named_modules())
+    readers = [(name, [np.asarray(a) for a in calls])
+               for name, calls in getattr(graph, 'passthrough', {}).items()
+               if isinstance(modules.get(name), acts)]
+    out = []
+    for site in sites:
+        rec = graph.records[site.module]
+        atoms = rec.out if rec.kind in ('conv', 'linear') else rec.inp
+        found = None
+        if atoms is not None:
+            atoms = np.asarray(atoms)
+            cls = graph.roots[atoms]
+            # the same atoms first (a CSP block's own activation), then the
+            # same classes (a shared module, or the first reader of a
+            # coupled stream)
+            for same in (lambda a: np.array_equal(a, atoms),
+                         lambda a: np.array_equal(graph.roots[a], cls)):
+                found = next((name for name, calls in readers
+                              if any(same(a) for a in calls)), None)
+                if found is not None:
+                    break
+        out.append(found)
+    return out
 
 
 @CRITERIA.register_module()
@@ -36,19 +94,21 @@ class HRankCriterion(BaseCriterion):
     """Mean matrix rank of a channel's output maps.
 
     Args:
-        activation (str | None): ``'relu'``, ``'silu'`` or None, applied to
-            the site output before the rank. Defaults to 'relu'.
+        activation (str | None): ``'auto'`` (the activation module the
+            traced graph shows after each site), ``'relu'``, ``'silu'`` or
+            None, applied to the site output before the rank. Defaults to
+            'auto'.
         max_images (int | None): per site, stop recording after this many
             images until :meth:`reset` (an SVD per channel and image is
             costly if the criterion stays attached during training).
             Defaults to 128 (None: no limit).
     """
 
-    def __init__(self, activation: Optional[str] = 'relu',
+    def __init__(self, activation: Optional[str] = 'auto',
                  max_images: Optional[int] = 128):
-        if activation not in _ACTS:
-            raise ValueError(f'activation must be one of {list(_ACTS)}, got '
-                             f'{activation!r}')
+        if activation not in _MODES:
+            raise ValueError(f'activation must be one of {list(_MODES)}, '
+                             f'got {activation!r}')
         if max_images is not None and not (isinstance(max_images, int)
                                            and max_images > 0):
             raise ValueError(f'max_images must be a positive int or None, '
@@ -59,6 +119,14 @@ class HRankCriterion(BaseCriterion):
         self._sites, self._by_group = [], {}
         self._sums: Optional[SiteSums] = None
         self._seen = []
+        # per site: the function applied before the rank, and (for 'auto')
+        # the module it came from, e.g. 'backbone.stem.conv.activate'
+        self._acts: List[Callable] = []
+        self.site_activation: Dict[str, Optional[str]] = {}
+
+    @property
+    def data_driven(self) -> bool:
+        return True  # ranks of output maps seen by forward hooks
 
     def attach(self, model: nn.Module, graph) -> None:
         """Record ranks on every forward of ``model`` from now on."""
@@ -67,10 +135,31 @@ class HRankCriterion(BaseCriterion):
         self._by_group = sites_by_group(self._sites)
         self._device = model_device(model)  # NCCL reduces device tensors
         modules = dict(model.named_modules())
+        self._resolve_activations(model, graph, modules)
         for i, site in enumerate(self._sites):
             self._handles.append(modules[site.module].register_forward_hook(
                 self._make_hook(i)))
         self.reset()
+
+    def _resolve_activations(self, model, graph, modules) -> None:
+        if self.activation != 'auto':
+            self._acts = [_ACTS[self.activation]] * len(self._sites)
+            self.site_activation = {s.module: self.activation
+                                    for s in self._sites}
+            return
+        names = site_activations(model, graph, self._sites)
+        # the module's own forward (not __call__: no hooks run), on a copy
+        # so an in-place ReLU cannot touch the network's tensor
+        self._acts = [(lambda t: t) if n is None else
+                      (lambda t, f=modules[n].forward: f(t.clone()))
+                      for n in names]
+        self.site_activation = {s.module: n
+                                for s, n in zip(self._sites, names)}
+        bare = [s.module for s, n in zip(self._sites, names) if n is None]
+        if bare:
+            logger.info('mmprune: HRank: no activation module reads %d '
+                        'site(s), ranked as they are: %s', len(bare),
+                        ', '.join(bare[:8]))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -101,7 +190,7 @@ class HRankCriterion(BaseCriterion):
                 if n <= 0:
                     return
             with torch.no_grad():
-                a = _ACTS[self.activation](out[:n].detach().float())
+                a = self._acts[i](out[:n].detach().float())
                 a = a.index_select(1, site.positions.to(a.device))
                 ranks = torch.linalg.matrix_rank(a).double().sum(0).cpu()
             per = torch.zeros(site.width, dtype=torch.float64)

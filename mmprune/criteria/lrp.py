@@ -4,7 +4,7 @@ Paper: Bach et al., "On Pixel-Wise Explanations for Non-Linear Classifier
 Decisions by Layer-Wise Relevance Propagation", PLoS ONE 2015,
 DOI 10.1371/journal.pone.0130140; rules as used by GCP-FRS (Aketi et al.,
 arXiv 2002.09958, code purdue-nrl/Gradual-Channel-Pruning-using-FRS,
-methods spec §4(a)).
+docs/methods.md §4(a)).
 
 How: the model's forward runs under a ``TorchFunctionMode`` that swaps every
 supported op for an autograd Function whose forward is the op itself and

@@ -3,7 +3,7 @@
 Paper: Aketi, Roy, Raghunathan, Roy, "Gradual Channel Pruning while
 Training using Feature Relevance Scores for Convolutional Neural Networks",
 IEEE Access 8:171924-171932, 2020, arXiv 2002.09958 (code:
-purdue-nrl/Gradual-Channel-Pruning-using-FRS). Methods spec §4(a), (e).
+purdue-nrl/Gradual-Channel-Pruning-using-FRS). docs/methods.md §4(a), (e).
 
 Per channel ``c`` of a scored map ``A`` (relevance ``R``):
 ``r_{n,c} = mean_{h,w} R_{n,c,h,w}``, ``f_c = |mean_n r_{n,c}|``, then
@@ -12,7 +12,7 @@ threshold works across layers (confirmed from the code).
 
 Two ways to get ``R`` (``relevance=``):
 
-* ``'grad_x_input'`` (default, **our choice** for detection, spec §4(e)):
+* ``'grad_x_input'`` (default, **our choice** for detection, §4(e)):
   ``R = A * dL/dA`` of the training/detection loss, accumulated during the
   ordinary backward passes of a scoring pass (read from parameter
   gradients, :mod:`mmprune.criteria.gates`); works for SiLU/LeakyReLU
@@ -20,6 +20,10 @@ Two ways to get ``R`` (``relevance=``):
 * ``'lrp'``: LRP-alpha-beta (alpha=2, beta=1, confirmed) seeded with the
   one-hot true label at the logits, for ReLU classification CNNs
   (:mod:`mmprune.criteria.lrp`); call :meth:`accumulate_lrp` per batch.
+  For ReLU single-stage anchor detectors (RetinaNet) in a training hook,
+  :meth:`scoring_step` runs :meth:`accumulate_lrp_detection`, seeded at the
+  positive priors' class logits (**our choice**, docs/methods.md §4(e));
+  :meth:`check_model` refuses other networks (SiLU YOLOX) before training.
   ``f_c = |mean_k s_k F_c^(k)|`` over classes ``k`` with per-class means
   ``F^(k)`` and weights ``s_k`` (``class_weights``; default 1, i.e. the
   class-balanced mean; :func:`class_weights_from_accuracy` gives the
@@ -40,6 +44,7 @@ More **our choices**:
   non-finite ones skipped; DDP: :meth:`sync` all-reduces sums and counts
   (sharded scoring).
 """
+from contextlib import contextmanager
 from typing import Optional, Sequence
 
 import numpy as np
@@ -47,11 +52,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..graph.layers import is_batchnorm
 from ..registry import CRITERIA
 from .base import BaseCriterion
 from .gates import (GateHooks, SiteSums, gate_sites, model_device,
                     resolve_scale, sites_by_group)
-from .lrp import lrp_forward
+from .lrp import check_modules, lrp_forward
+from .scoring import batch_statistics
 
 _MODES = ('grad_x_input', 'lrp')
 
@@ -130,6 +137,40 @@ class FeatureRelevanceCriterion(BaseCriterion):
         self._sums: Optional[SiteSums] = None
 
     # ---------------------------------------------------------- lifecycle
+    @property
+    def data_driven(self) -> bool:
+        return True
+
+    @property
+    def needs_scoring_pass(self) -> bool:
+        # LRP runs its own relevance backward; grad x input reads ordinary
+        # backward passes, of training or of a scoring pass
+        return self.relevance == 'lrp'
+
+    def check_model(self, model: nn.Module) -> None:
+        """``'lrp'``: raise before training when ``model`` has a layer
+        or head the LRP rules do not cover (e.g. SiLU in YOLOX)."""
+        if self.relevance != 'lrp':
+            return
+        if _is_detector(model):
+            if self.class_weights is not None:
+                raise ValueError(
+                    'FeatureRelevanceCriterion: class_weights need per-class '
+                    'relevance of a classifier; detection LRP seeds every '
+                    'positive prior at once (docs/methods.md §4(e))')
+            check_modules(lrp_body(model))
+            check_anchor_head(model)
+        else:
+            check_modules(model)
+
+    def scoring_step(self, model: nn.Module, data: dict) -> None:
+        """One scoring batch: grad x input reads the loss backward; LRP
+        runs :meth:`accumulate_lrp_detection`."""
+        if self.relevance == 'grad_x_input':
+            return super().scoring_step(model, data)
+        self.accumulate_lrp_detection(model, data['inputs'],
+                                      data['data_samples'])
+
     def attach(self, model: nn.Module, graph) -> None:
         """Prepare to score ``graph``'s prunable groups (resets)."""
         self.detach()
@@ -180,22 +221,8 @@ class FeatureRelevanceCriterion(BaseCriterion):
         if not self._sites:
             raise RuntimeError('call attach(model, graph) before '
                                'accumulate_lrp')
-        modules = dict(model.named_modules())
         labels = torch.as_tensor(labels, dtype=torch.long)
-        handles = []
-        captured = {}
-
-        def capture(i):
-            def fwd(mod, inp, out):
-                def bwd(r):
-                    captured[i] = captured.get(i, 0) + _per_sample(r)
-                out.register_hook(bwd)
-            return fwd
-
-        for i, site in enumerate(self._sites):
-            handles.append(modules[site.module].register_forward_hook(
-                capture(i)))
-        try:
+        with self._captured(model) as captured:
             x = inputs.detach().clone().requires_grad_(True)
             with lrp_forward(model, self.alpha, self.beta, self.eps):
                 out = model(x)
@@ -211,9 +238,6 @@ class FeatureRelevanceCriterion(BaseCriterion):
                 raise ValueError(f'model returned {k} classes, earlier '
                                  f'batches {self._sums.rows}')
             out.backward(F.one_hot(labels.to(out.device), k).to(out))
-        finally:
-            for h in handles:
-                h.remove()
         lab = labels.cpu()
         counts = torch.bincount(lab, minlength=k).double()
         for i, r in captured.items():  # r: (N, C) mean_hw relevance
@@ -225,6 +249,71 @@ class FeatureRelevanceCriterion(BaseCriterion):
             per_class.index_add_(0, lab, rg)
             self._sums.add_rows(i, per_class, counts)
         return out.detach()
+
+    @contextmanager
+    def _captured(self, model: nn.Module):
+        """Yields ``{site index: (N, C) mean_hw relevance}``, filled when
+        relevance flows back through each site's output (summed over the
+        calls of a shared module)."""
+        modules = dict(model.named_modules())
+        captured, handles = {}, []
+
+        def capture(i):
+            def fwd(mod, inp, out):
+                def bwd(r):
+                    captured[i] = captured.get(i, 0) + _per_sample(r)
+                if isinstance(out, torch.Tensor) and out.requires_grad:
+                    out.register_hook(bwd)
+            return fwd
+
+        for i, site in enumerate(self._sites):
+            handles.append(modules[site.module].register_forward_hook(
+                capture(i)))
+        try:
+            yield captured
+        finally:
+            for h in handles:
+                h.remove()
+
+    def accumulate_lrp_detection(self, model: nn.Module,
+                                 inputs: torch.Tensor, data_samples) -> None:
+        """One LRP pass of a single-stage anchor detector (RetinaNet).
+
+        **Our choice** (docs/methods.md §4(e), ``lrp_cls``): relevance
+        starts at the classification logits of the *positive* priors, the
+        ones the head's own assigner matches to a ground-truth box, one-hot
+        on that box's class, divided by the image's number of positives
+        (each image brings relevance 1, like a classifier's one-hot label).
+        The regression branch gets no relevance. Norm layers that train
+        with batch statistics use them here too (see
+        :mod:`mmprune.criteria.scoring`). One row of sums (no per-class
+        split, so no ``class_weights``).
+        """
+        if self.relevance != 'lrp':
+            raise RuntimeError("accumulate_lrp_detection needs "
+                               "relevance='lrp'")
+        if not self._sites:
+            raise RuntimeError('call attach(model, graph) before '
+                               'accumulate_lrp_detection')
+        body, head = lrp_body(model), model.bbox_head
+        trained = [m for m in body.modules()
+                   if is_batchnorm(m) and m.training]
+        with self._captured(model) as captured:
+            x = inputs.detach().float().requires_grad_(True)
+            with lrp_forward(body, self.alpha, self.beta, self.eps), \
+                    batch_statistics(body, trained):
+                cls_scores = head(model.extract_feat(x))[0]
+            seeds = _positive_seeds(head, cls_scores, data_samples)
+            torch.autograd.backward(list(cls_scores), seeds)
+        n = x.shape[0]
+        if self._sums is None:
+            self._sums = SiteSums(self._sites, rows=1, device=self._device)
+        for i, r in captured.items():  # r: (N, C) mean_hw relevance
+            site = self._sites[i]
+            rg = torch.zeros(site.width, dtype=torch.float64)
+            rg.index_add_(0, site.group_index, r.double().cpu().sum(
+                0).index_select(0, site.positions))
+            self._sums.add(i, rg, count=float(n))
 
     # ------------------------------------------------------------ scoring
     def score_group(self, model, group) -> torch.Tensor:
@@ -238,8 +327,12 @@ class FeatureRelevanceCriterion(BaseCriterion):
         counts = max((self._sums.total(i)[1].cpu() for i in idx),
                      key=lambda c: float(c.sum()))
         if float(counts.sum()) == 0:
+            hint = ('; LRP relevance starts at the classification logits, '
+                    'so a regression-only branch gets none: leave the '
+                    'group out (exclude_groups)'
+                    if self.relevance == 'lrp' else '')
             raise RuntimeError(f'no scoring data reached group '
-                               f'{group.name!r}')
+                               f'{group.name!r}{hint}')
         if self.relevance == 'grad_x_input':
             f = (sums[0] / counts[0]).abs()
         else:
@@ -261,3 +354,61 @@ class FeatureRelevanceCriterion(BaseCriterion):
 def _per_sample(r: torch.Tensor) -> torch.Tensor:
     """(N, C) mean over spatial positions of a relevance map."""
     return r.detach().flatten(2).mean(2) if r.dim() > 2 else r.detach()
+
+
+def _is_detector(model: nn.Module) -> bool:
+    return callable(getattr(model, 'extract_feat', None))
+
+
+def lrp_body(model: nn.Module) -> nn.Module:
+    """The part of a detector an LRP pass runs: backbone, neck and the
+    bbox head's layers (its loss modules are never called)."""
+    parts = {k: getattr(model, k) for k in ('backbone', 'neck', 'bbox_head')
+             if isinstance(getattr(model, k, None), nn.Module)}
+    head = parts.pop('bbox_head', None)
+    if head is not None:
+        parts['bbox_head'] = nn.ModuleDict({
+            k: m for k, m in head.named_children()
+            if not k.startswith('loss')})
+    body = nn.ModuleDict(parts)
+    body.training = model.training  # lrp_forward restores this mode
+    return body
+
+
+def check_anchor_head(model: nn.Module) -> None:
+    """Detection LRP needs the head's assigner to find positive priors:
+    only single-stage anchor heads (RetinaNet's) are covered."""
+    head = getattr(model, 'bbox_head', None)
+    if head is None or not all(callable(getattr(head, f, None))
+                               for f in ('get_anchors', 'get_targets')):
+        raise NotImplementedError(
+            f'LRP relevance covers single-stage anchor detectors (e.g. '
+            f'RetinaNet with a ReLU ResNet); {type(model).__name__} has no '
+            f"anchor bbox_head: use relevance='grad_x_input'")
+
+
+def _positive_seeds(head, cls_scores, data_samples):
+    """Per level, a relevance seed shaped like its (N, A*K, H, W) logits:
+    1 / (#positives of the image) at (prior, GT class) of each positive
+    prior, 0 elsewhere."""
+    metas = [s.metainfo for s in data_samples]
+    gts = [s.gt_instances for s in data_samples]
+    device = cls_scores[0].device
+    with torch.no_grad():
+        anchors, valid = head.get_anchors(
+            [c.shape[-2:] for c in cls_scores], metas, device=device)
+        labels = head.get_targets(anchors, valid, gts, metas)[0]
+    k = head.cls_out_channels
+    seeds, per_image = [], 0
+    for cls, lab in zip(cls_scores, labels):  # lab: (N, H*W*A) in h, w, a
+        n, _, h, w = cls.shape
+        pos = (lab >= 0) & (lab < k)
+        seed = torch.zeros(n, lab.shape[1], k, device=device)
+        seed[pos] = F.one_hot(lab[pos].long(), k).to(seed)
+        seeds.append(seed)
+        per_image = per_image + pos.sum(1)
+    scale = 1.0 / per_image.clamp_min(1).to(torch.float32)
+    # (N, H*W*A, K) -> (N, H, W, A*K) -> (N, A*K, H, W), the logits' layout
+    return [(s * scale[:, None, None]).reshape(
+        c.shape[0], c.shape[2], c.shape[3], -1).permute(0, 3, 1, 2)
+        .to(c) for s, c in zip(seeds, cls_scores)]

@@ -3,12 +3,12 @@
 Paper: Liu et al., "Adaptive Channel Pruning for Trainability Protection",
 PRCV 2023, LNCS 14434, DOI 10.1007/978-981-99-8549-4_12 (abstract only:
 a "model-weight-based similarity calculation module" removes unnecessary
-channels). The formulas below are the project's reconstruction (methods
-spec §1B(a)); everything is **our choice**:
+channels). The formulas below are the project's reconstruction
+(docs/methods.md §1B(a)); everything is **our choice**:
 
 * ``v_c``: the concatenated producer filters of group channel ``c`` (all
   producers of a coupled group; depthwise convs are not producers, so their
-  9-element filters never enter, spec §1B(i));
+  9-element filters never enter, §1B(i));
 * similarity ``S_cd = u_c . u_d`` with ``u = v / ||v||`` (``'cosine'``,
   default), or ``'gram'``: ``S_cd = v_c . v_d / mean_e ||v_e||^2`` (TPP's
   Gram matrix scaled to the mean self-product); ``rho`` is clipped to 1;
@@ -19,7 +19,7 @@ spec §1B(a)); everything is **our choice**:
   ``rho``. With ``protect_partners`` (default) a recorded partner is not
   pruned while any unprotected candidate is left, so both members of a
   near-duplicate pair are never pruned together (and the partner can take
-  over the pruned channel's function, spec §1B "feature correction").
+  over the pruned channel's function, §1B(a) "feature correction").
 
 ``score_group`` returns the greedy scores: channel ``c``'s ``I`` at the
 moment the greedy removes it, made strictly increasing along the greedy

@@ -9,7 +9,7 @@ over mini-batches (the paper: momentum 0.9 over 30 batches).
 How the sum is read: from the site parameters' gradients, exactly equal to
 the gate product (see :mod:`mmprune.criteria.gates`).
 
-Our choices (methods spec §2A, §2B(f), §5; all configurable):
+Our choices (docs/methods.md §2A, §2B(f), §5; all configurable):
 
 * coupled groups sum the gate terms of all their sites (every BN of the
   group, and every producer no BN follows), each squared per mini-batch;
@@ -84,6 +84,10 @@ class TaylorCriterion(BaseCriterion):
         self._ema = []
 
     # ---------------------------------------------------------- lifecycle
+    @property
+    def data_driven(self) -> bool:
+        return True  # reads the gradients of training (or scoring) passes
+
     def attach(self, model: nn.Module, graph) -> None:
         """Start accumulating on ``graph``'s prunable groups (resets)."""
         self.detach()

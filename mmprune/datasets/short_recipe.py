@@ -56,7 +56,7 @@ def short_cpu_config(base: str, data: dict, size: int, epochs: int,
         checkpoint_interval (int, optional): epochs between checkpoints
             (the last one kept). Defaults to none saved.
     """
-    from ..apis import load_config
+    from ..utils.config import load_config
     from ..utils.offline import check_offline_weights
     if size % 32:
         raise ValueError(f'size must be a multiple of 32, got {size}')

@@ -22,13 +22,18 @@ such meta (one saved from a bare state dict), from the ``mmprune_structure``
 buffer in the state dict; both hold the same plans.
 """
 import os.path as osp
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-from ..structures import (BUFFER, META_KEY, PruningPlan, decode, make_meta,
-                          read_meta)
+from ..graph.analyze import TRACE_SIZE
+from ..runtime.rebuild import build_detector  # noqa: F401  (re-exported)
+from ..runtime.rebuild import checkpoint_structure
+from ..runtime.rebuild import load_pruned_detector as _load_pruned
+from ..runtime.rebuild import strip_module
+from ..structures import META_KEY, StructureError, make_meta
+from ..structures.model_record import model_plans
 
 
 class ExportError(Exception):
@@ -54,13 +59,6 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def _strip_module(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    # DDP-saved keys start with 'module.' (mmengine's load_checkpoint
-    # removes the same prefix by default)
-    return {(k[7:] if k.startswith('module.') else k): v
-            for k, v in state.items()}
-
-
 def select_weights(ckpt: dict, use_ema: bool, path: str = 'checkpoint'
                    ) -> Tuple[Dict[str, torch.Tensor], str]:
     """The state dict to export and which weights it holds.
@@ -83,39 +81,12 @@ def select_weights(ckpt: dict, use_ema: bool, path: str = 'checkpoint'
             raise ExportError(
                 f'--use-ema: {path!r} has no ema_state_dict (it was not '
                 f'saved by a run with mmengine\'s EMAHook)')
-        return _strip_module(ckpt['state_dict']), 'ema'
+        return strip_module(ckpt['state_dict']), 'ema'
     if has_ema:
         trained = {k[7:]: v for k, v in ckpt['ema_state_dict'].items()
                    if k.startswith('module.')}
         return trained, 'trained'
-    return _strip_module(ckpt['state_dict']), 'model'
-
-
-def checkpoint_structure(ckpt: dict
-                         ) -> Tuple[List[PruningPlan], Tuple[int, int]]:
-    """The plans and trace size a checkpoint's model was pruned with
-    (no plans and the default trace size for a dense checkpoint)."""
-    from ..apis import TRACE_SIZE
-    meta = (ckpt.get('meta') or {}).get(META_KEY)
-    if meta is None:
-        buf = _strip_module(ckpt['state_dict']).get(BUFFER)
-        if buf is None:
-            return [], TRACE_SIZE
-        meta = decode(buf)
-    plans, size, _ = read_meta(meta)
-    return plans, size
-
-
-def build_detector(cfg) -> nn.Module:
-    """The config's (dense) detector, in eval mode, with no remote weights
-    fetched."""
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-
-    from ..utils.offline import check_offline_weights
-    register_all_modules()
-    check_offline_weights(cfg)
-    return MODELS.build(cfg.model).eval()
+    return strip_module(ckpt['state_dict']), 'model'
 
 
 def load_pruned_detector(cfg, ckpt: dict, use_ema: bool = False,
@@ -136,31 +107,18 @@ def load_pruned_detector(cfg, ckpt: dict, use_ema: bool = False,
     Returns:
         tuple: ``(model in eval mode, which weights)``.
     """
-    from ..apis import replay
-    model = build_detector(cfg) if dense is None else dense
-    plans, size = checkpoint_structure(ckpt)
-    if plans:
-        try:
-            replay(model, plans, size)
-        except ValueError as e:  # StructureError too
-            lines = str(e).split('\n')
-            more = f'\n  ... ({len(lines) - 12} more)' if len(lines) > 12 \
-                else ''
-            raise ExportError(
-                f'{path!r} does not fit the config\'s model (was it pruned '
-                f'from another config?): ' + '\n'.join(lines[:12]) + more) \
-                from None
     state, which = select_weights(ckpt, use_ema, path)
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # size mismatches
-        raise ExportError(f'{path!r} does not fit the config\'s model after '
-                          f'replaying its {len(plans)} plan(s): {e}') from None
-    if missing or unexpected:
-        raise ExportError(
-            f'{path!r} does not fit the config\'s model after replaying its '
-            f'{len(plans)} plan(s): missing keys {sorted(missing)[:5]}, '
-            f'unexpected keys {sorted(unexpected)[:5]}')
+        # the one loader (mmprune/runtime/rebuild.py)
+        model = _load_pruned(
+            cfg, ckpt, state, repr(path), dense,
+            mismatch='{source} does not fit the config\'s model (was it '
+            'pruned from another config?)')
+    except StructureError as e:
+        lines = str(e).split('\n')
+        more = f'\n  ... ({len(lines) - 12} more)' if len(lines) > 12 \
+            else ''
+        raise ExportError('\n'.join(lines[:12]) + more) from None
     return model.eval(), which
 
 
@@ -169,7 +127,6 @@ def compact_checkpoint(model: nn.Module, ckpt: dict, which: str,
     """``{'state_dict', 'meta'}`` of ``model`` for deployment: the plans
     (without the training state), the dataset meta, where it came from;
     no optimizer, schedulers or message hub."""
-    from ..apis import TRACE_SIZE, model_plans
     _, size = checkpoint_structure(ckpt)
     plans = model_plans(model)
     meta = {META_KEY: make_meta(plans, size if plans else TRACE_SIZE),

@@ -96,7 +96,8 @@ def export_detector(config: str, checkpoint: str, work_dir: str,
     Returns:
         dict: the report written to ``export_report.json``.
     """
-    from ..apis import cost_model, load_config
+    from ..costs import cost_model
+    from ..utils.config import load_config
     h, w = (int(s) for s in input_size)
     if min(h, w) < 32:
         raise ExportError(f'input size must be at least 32x32, got {h}x{w}')

@@ -9,7 +9,10 @@ are the caller's job; :func:`preprocess_info` lists them).
 
 The TorchScript exporter (``dynamo=False``) is used: the dynamo exporter
 needs onnxscript. Fine residual mode's scatter is a static Concat + Gather
-(:mod:`mmprune.pruners.scatter`), so it exports as ordinary ops.
+(:mod:`mmprune.pruners.scatter`), and a reader that keeps its own subset of
+a stream (``read_pruning``) gathers it with ``index_select`` on a constant
+index (:mod:`mmprune.pruners.gather`), one Gather before its conv; both
+export as ordinary ops (tests/test_read_pruning.py checks onnxruntime).
 """
 import warnings
 from typing import List, Sequence, Tuple
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..adapters.detector import flatten_tensors
+from ..adapters.detector import flatten_tensors, is_two_stage
 from .checkpoint import ExportError
 
 #: oldest opset accepted (Gather/Concat/Resize as the exporter writes them)
@@ -27,10 +30,6 @@ MIN_OPSET = 13
 
 class VerificationError(ExportError):
     """onnxruntime's outputs differ from torch's beyond the tolerance."""
-
-
-def _is_two_stage(model: nn.Module) -> bool:
-    return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')
 
 
 class TensorForward(nn.Module):
@@ -43,7 +42,7 @@ class TensorForward(nn.Module):
 
     def __init__(self, detector: nn.Module):
         super().__init__()
-        if _is_two_stage(detector):
+        if is_two_stage(detector):
             # the RPN's proposal selection (NMS, top-k over a data-dependent
             # count) runs inside the two-stage tensor forward
             raise ExportError(

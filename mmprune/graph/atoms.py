@@ -122,6 +122,13 @@ class ModuleRecord:
     the atoms of the output channels (producers) and ``inp`` the labels of
     the input channels/columns, unioned over repeated calls (shared heads).
     ``in_vias`` keeps each call's ``via`` array for the fine residual mode.
+
+    A *reader* (fine mode with ``read_pruning``, :mod:`mmprune.graph.
+    read_map`) selects its weight columns from what arrives: ``inp`` and
+    ``in_vias`` then describe the incoming tensor (C_inc,), ``src`` (C_w,)
+    gives the incoming position each weight column reads, and ``read``
+    (C_w,) the column's own atom where it reads a residual stream (-1
+    elsewhere), so the reader can keep its own subset of the stream.
     """
     name: str
     kind: str
@@ -130,3 +137,15 @@ class ModuleRecord:
     inp: Optional[np.ndarray] = None
     in_vias: List[np.ndarray] = field(default_factory=list)
     calls: int = 0
+    src: Optional[np.ndarray] = None
+    read: Optional[np.ndarray] = None
+
+    def column_atoms(self) -> Optional[np.ndarray]:
+        """(C_w,) atom of each weight input column: the incoming atom it
+        reads, or its own read atom where it has one."""
+        if self.inp is None or self.src is None:
+            return self.inp
+        cols = self.inp[self.src]
+        if self.read is not None:
+            cols = np.where(self.read >= 0, self.read, cols)
+        return cols

@@ -10,6 +10,12 @@ From a set of kept classes, :meth:`ChannelGraph.module_indices` derives for
 every recorded module which output rows and input columns to keep. Masking,
 surgery and the cost model all read those same indices, which is why masked
 and compact models agree.
+
+Fine mode with ``read_pruning`` adds *reader groups*, named
+``<reader module>:in`` (:data:`READ_SUFFIX`): the stream columns one
+conv/linear reads, each its own class. They have no producer: keeping a
+subset slices the reader's input columns and makes it gather those channels
+from the full-width stream (:mod:`mmprune.graph.read_map`).
 """
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +27,9 @@ import torch.nn as nn
 from .atoms import ModuleRecord
 
 logger = logging.getLogger('mmprune')
+
+#: suffix of a reader group's name: ``'layer2.0.conv1.conv:in'``
+READ_SUFFIX = ':in'
 
 
 @dataclass
@@ -50,6 +59,9 @@ class ChannelGroup:
             channels are tied into one index (docs/methods.md §0.3). Caps
             given in channels (``min_keep``, ``round_to``) are converted
             with it.
+        reader (str | None): for a reader group (fine mode with
+            ``read_pruning``), the conv/linear whose stream columns the
+            group's channels are; None for ordinary groups.
     """
     name: str
     classes: np.ndarray
@@ -57,6 +69,7 @@ class ChannelGroup:
     members: List[Member] = field(default_factory=list)
     pin_reasons: Dict[int, str] = field(default_factory=dict)
     unit: int = 1
+    reader: Optional[str] = None
 
     @property
     def width(self) -> int:
@@ -71,6 +84,9 @@ class ChannelGroup:
                 if m.axis == 'out' and m.kind in ('conv', 'linear')]
 
     def __repr__(self):
+        if self.reader is not None:
+            return (f'ChannelGroup({self.name!r}, width={self.width}, '
+                    f'prunable={self.prunable}, reader={self.reader!r})')
         prods = ', '.join(m.module for m in self.producers())
         return (f'ChannelGroup({self.name!r}, width={self.width}, '
                 f'prunable={self.prunable}, producers=[{prods}])')
@@ -90,8 +106,11 @@ class ChannelGraph:
                  passthrough: Optional[Dict[str, List[np.ndarray]]] = None,
                  shortcuts: Sequence[str] = (),
                  gn_blocks: Sequence[np.ndarray] = (),
-                 stream_atoms: Sequence[np.ndarray] = ()):
+                 stream_atoms: Sequence[np.ndarray] = (),
+                 read_pruning: bool = False):
         self.records = records
+        # fine mode: readers keep their own stream columns (reader groups)
+        self.read_pruning = bool(read_pruning)
         self.roots = roots
         self.pinned_classes = pinned
         self.scatter = set(scatter)
@@ -161,9 +180,25 @@ class ChannelGraph:
             for i, c in enumerate(classes.tolist()):
                 self.class_to_group[c] = (gi, i)
             self.groups.append(grp)
-        # attach members
+        # reader groups after the producer groups, so that turning reader
+        # pruning on leaves every other group's name and index space alone
         for r in sorted(self.records.values(), key=lambda r: r.index):
-            for axis, atoms in (('out', r.out), ('in', r.inp)):
+            if r.read is None or not (r.read >= 0).any():
+                continue
+            classes = self._cls(r.read[r.read >= 0])
+            grp = ChannelGroup(r.name + READ_SUFFIX, classes,
+                               np.array([c in self.pinned_classes
+                                         for c in classes.tolist()]),
+                               reader=r.name)
+            grp.pin_reasons = {i: self.pinned_classes[c]
+                               for i, c in enumerate(classes.tolist())
+                               if c in self.pinned_classes}
+            for i, c in enumerate(classes.tolist()):
+                self.class_to_group[c] = (len(self.groups), i)
+            self.groups.append(grp)
+        # attach members (a reader's input columns in its weight's layout)
+        for r in sorted(self.records.values(), key=lambda r: r.index):
+            for axis, atoms in (('out', r.out), ('in', r.column_atoms())):
                 if atoms is None or (axis == 'in' and r.kind == 'opaque'):
                     continue
                 cls = self._cls(atoms)
@@ -267,7 +302,10 @@ class ChannelGraph:
                        ) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
         """For each recorded module, the output rows and input columns to
         keep (``None`` = untouched). Shapes: ``out`` (C_out',), ``in``
-        (C_in',) of int64 positions in the module's current layout."""
+        (C_in',) of int64 positions in the module's current layout. A
+        reader (``ModuleRecord.src``) also gets ``gather`` (C_in',): the
+        position of each kept column in its compact input, which has
+        ``incoming`` channels."""
         flags = self.kept_classes(keep)
         result = {}
         for r in self.records.values():
@@ -275,8 +313,18 @@ class ChannelGraph:
                 continue
             entry: Dict[str, Optional[np.ndarray]] = {'out': None, 'in': None}
             if r.inp is not None:
+                # (C_inc,) what arrives: scattered channels at full width
                 k = flags[self._cls(r.inp)] | self.full_through(r)
                 entry['in'] = np.nonzero(k)[0]
+            if r.inp is not None and r.src is not None:
+                # a reader keeps its kept columns only, also where a
+                # scattered writer's dropped channel arrives as padding;
+                # ``gather`` (C_w',) is where each kept column sits in
+                # the compact incoming tensor (mmprune.pruners.gather)
+                cols = flags[self._cls(r.column_atoms())] & k[r.src]
+                entry['in'] = np.nonzero(cols)[0]
+                entry['gather'] = (np.cumsum(k) - 1)[r.src[cols]]
+                entry['incoming'] = int(k.sum())
             if r.kind in ('conv', 'linear'):
                 entry['out'] = np.nonzero(flags[self._cls(r.out)])[0]
             else:  # norm, dwconv, gn: out follows in
@@ -296,8 +344,13 @@ class ChannelGraph:
     def summary(self) -> str:
         lines = [f'{len(self.groups)} channel groups '
                  f'({len(self.prunable_groups())} prunable), residual mode '
-                 f'{self.residual_mode!r}']
+                 f'{self.residual_mode!r}' +
+                 (' with reader pruning' if self.read_pruning else '')]
         for g in self.groups:
+            if g.reader is not None:
+                lines.append(f'  {g.name}: width {g.width}, prunable '
+                             f'{g.prunable}, stream columns of {g.reader}')
+                continue
             lines.append(f'  {g.name}: width {g.width}, prunable '
                          f'{g.prunable}, producers '
                          f'{[m.module for m in g.producers()]}')
@@ -310,11 +363,15 @@ class ChannelGraph:
 
 def build_channel_graph(model: nn.Module, forward_fn, inputs,
                         residual_mode: str = 'coupled', fixed=None,
-                        respect_frozen: bool = True) -> ChannelGraph:
-    """Trace ``forward_fn(*inputs)`` on ``model`` and return its groups."""
+                        respect_frozen: bool = True,
+                        read_pruning: bool = False) -> ChannelGraph:
+    """Trace ``forward_fn(*inputs)`` on ``model`` and return its groups
+    (``read_pruning``: fine mode's reader groups, see the module
+    docstring)."""
     from .tracer import ChannelTracer
     tracer = ChannelTracer(model, residual_mode=residual_mode, fixed=fixed,
-                           respect_frozen=respect_frozen)
+                           respect_frozen=respect_frozen,
+                           read_pruning=read_pruning)
     tracer.trace(forward_fn, inputs)
     roots = tracer.atoms.resolve()
     pinned = tracer.atoms.pinned_classes(roots)
@@ -327,7 +384,8 @@ def build_channel_graph(model: nn.Module, forward_fn, inputs,
     return ChannelGraph(tracer.records, roots, pinned, tracer.scatter,
                         residual_mode, tracer.opaque, tracer.fine_fallbacks,
                         tracer.passthrough, tracer.shortcuts,
-                        tracer.gn_blocks, tracer.stream_atoms)
+                        tracer.gn_blocks, tracer.stream_atoms,
+                        read_pruning=read_pruning)
 
 
 _LOGGED_FALLBACKS: Set[str] = set()

@@ -60,6 +60,8 @@ def describe_groups(graph: ChannelGraph) -> dict:
                      pinned=pinned, status=status,
                      pin_reasons=dict(sorted(reasons.items())),
                      members=list(members.values()))
+        if g.reader is not None:  # fine mode: one reader's stream columns
+            entry['reader'] = g.reader
         if g.unit > 1:  # GroupNorm: one index = one group of unit channels
             entry['unit'] = g.unit
         sources = graph.stream_sources(g)
@@ -83,6 +85,9 @@ def format_groups(desc: dict, members: bool = True) -> str:
                 if g.get('unit', 1) > 1 else '')
         lines.append(f'[{i}] {g["name"]}  width {g["width"]}{unit}  '
                      f'{g["status"]}')
+        if g.get('reader'):
+            lines.append(f'      stream columns read by {g["reader"]} '
+                         f'(gathered)')
         if g.get('stream_sources'):
             lines.append(f'      stream source (shortcut): '
                          f'{", ".join(g["stream_sources"])}')

@@ -47,27 +47,16 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from . import op_table as ops
-from ..pruners.scatter import BUFFER as SCATTER_BUFFER
-from ..pruners.scatter import kept_positions
 from .atoms import AtomTable, Labels, ModuleRecord
+from .read_map import BUFFER as READ_BUFFER
+from .read_map import read_sources
+from .layers import kind_name
+from .scatter_map import BUFFER as SCATTER_BUFFER
+from .scatter_map import kept_positions
 
 logger = logging.getLogger('mmprune')
 
 RESIDUAL_MODES = ('coupled', 'fine')
-
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, )
-_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _roi_types():
-    """mmcv RoI ops run a custom autograd Function the mode cannot see; they
-    are channel-wise (output channel c reads input channel c only)."""
-    try:
-        from mmcv.ops import RoIAlign, RoIPool
-        return (RoIAlign, RoIPool)
-    except ImportError:  # mmcv without ops: no RoI heads either
-        return ()
-
 
 def iter_tensors(obj):
     """Yield the tensors inside nested tuples/lists/dicts (and data objects
@@ -94,15 +83,30 @@ class ChannelTracer(TorchFunctionMode):
         residual_mode (str): ``'coupled'`` or ``'fine'``.
         fixed (Callable[[str, nn.Module], bool]): True for modules whose
             output width must never change (prediction convs).
+        read_pruning (bool): fine mode only: every conv/linear reading a
+            residual stream gets its own atoms for the stream columns it
+            reads (``ModuleRecord.read``), so it can keep its own subset
+            (:mod:`mmprune.graph.read_map`). Defaults to False.
     """
 
     def __init__(self, model: nn.Module, residual_mode: str = 'coupled',
                  fixed: Optional[Callable[[str, nn.Module], bool]] = None,
-                 respect_frozen: bool = True):
+                 respect_frozen: bool = True, read_pruning: bool = False):
         super().__init__()
         if residual_mode not in RESIDUAL_MODES:
             raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES},'
                              f' got {residual_mode!r}')
+        if read_pruning and residual_mode != 'fine':
+            raise ValueError(f"read_pruning=True needs residual_mode='fine' "
+                             f'(a coupled stream has no readers of its own), '
+                             f'got {residual_mode!r}')
+        self.read_pruning = bool(read_pruning)
+        # fine mode: the pinned atoms of every residual sum (_fine_add);
+        # reader columns on them get read atoms (read_pruning)
+        self._stream_ids: Set[int] = set()
+        # id(module) -> its raw input, for readers that already gather (the
+        # pre-hook that gathers runs after ours, see trace())
+        self._gather_raw: Dict[int, torch.Tensor] = {}
         self.model = model
         self.residual_mode = residual_mode
         self.fixed = fixed or (lambda name, mod: False)
@@ -128,7 +132,6 @@ class ChannelTracer(TorchFunctionMode):
         self._leaf_depth = 0
         self._names = {m: n for n, m in model.named_modules()}
         self._index = {n: i for i, n in enumerate(self._names.values())}
-        self._roi = _roi_types()
         self._module_stack: List[str] = []
         self._op: Optional[str] = None  # the torch op running now
         # parameters surgery slices (conv, depthwise conv, linear, BN)
@@ -392,6 +395,7 @@ class ChannelTracer(TorchFunctionMode):
             self.scatter.add(names[w])
         stream = self.atoms.new(la.width,
                                 pin=f'residual stream in {self._where()}')
+        self._stream_ids.update(stream.tolist())
         self.put(out, Labels(stream, np.full(la.width, -1), False))
         return True
 
@@ -554,28 +558,18 @@ class ChannelTracer(TorchFunctionMode):
 
     # ----------------------------------------------------- module hooks
     def _kind(self, m: nn.Module) -> Optional[str]:
-        if isinstance(m, _CONV_TYPES):
-            if m.groups == 1:
-                return 'conv'
-            if m.groups == m.in_channels == m.out_channels:
-                return 'dwconv'
-            return 'gconv'
-        if isinstance(m, nn.Linear):
-            return 'linear'
-        if isinstance(m, _NORM_TYPES):
-            return 'norm'
-        if isinstance(m, nn.GroupNorm):
-            return 'gn'
-        if isinstance(m, nn.LayerNorm):
-            return 'ln'
-        if self._roi and isinstance(m, self._roi):
-            return 'roi'
-        return None
+        # the layer-kind table (graph/layers.py) is the one place that
+        # classifies modules; None: a container or a parameter-free leaf
+        return kind_name(m)
 
     def _pre_hook(self, m, inputs):
         self._module_stack.append(self._names.get(m, '?'))
         if self._kind(m) is not None:
             self._leaf_depth += 1
+            if hasattr(m, READ_BUFFER) and inputs:
+                # an already gathering reader: label what arrives, not its
+                # gathered copy (made at leaf depth > 0, so unlabelled)
+                self._gather_raw[id(m)] = inputs[0]
 
     def _post_hook(self, m, inputs, output):
         name = self._module_stack.pop()
@@ -623,6 +617,7 @@ class ChannelTracer(TorchFunctionMode):
 
     def _leaf(self, name, m, kind, inputs, output):
         x = next(iter_tensors(inputs), None)
+        x = self._gather_raw.pop(id(m), x)
         lin = self._lin(x)
         if kind in ('conv', 'linear'):
             lin = lin | {self._index[name]}
@@ -644,6 +639,7 @@ class ChannelTracer(TorchFunctionMode):
         if kind in ('conv', 'linear'):
             rec = self._record(name, kind)
             self._merge_input(rec, lab)
+            self._read_columns(rec, m, lab, frozen)
             if rec.out is None:
                 rec.out = self.atoms.new(m.weight.shape[0])
                 if self.fixed(name, m):
@@ -676,6 +672,40 @@ class ChannelTracer(TorchFunctionMode):
                 else '')
             if out is not None:
                 self._fresh(out, f'{type(m).__name__} {name}')
+
+    def _read_columns(self, rec: ModuleRecord, m: nn.Module, lab: Labels,
+                      frozen: bool) -> None:
+        """Reader pruning (fine mode): give each weight column that reads a
+        residual stream its own atom, so this reader keeps its own subset
+        of the stream. ``lab``: labels of the incoming (C_inc,) tensor;
+        ``rec.src`` (C_w,) maps weight columns to incoming positions (an
+        earlier gather, else the identity). Calls of a shared reader must
+        read the stream at the same columns; a column that does not is
+        left to the stream (full width), which is always exact."""
+        src = read_sources(m)
+        if src is None and not self.read_pruning:
+            return
+        if src is None:
+            src = np.arange(lab.width)
+        if rec.src is None:
+            rec.src = src
+        if not self.read_pruning:
+            return
+        cols = lab.atoms[src]  # (C_w,) incoming atom of each column
+        on_stream = np.isin(cols, np.fromiter(self._stream_ids, np.int64,
+                                              len(self._stream_ids)))
+        if rec.kind == 'linear' and \
+                len(np.unique(cols[on_stream])) != int(on_stream.sum()):
+            # a flattened map repeats a channel over k columns: reading a
+            # subset of those would need k-wide units; read it whole
+            on_stream[:] = False
+        if rec.read is None:
+            rec.read = np.full(len(src), -1, dtype=np.int64)
+            rec.read[on_stream] = self.atoms.new(int(on_stream.sum()))
+        else:  # a shared reader: keep the columns every call reads freely
+            rec.read[~on_stream] = -1
+        if frozen:
+            self.atoms.pin(rec.read[rec.read >= 0], f'frozen {rec.name}')
 
     def _tie_groupnorm(self, name, m, lab: Labels) -> None:
         """Make each GroupNorm block one prunable unit (module docstring):
@@ -752,7 +782,10 @@ class ChannelTracer(TorchFunctionMode):
         """Run ``forward_fn(*inputs)`` under the tracer; return the output."""
         handles = []
         for m in self.model.modules():
-            handles.append(m.register_forward_pre_hook(self._pre_hook))
+            # a gathering reader's pre-hook was registered at surgery;
+            # ours must run first to see the input before the gather
+            handles.append(m.register_forward_pre_hook(
+                self._pre_hook, prepend=hasattr(m, READ_BUFFER)))
             handles.append(m.register_forward_hook(self._post_hook))
         try:
             traced = []
@@ -784,7 +817,7 @@ class ChannelTracer(TorchFunctionMode):
                 if rec is None:
                     continue
                 why = f'parameter of {mname} read by {where}'
-                for atoms in (rec.out, rec.inp):
+                for atoms in (rec.out, rec.inp, rec.read):
                     if atoms is not None:
                         self.atoms.pin(atoms, why)
                 self.opaque[mname] = why + ': channels pinned'

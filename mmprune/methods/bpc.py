@@ -2,13 +2,13 @@
 
 Paper: He, Huang, Liang, Liang, Yang, "Blending Pruning Criteria for
 Convolutional Neural Networks", ICANN 2021, LNCS 12894 pp. 3-15,
-arXiv 2107.05033 (abstract only). Specification: methods spec §2.
+arXiv 2107.05033 (abstract only). Specification: docs/methods.md §2.
 
 Confirmed: criteria are clustered layer-wise by the rank of their scores;
 calibration factors weigh the blending candidates; an evolutionary
 algorithm searches the blend.
 
-Our choices (methods spec §2B, all configurable here):
+Our choices (docs/methods.md §2B, all configurable here):
 
 * pool {L1, L2, FPGM, BN-gamma, Taylor-FO, HRank}
   (:data:`mmprune.criteria.blended.DEFAULT_POOL`), data-driven members on
@@ -24,8 +24,13 @@ Our choices (methods spec §2B, all configurable here):
 * allocation: uniform ratio per group solved for the FLOPs target
   (``'global'`` optional); prune once after training, then fine-tune
   (YOLOX 100 epochs at 0.5x LR; Faster R-CNN 12 epochs);
-* residual streams, FPN (coupled), heads shared across levels and the RoI
-  head excluded.
+* what it prunes on ResNet detectors (our choice, configs/README.md):
+  as ACP-TP, every group but the residual streams (``exclude_streams``,
+  the paper prunes plain conv layers), so the FPN output convs, the heads
+  shared across levels and the RPN conv are pruned, except the RoI head:
+  HRank, one of the six criteria, ranks feature maps and has no score for
+  its fully connected layers. One uniform allocation reaches 0.26 of the
+  FLOPs on both R50 detectors at 800x1333.
 
 The preset's criterion is the uniform blend of the pool; replace it with
 the blend the search writes (``criterion=dict(type='BlendedCriterion',
@@ -47,15 +52,11 @@ BPC = MethodPreset(
     allocator=dict(type='UniformAllocator', ratio=0.5, budget='flops',
                    min_keep=8, max_prune_ratio=0.8, round_to=1),
     regularizers=(),
-    schedules=dict(
-        yolox=dict(unit='once', when='before_train', finetune_epochs=100,
-                   lr_mult=0.5, no_mosaic_last_epochs=15),
-        rcnn_1x=dict(unit='once', when='before_train', finetune_epochs=12,
-                     lr_mult=1.0),
-    ),
+    # one cut of a trained model, then fine-tuning (tools/prune.py): no
+    # in-training default; the hook asks for begin/end
+    schedules=dict(yolox=dict(unit='once'), rcnn_1x=dict(unit='once')),
     family='yolox',
-    groups=dict(exclude_coupled=True, exclude_shared=True,
-                exclude=('^rpn_head', '^roi_head')),
+    groups=dict(exclude_streams=True, exclude=('^roi_head', )),
     options=dict(search=dict(pool=sorted(DEFAULT_POOL), rho_threshold=0.9,
                              vote=0.5, pop_size=32, generations=20, elite=8,
                              crossover_p=0.5, mutation_sigma=0.2,

@@ -82,18 +82,32 @@ class MethodPreset:
 
 def filter_groups(graph, exclude_coupled: bool = False,
                   exclude_shared: bool = False,
-                  exclude: Sequence[str] = ()) -> List[str]:
+                  exclude: Sequence[str] = (),
+                  exclude_stream_sources: bool = False,
+                  exclude_streams: bool = False) -> List[str]:
     """Names of ``graph``'s prunable groups a method prunes.
 
     Args:
         exclude_coupled (bool): leave out groups with more than one
-            producer (coupled residual streams, FPN laterals in coupled
-            mode). Defaults to False.
+            producer (coupled residual streams; in coupled mode also the
+            FPN: its laterals are coupled by the top-down adds and its
+            output convs by the head that reads every level). Defaults to
+            False.
         exclude_shared (bool): leave out groups whose producer runs more
             than once per forward (heads shared across FPN levels, e.g.
             RetinaNet's and the RPN's convs). Defaults to False.
         exclude (Sequence[str]): regexes; a group whose name matches one is
             left out (e.g. ``'^roi_head'``). Defaults to ().
+        exclude_stream_sources (bool): leave out groups written by the
+            identity side of a residual add (a shortcut, found from the
+            graph's structure: YOLOX's CSP ``main_conv``, ResNet's
+            ``downsample``; :meth:`ChannelGraph.stream_sources`). Defaults
+            to False.
+        exclude_streams (bool): leave out groups coupled by an element-wise
+            add (residual streams; the FPN laterals and top-down sums in
+            coupled mode) but keep groups coupled only by a shared reader
+            (the FPN output convs a head shared across levels reads):
+            :meth:`ChannelGraph.is_stream`. Defaults to False.
     """
     pats = [re.compile(p) for p in exclude]
     names = []
@@ -103,6 +117,10 @@ def filter_groups(graph, exclude_coupled: bool = False,
             continue
         if exclude_shared and any(graph.records[m.module].calls > 1
                                   for m in prods):
+            continue
+        if exclude_streams and graph.is_stream(g):
+            continue
+        if exclude_stream_sources and graph.stream_sources(g):
             continue
         if any(p.search(g.name) for p in pats):
             continue

@@ -16,6 +16,16 @@ builds the architecture and returns *the detector itself*, made prunable:
 
 The training hook applies the same treatment to a plain detector at
 ``before_run``, so training needs no wrapper; ``DetInferencer`` does.
+
+Why a factory and not an ordinary registered wrapper (a ``BaseModel``
+holding ``self.architecture``): mmengine's registry builds functions as
+well as classes, and a wrapper would change what the rest of the stack
+sees. Its state-dict keys would gain an ``architecture.`` prefix (a pruned
+checkpoint would no longer load into the plain detector, nor a dense one
+into the wrapper), and mmdet's hooks and test scripts read the detector's
+attributes on ``runner.model`` directly (``YOLOXModeSwitchHook`` sets
+``model.bbox_head.use_l1``, ``SyncNormHook`` walks its modules). A subclass
+of the detector's own class keeps keys, attributes and ``isinstance``.
 """
 from typing import Callable, Dict, List
 
@@ -23,7 +33,8 @@ import torch
 import torch.nn as nn
 from mmdet.registry import MODELS
 
-from ..structures import BUFFER, StructureError, decode, read_meta
+from ..runtime.rebuild import rebuild_structure
+from ..structures import BUFFER, decode, read_meta
 
 _CLASSES: Dict[type, type] = {}
 
@@ -47,7 +58,9 @@ def _prunable_class(cls: type) -> type:
     if cls not in _CLASSES:
         name = f'Prunable{cls.__name__}'
         new = type(name, (PrunableMixin, cls), {'__module__': __name__})
-        globals()[name] = new  # importable by name (pickle, repr)
+        # pickle finds a class by module and name: a dynamic class must be
+        # an attribute of the module its __module__ names
+        globals()[name] = new
         _CLASSES[cls] = new
     return _CLASSES[cls]
 
@@ -56,16 +69,12 @@ def _replay_from_state_dict(module, state_dict, prefix, *args):
     key = prefix + BUFFER
     if key not in state_dict:
         return
-    from ..apis import replay
     plans, size, _ = read_meta(decode(state_dict[key]))  # StructureError
-    try:
-        replay(module, plans, size)
-    except ValueError as e:  # the plans do not fit this model
-        raise StructureError(
-            f'the {key!r} buffer of this state dict describes a pruned '
-            f'structure the {type(module).__name__} built from the config '
-            f'cannot take (weights of another model or config?): {e}') \
-            from e
+    rebuild_structure(
+        module, plans, size, repr(key),
+        mismatch='the {source} buffer of this state dict describes a pruned '
+        'structure the {model} built from the config cannot take (weights '
+        'of another model or config?)')
 
 
 def make_prunable(model: nn.Module) -> nn.Module:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .surgery import check_groupnorms, tensor_slices
+from ..graph.layers import tensor_slices
+from .surgery import check_groupnorms
 
 
 class ChannelMask:

@@ -17,7 +17,8 @@ and a structure replay re-creates it (see :mod:`mmprune.structures`).
 import torch
 import torch.nn as nn
 
-BUFFER = 'mmprune_scatter'
+# the map's format is the graph's (the tracer reads it back)
+from ..graph.scatter_map import BUFFER, kept_positions
 
 
 def _scatter_hook(module: nn.Module, inputs, output: torch.Tensor):
@@ -34,16 +35,6 @@ def scatter_index(module: nn.Module):
     if gather is None:
         return None
     return kept_positions(gather)
-
-
-def kept_positions(gather: torch.Tensor) -> torch.Tensor:
-    # invariant (set_scatter): |S| < C, so the zero channel index |S| occurs
-    n_kept = int(gather.max())
-    pos = torch.full((n_kept, ), -1, dtype=torch.long)
-    for c, g in enumerate(gather.tolist()):
-        if g < n_kept:
-            pos[g] = c
-    return pos
 
 
 def set_scatter(module: nn.Module, kept: torch.Tensor, width: int) -> None:

@@ -1,8 +1,9 @@
 """Physical channel removal: rebuild Conv/BN/Linear tensors with kept indices.
 
-The per-layer-type knowledge of *which tensor dimension is which* lives only
-here (``_SLICES``). Both the physical pruner and the masker read it, so they
-cannot disagree.
+Which tensor dimension is which, and how a module refreshes its width
+attributes after a cut, is the layer-kind table's knowledge
+(:mod:`mmprune.graph.layers`): surgery, the masker, the cost model and the
+optimizer rebinding all read the same entries, so they cannot disagree.
 """
 from typing import Dict, Optional
 
@@ -11,25 +12,9 @@ import torch
 import torch.nn as nn
 
 from ..adapters.detector import set_roi_width, sync_static_attributes
+from ..graph.layers import KINDS, current_width, tensor_slices
 from . import scatter as scatter_mod
-
-# kind -> {param/buffer name: axis ('out' | 'in'), tensor dim}
-_SLICES = {
-    'conv': {'weight': (('out', 0), ('in', 1)), 'bias': (('out', 0), )},
-    'linear': {'weight': (('out', 0), ('in', 1)), 'bias': (('out', 0), )},
-    'dwconv': {'weight': (('out', 0), ), 'bias': (('out', 0), )},
-    'norm': {'weight': (('out', 0), ), 'bias': (('out', 0), ),
-             'running_mean': (('out', 0), ), 'running_var': (('out', 0), )},
-    # GroupNorm: only whole blocks of C/G channels go (docs/methods.md
-    # §0.3); prune_module checks that before slicing
-    'gn': {'weight': (('out', 0), ), 'bias': (('out', 0), )},
-}
-
-
-def tensor_slices(kind: str):
-    """``{tensor_name: ((axis, dim), ...)}`` for a module kind."""
-    return _SLICES.get(kind, {})
-
+from .gather import set_read_gather
 
 def _select(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.detach().index_select(dim, idx.to(t.device)).clone()
@@ -69,7 +54,7 @@ def prune_module(module: nn.Module, kind: str, out_idx: Optional[np.ndarray],
     if kind == 'gn':
         if out_idx is None or len(out_idx) == module.num_channels:
             return False
-        groups = groupnorm_blocks(module, out_idx, name or 'GroupNorm')
+        groupnorm_blocks(module, out_idx, name or 'GroupNorm')  # no splits
     idx = {'out': out_idx, 'in': in_idx}
     changed = False
     for tname, axes in tensor_slices(kind).items():
@@ -90,22 +75,13 @@ def prune_module(module: nn.Module, kind: str, out_idx: Optional[np.ndarray],
                                                 requires_grad=t.requires_grad))
         else:
             setattr(module, tname, new)
-    if kind == 'gn':  # also without affine parameters
-        module.num_channels, module.num_groups = len(out_idx), groups
+    if kind == 'gn':
+        # also without affine parameters: num_groups shrinks with the width
+        KINDS[kind].resize(module, out_idx)
         return True
     if not changed:
         return False
-    if kind == 'conv':
-        module.out_channels = module.weight.shape[0]
-        module.in_channels = module.weight.shape[1] * module.groups
-    elif kind == 'dwconv':
-        c = module.weight.shape[0]
-        module.in_channels = module.out_channels = module.groups = c
-    elif kind == 'linear':
-        module.out_features, module.in_features = module.weight.shape
-    elif kind == 'norm':
-        module.num_features = module.weight.shape[0] if \
-            module.weight is not None else len(module.running_mean)
+    KINDS[kind].resize(module, out_idx)  # width attributes from the tensors
     return True
 
 
@@ -113,7 +89,8 @@ def apply_compact(model: nn.Module, graph, keep: Dict[str, np.ndarray]
                   ) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
     """Remove every pruned channel of ``keep`` ({group: kept indices}).
 
-    Fine-mode writers are scattered back to full stream width. Returns the
+    Fine-mode writers are scattered back to full stream width, and readers
+    (``read_pruning``) gather their kept stream columns. Returns the
     per-module index map that was applied (for optimizer/EMA rebinding).
     """
     modules = dict(model.named_modules())
@@ -122,7 +99,7 @@ def apply_compact(model: nn.Module, graph, keep: Dict[str, np.ndarray]
     for name, entry in index_map.items():
         rec = graph.records[name]
         mod = modules[name]
-        full = _current_width(mod, rec.kind)
+        full = current_width(mod, rec.kind)
         if rec.kind == 'roi' and entry['in'] is not None:
             set_roi_width(model, name, len(entry['in']))
             continue
@@ -130,6 +107,9 @@ def apply_compact(model: nn.Module, graph, keep: Dict[str, np.ndarray]
         if name in graph.scatter and entry['out'] is not None:
             scatter_mod.set_scatter(
                 mod, torch.as_tensor(entry['out'], dtype=torch.long), full)
+        if entry.get('gather') is not None:  # a reader (fine mode)
+            set_read_gather(mod, torch.as_tensor(entry['gather']),
+                            entry['incoming'])
     sync_static_attributes(model)  # adapter: width attrs of wrappers
     return index_map
 
@@ -142,12 +122,3 @@ def check_groupnorms(modules: Dict[str, nn.Module], graph,
     for name, entry in index_map.items():
         if graph.records[name].kind == 'gn' and entry['out'] is not None:
             groupnorm_blocks(modules[name], entry['out'], name)
-
-
-def _current_width(mod: nn.Module, kind: str) -> int:
-    if kind == 'gn':
-        return mod.num_channels
-    if kind in ('conv', 'dwconv', 'linear', 'norm'):
-        return mod.weight.shape[0] if getattr(mod, 'weight', None) is not \
-            None else len(mod.running_mean)
-    return -1

@@ -4,7 +4,7 @@ Paper: Liu et al., "Learning Efficient Convolutional Networks through
 Network Slimming", ICCV 2017, https://arxiv.org/abs/1708.06519 (code:
 Eric-mingjie/network-slimming: ``grad += lambda_s * sign(gamma)``). FCP
 (Chen et al., ICANN 2020, DOI 10.1007/978-3-030-61616-8_1) uses it as its
-criterion's training (methods spec §3(a), our choice there).
+criterion's training (docs/methods.md §3(a), our choice there).
 
 ``L = lambda_s * sum |gamma_c|`` over the BN channels of the prunable
 groups. Our choices: only channels that may be pruned are penalised (the
@@ -12,7 +12,7 @@ BN channels of unpinned group channels; shrinking a channel that must stay
 only hurts accuracy), frozen gammas are skipped, and the term is a loss
 (autograd gives the paper's sub-gradient ``lambda_s * sign(gamma)``).
 ``lambda_s``: 1e-4 (VGG), 1e-5 (ResNet), 2e-5 suggested for YOLOX whose
-losses are sums (spec §3(e)).
+losses are sums (docs/methods.md §3(e)).
 """
 from typing import List, Tuple
 
@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 
 from ..registry import REGULARIZERS
+from .base import BaseRegularizer
 
 STATE_VERSION = 1
 
 
 @REGULARIZERS.register_module()
-class BNL1Regularizer:
+class BNL1Regularizer(BaseRegularizer):
     """``lambda_s * sum |gamma|`` over prunable BN channels.
 
     Args:
@@ -81,7 +82,7 @@ class BNL1Regularizer:
     def state_dict(self) -> dict:
         return dict(version=STATE_VERSION, weight=self.weight)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, graph=None) -> None:
         if not isinstance(state, dict) or \
                 state.get('version') != STATE_VERSION:
             raise ValueError(f'not a version {STATE_VERSION} '

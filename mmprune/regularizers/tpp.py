@@ -2,7 +2,7 @@
 
 Paper: Wang & Fu, "Trainability Preserving Neural Pruning", ICLR 2023,
 https://arxiv.org/abs/2207.12534 (code: MingSun-Tse/TPP,
-``pruner/opp_pruner.py``; methods spec §1A(b), confirmed from the code).
+``pruner/opp_pruner.py``; docs/methods.md §1A(b), confirmed from the code).
 Used by ACP-TP (Liu et al., PRCV 2023, DOI 10.1007/978-981-99-8549-4_12)
 to "protect trainability" of the channels selected for pruning (§1B).
 
@@ -14,7 +14,7 @@ For every producer ``l`` of a group with a selected (to-prune) set ``P``:
   nothing); total ``lw_opp * lambda(t) * sum_l L_gram,l``;
 * growing L2 on the selected weights and biases, as the loss term
   ``0.5 * lambda(t) * ||theta_P||^2`` whose gradient is TPP's
-  ``grad += lambda * theta`` (methods spec §5.2 allows the loss form);
+  ``grad += lambda * theta`` (docs/methods.md §5.2 allows the loss form);
 * BN: ``0.5 * lambda(t) * (gamma_P^2 + beta_P^2)`` on the BN channels of
   ``P`` (paper Eq. 5);
 * ramp: ``lambda(t) = min(lambda_max, lambda_0 + delta * floor(t / K))``
@@ -24,11 +24,13 @@ For every producer ``l`` of a group with a selected (to-prune) set ``P``:
 Our choices: coupled groups regularise every producer's rows of ``P`` (the
 Gram matrix is per producer, its full output width); depthwise convs are
 not producers, so their channels are handled through their group's
-producers and BNs (spec §1B(i)); frozen parameters are skipped;
-``set_selection(..., reset_lambda=True)`` restarts the ramp for ACP-TP's
-per-event windows (:meth:`delta_for_window` turns a window length into
-``delta``). The state is JSON-safe (lambda, step, selection by group name)
-and must be re-bound to a graph after loading.
+producers and BNs (docs/methods.md §1B(i)); frozen parameters are skipped;
+``set_selection(..., window=W)`` restarts the ramp for ACP-TP's per-event
+windows and sets ``delta`` so lambda reaches ``lambda_max`` after ``W``
+iterations (:meth:`delta_for_window`). The state is JSON-safe and whole
+(every hyper-parameter, ``delta`` included, the step and the selection by
+group name: a resumed run continues the same lambda trajectory) and must be
+re-bound to a graph after loading.
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,12 +40,16 @@ import torch
 import torch.nn as nn
 
 from ..registry import REGULARIZERS
+from .base import BaseRegularizer
 
-STATE_VERSION = 1
+# 2: the whole state (delta, lambda_max, ... as the run set them); 1 had
+# only steps and the selection
+STATE_VERSION = 2
+_HYPER = ('lw_opp', 'delta', 'interval', 'lambda_max', 'lambda_init')
 
 
 @REGULARIZERS.register_module()
-class TPPRegularizer:
+class TPPRegularizer(BaseRegularizer):
     """TPP Gram decorrelation + growing L2 + BN penalty on a selection.
 
     Args:
@@ -93,6 +99,10 @@ class TPPRegularizer:
         self._norms: List[Tuple[str, torch.Tensor]] = []
         self._graph = None
 
+    @property
+    def selective(self) -> bool:
+        return True
+
     # -------------------------------------------------------------- ramp
     @property
     def lambda_(self) -> float:
@@ -117,9 +127,19 @@ class TPPRegularizer:
 
     # --------------------------------------------------------- selection
     def set_selection(self, graph, selection: Dict[str, Sequence[int]],
+                      window: Optional[int] = None,
                       reset_lambda: bool = False) -> None:
         """Regularise ``selection`` (``{group: to-prune group indices}``)
-        of ``graph`` from now on (replaces the previous selection)."""
+        of ``graph`` from now on (replaces the previous selection).
+
+        ``window`` (iterations until the selection is removed) restarts the
+        ramp and sets ``delta`` so lambda reaches ``lambda_max`` at its end
+        (ACP-TP, docs/methods.md §1B(b)); ``reset_lambda`` only restarts.
+        """
+        if window is not None:
+            self.delta = self.delta_for_window(window, self.lambda_max,
+                                               self.interval)
+            reset_lambda = True
         groups = {g.name: g for g in graph.groups}
         clean = {}
         for name, idx in selection.items():
@@ -206,17 +226,20 @@ class TPPRegularizer:
 
     # ------------------------------------------------------------- state
     def state_dict(self) -> dict:
-        """JSON-safe state: lambda, step, selection by group name."""
+        """JSON-safe state: hyper-parameters, step, lambda, selection by
+        group name."""
         return dict(version=STATE_VERSION, steps=int(self.steps),
                     lambda_=float(self.lambda_),
+                    **{k: getattr(self, k) for k in _HYPER},
                     selection={k: [int(i) for i in v]
                                for k, v in sorted(self.selection.items())})
 
     def load_state_dict(self, state: dict, graph=None) -> None:
         """Restore :meth:`state_dict` output; ``graph`` (defaults to the
-        one of the last :meth:`set_selection`) resolves the group names."""
+        one of the last :meth:`set_selection`) resolves the group names.
+        A version 1 state (no hyper-parameters) keeps the current ones."""
         if not isinstance(state, dict) or \
-                state.get('version') != STATE_VERSION:
+                state.get('version') not in (1, STATE_VERSION):
             raise ValueError(f'not a version {STATE_VERSION} '
                              f'TPPRegularizer state: {state!r}')
         steps = state.get('steps')
@@ -231,6 +254,12 @@ class TPPRegularizer:
         if graph is None and sel:
             raise ValueError('load_state_dict needs the channel graph the '
                              'selection refers to (graph=...)')
+        if state['version'] == STATE_VERSION:
+            hyper = {k: state.get(k) for k in _HYPER}
+            # validated by the constructor's checks, flags kept
+            TPPRegularizer(**hyper)
+            for k, v in hyper.items():
+                setattr(self, k, v if k == 'interval' else float(v))
         if graph is not None:
             self.set_selection(graph, sel)
         self.steps = steps

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..pruners.surgery import apply_compact, tensor_slices
+from ..graph.layers import tensor_slices
+from ..pruners.surgery import apply_compact
 
 
 def unwrap(model: nn.Module) -> nn.Module:

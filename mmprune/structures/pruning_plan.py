@@ -21,17 +21,25 @@ class PruningPlan:
         residual_mode (str): the residual mode the groups were traced in.
         widths (dict[str, int]): group width when the plan was made (checked
             on replay, so a plan never lands on the wrong model).
+        read_pruning (bool): fine mode only: the groups were traced with
+            reader groups (``'<reader>:in'``), so a replay traces the same
+            way and rebuilds the readers' gathers. Written to the record
+            only when True, so older records read back unchanged.
     """
     keep: Dict[str, List[int]] = field(default_factory=dict)
     residual_mode: str = 'coupled'
     widths: Dict[str, int] = field(default_factory=dict)
     version: int = PLAN_VERSION
+    read_pruning: bool = False
 
     def to_dict(self) -> dict:
-        return dict(version=self.version, residual_mode=self.residual_mode,
-                    keep={k: [int(i) for i in v]
-                          for k, v in sorted(self.keep.items())},
-                    widths={k: int(v) for k, v in sorted(self.widths.items())})
+        d = dict(version=self.version, residual_mode=self.residual_mode,
+                 keep={k: [int(i) for i in v]
+                       for k, v in sorted(self.keep.items())},
+                 widths={k: int(v) for k, v in sorted(self.widths.items())})
+        if self.read_pruning:
+            d['read_pruning'] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> 'PruningPlan':
@@ -65,8 +73,16 @@ class PruningPlan:
         if d.get('residual_mode', 'coupled') not in ('coupled', 'fine'):
             raise ValueError(f'pruning plan residual_mode must be coupled or '
                              f'fine, got {d.get("residual_mode")!r}')
+        read_pruning = d.get('read_pruning', False)
+        if not isinstance(read_pruning, bool):
+            raise ValueError(f'pruning plan "read_pruning" must be a bool, '
+                             f'got {read_pruning!r}')
+        if read_pruning and d.get('residual_mode') != 'fine':
+            raise ValueError('pruning plan "read_pruning" needs residual_mode '
+                             '"fine"')
         return cls(keep=keep, residual_mode=d.get('residual_mode', 'coupled'),
-                   widths=dict(d.get('widths', {})))
+                   widths=dict(d.get('widths', {})),
+                   read_pruning=read_pruning)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -80,6 +96,10 @@ class PruningPlan:
         if graph.residual_mode != self.residual_mode:
             problems.append(f'plan residual mode {self.residual_mode!r} != '
                             f'graph {graph.residual_mode!r}')
+        if getattr(graph, 'read_pruning', False) != self.read_pruning:
+            problems.append(f'plan read_pruning={self.read_pruning} != graph '
+                            f'read_pruning='
+                            f'{getattr(graph, "read_pruning", False)}')
         names = {g.name: g for g in graph.groups}
         for gname, kept in self.keep.items():
             g = names.get(gname)

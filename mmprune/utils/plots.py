@@ -30,7 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from .io import atomic_write
-from .report import module_widths, stage_of
+from ..adapters.stages import stage_of
+from .report import module_widths
 
 #: (layer, channels before, channels after)
 WidthRow = Tuple[str, int, int]

@@ -3,36 +3,25 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_NORMS = (nn.modules.batchnorm._BatchNorm, )
-
-
-def stage_of(name: str) -> str:
-    """``backbone.stage2.1.main_conv.conv`` -> ``backbone.stage2``."""
-    parts = name.split('.')
-    return '.'.join(parts[:2]) if len(parts) > 2 else parts[0]
+from ..adapters.stages import stage_of
+from ..graph.layers import layer_kind
 
 
 def stage_rows(model: nn.Module, cost):
     """[(stage, conv out channels, FLOPs, params)] in module order, with
-    ``cost`` a :class:`~mmprune.utils.flops.CostModel` of ``model``. FLOPs
+    ``cost`` a :class:`~mmprune.costs.flops.CostModel` of ``model``. FLOPs
     follow the cost model (conv/linear MACs plus BN ops), so the stages sum
     to ``cost.flops()``."""
     rows = OrderedDict()
     for name, mod in model.named_modules():
-        if not isinstance(mod, _CONVS + _NORMS) or name not in cost.mult:
+        if name not in cost.mult:
             continue
         st = stage_of(name)
         ch, macs, params = rows.get(st, (0, 0, 0))
-        if isinstance(mod, _NORMS):
-            out = 0  # the channels column counts conv/linear outputs
-            macs += cost.mult[name] * cost.kernel[name] * mod.num_features
-        else:
-            w = mod.weight
-            out = w.shape[0]
-            # w[0] holds (C_in / groups) * k_h * k_w weights: the kernel
-            # size is already in it (cost.kernel must not be applied again)
-            macs += cost.mult[name] * w[0].numel() * out
+        kind = layer_kind(mod)
+        # the channels column counts conv/linear outputs, not norms'
+        out = 0 if kind.norm else kind.cost.widths(mod)[0]
+        macs += cost.module_macs(name, mod)
         params += sum(p.numel() for p in mod.parameters(recurse=False))
         rows[st] = (ch + out, macs, params)
     return [(k, *v) for k, v in rows.items()]
@@ -53,11 +42,7 @@ def module_widths(model: nn.Module) -> 'OrderedDict[str, int]':
     before and after."""
     widths = OrderedDict()
     for name, mod in model.named_modules():
-        for attr in ('out_channels', 'out_features', 'num_features',
-                     'num_channels'):
-            if isinstance(mod, (nn.modules.conv._ConvNd, nn.Linear,
-                                nn.modules.batchnorm._NormBase,
-                                nn.GroupNorm)) and hasattr(mod, attr):
-                widths[name] = int(getattr(mod, attr))
-                break
+        kind = layer_kind(mod)
+        if kind is not None and kind.cost is not None:
+            widths[name] = int(kind.cost.widths(mod)[0])  # C_out
     return widths

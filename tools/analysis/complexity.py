@@ -70,7 +70,7 @@ def main(argv=None):
     from mmprune.export import (ExportError, build_detector,
                                 load_pruned_detector, read_checkpoint)
     from mmprune.utils.io import write_json_atomic
-    from mmprune.utils.latency import measure_latency
+    from mmprune.costs import measure_latency
     from mmprune.utils.report import stage_table
 
     size = tuple(args.input_size)

@@ -11,7 +11,7 @@ and batch; the table (versioned JSON, written atomically) is then given to
 ``tools/prune.py --latency-table`` or to ``ChannelPruningHook(budget=
 'latency', latency_table=...)`` on the training machine, which refuses it
 if it does not fit the model, input size, batch or backend
-(:mod:`mmprune.utils.latency_grid` says how the table is measured and
+(:mod:`mmprune.costs.latency_grid` says how the table is measured and
 interpolated). Prints the number of layers, distinct curves, timed grid
 points, the dense latency and the seconds spent.
 """
@@ -24,7 +24,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
 
 
 def parse_args(argv=None):
-    from mmprune.utils.latency_backends import BACKENDS
+    from mmprune.costs.latency_backends import BACKENDS
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--out', required=True, help='table.json to write')
@@ -66,8 +66,8 @@ def main(argv=None):
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.export import build_detector
-    from mmprune.utils.latency_backends import make_backend
-    from mmprune.utils.latency_grid import measure_grid
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import measure_grid
 
     torch.set_num_threads(args.threads)
     kw = dict(threads=args.threads) if args.backend == 'onnxruntime' else {}

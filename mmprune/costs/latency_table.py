@@ -29,24 +29,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+# (kind, out width, in width) of a leaf module: the layer-kind table's
+# ``latency`` entry ('conv' | 'follow' | 'pass')
+from ..graph.layers import latency_widths
+
 VERSION = 1
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
-
-
-def _widths(mod: nn.Module, x: torch.Tensor):
-    """(kind, out width, in width) of a leaf module at its dense size."""
-    if isinstance(mod, _CONVS):
-        if mod.groups > 1:
-            return 'follow', mod.out_channels, mod.out_channels
-        return 'conv', mod.out_channels, mod.in_channels
-    if isinstance(mod, nn.Linear):
-        return 'conv', mod.out_features, mod.in_features
-    if isinstance(mod, _NORMS):
-        c = x.shape[1]
-        return 'follow', c, c
-    c = x.shape[1] if x.dim() >= 2 else 1
-    return 'pass', c, c
 
 
 class LatencyTable:
@@ -99,7 +86,7 @@ class LatencyTable:
                 start.pop(mod)
             x = next((a for a in args if isinstance(a, torch.Tensor)), None)
             if x is not None:
-                kind, c_out, c_in = _widths(mod, x)
+                kind, c_out, c_in = latency_widths(mod, x)
                 if name not in shape or kind != 'pass':
                     shape[name] = (kind, c_out, c_in)
                 else:  # a pool/activation called on several tensors

@@ -6,7 +6,7 @@ latency lookup tables over channel counts, measured on the target device,
 drive the pruning to a latency budget). Our reconstruction, all **our
 choice** where not said otherwise.
 
-Why: :mod:`mmprune.utils.latency_table` scales each layer's dense time
+Why: :mod:`mmprune.costs.latency_table` scales each layer's dense time
 linearly in its widths. Real kernels are not linear: widths that are not
 multiples of the vector width (8/16) are padded or fall to slower kernels,
 thin layers are launch/overhead bound, and pooling and activations are
@@ -30,7 +30,7 @@ The model:
   times a misaligned width (see below).
 * Every grid point is timed **in isolation**: a fresh layer at those
   widths on a random input of the captured shape with the channels
-  replaced, on a named backend (:mod:`mmprune.utils.latency_backends`).
+  replaced, on a named backend (:mod:`mmprune.costs.latency_backends`).
   Points with the same signature (kind, layer config, input shape without
   channels, widths) are timed once, so YOLOX's repeated blocks cost one.
 * **Interpolation**: piecewise linear per axis (bilinear for convs) over
@@ -72,7 +72,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .io import write_json_atomic
+from ..utils.io import write_json_atomic
 from .latency_backends import threads_note
 
 FORMAT = 'mmprune.latency_grid'
@@ -513,7 +513,7 @@ class LatencyGrid:
             forward_fn (Callable): runs the forward, ``forward_fn(*x)``.
             inputs (Sequence[Tensor]): ``[(N, 3, H, W)]`` at the table's
                 input size and batch.
-            backend: a backend of :mod:`mmprune.utils.latency_backends`.
+            backend: a backend of :mod:`mmprune.costs.latency_backends`.
             graph (ChannelGraph | None): the model's channel graph: axes
                 it cannot change get one point and grids start at the
                 narrowest width it allows. None: every axis gets a grid.
@@ -776,7 +776,7 @@ def measure_models(models: Dict[str, nn.Module], input_size: Sequence[int],
                    batch: int, backend, runs: int = 20, warmup: int = 3
                    ) -> Dict[str, dict]:
     """Median ms of each detector's tensor forward on ``backend``, timed in
-    interleaved rounds (:func:`mmprune.utils.latency.measure_latency`)."""
+    interleaved rounds (:func:`mmprune.costs.latency.measure_latency`)."""
     from ..adapters.detector import tensor_forward
     from .latency import measure_latency
     fns = {}

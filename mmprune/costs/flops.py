@@ -17,6 +17,8 @@ levels for a head shared across FPN levels). Then for any plan
 
 where primes are kept widths from :meth:`ChannelGraph.module_indices`.
 Modules the graph does not record (opaque) are charged at their traced cost.
+Which modules count, their kernel factor and widths come from the layer-kind
+table (:mod:`mmprune.graph.layers`, ``LayerKind.cost``).
 """
 from typing import Callable, Dict, Optional, Sequence
 
@@ -24,8 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+from ..graph.layers import kept_cost_widths, layer_kind, tensor_slices
 
 
 class CostModel:
@@ -44,27 +45,20 @@ class CostModel:
         # a measured LatencyTable for latency-aware allocation, or None
         self.latency = None
         names = {m: n for n, m in model.named_modules()}
+        costs = {}  # module -> its kind's LayerCost
         handles = []
 
         def hook(mod, inp, out):
-            name = names[mod]
-            if isinstance(mod, _CONVS):
-                n = out.numel() // out.shape[1]  # N * spatial positions
-                self.kernel[name] = int(np.prod(mod.kernel_size))
-            elif isinstance(mod, nn.GroupNorm):
-                # mean, var, normalise (+ scale, shift) per element
-                n = out.numel() // out.shape[1]
-                self.kernel[name] = 5 if mod.affine else 4
-            elif isinstance(mod, _NORMS):
-                n = out.numel() // out.shape[1]
-                self.kernel[name] = 2 if mod.affine else 1
-            else:
-                n = out.numel() // out.shape[-1]  # rows
-                self.kernel[name] = 1
+            name, cost = names[mod], costs[mod]
+            # output positions: every axis but the channel one
+            n = out.numel() // out.shape[cost.positions_dim]
+            self.kernel[name] = cost.kernel(mod)
             self.mult[name] = self.mult.get(name, 0) + n
 
         for m in model.modules():
-            if isinstance(m, _CONVS + _NORMS + (nn.Linear, )):
+            kind = layer_kind(m)
+            if kind is not None and kind.cost is not None:
+                costs[m] = kind.cost
                 handles.append(m.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -74,36 +68,29 @@ class CostModel:
                 h.remove()
         self._modules = {n: m for n, m in model.named_modules()
                          if n in self.mult}
+        self._costs = {n: costs[m] for n, m in self._modules.items()}
 
     def _macs(self, name: str, c_out: int, c_in: int, groups: int) -> int:
         return self.mult[name] * self.kernel[name] * c_out * (c_in // groups)
+
+    def module_macs(self, name: str, mod: Optional[nn.Module] = None
+                    ) -> int:
+        """MACs of counted module ``name`` at the current widths of
+        ``mod`` (default: the module this model was measured on)."""
+        mod = self._modules[name] if mod is None else mod
+        return int(self._macs(name, *self._costs[name].widths(mod)))
 
     def flops(self, graph=None, keep: Optional[dict] = None) -> int:
         """MACs now, or after ``keep`` ({group: kept idx}) on ``graph``."""
         idx = graph.module_indices(keep or {}) if graph is not None else {}
         total = 0
         for name, mod in self._modules.items():
-            if isinstance(mod, _CONVS):
-                c_out, c_in, g = mod.out_channels, mod.in_channels, mod.groups
-            elif isinstance(mod, nn.GroupNorm):
-                c_out, c_in, g = mod.num_channels, 1, 1
-            elif isinstance(mod, _NORMS):
-                c_out, c_in, g = mod.num_features, 1, 1
-            else:
-                c_out, c_in, g = mod.out_features, mod.in_features, 1
+            widths = self._costs[name].widths(mod)  # (C_out, C_in, groups)
             entry = idx.get(name)
             if entry is not None:
-                kind = graph.records[name].kind
-                if kind == 'dwconv':
-                    c_out = c_in = g = len(entry['out'])
-                elif kind in ('norm', 'gn'):
-                    c_out = len(entry['out'])
-                else:
-                    c_out = len(entry['out']) if entry['out'] is not None \
-                        else c_out
-                    c_in = len(entry['in']) if entry['in'] is not None \
-                        else c_in
-            total += self._macs(name, c_out, c_in, g)
+                widths = kept_cost_widths(graph.records[name].kind, widths,
+                                          entry)
+            total += self._macs(name, *widths)
         return int(total)
 
     @staticmethod
@@ -112,7 +99,6 @@ class CostModel:
 
     def params_after(self, model: nn.Module, graph, keep: dict) -> int:
         """Parameter count after ``keep`` without touching ``model``."""
-        from ..pruners.surgery import tensor_slices
         modules = dict(model.named_modules())
         saved = 0
         for name, entry in graph.module_indices(keep).items():
