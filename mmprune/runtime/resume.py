@@ -16,10 +16,11 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .. import apis
 from ..structures import META_KEY, PruningPlan, StructureError, read_meta
+from ..structures.model_record import model_plans, record_plans
 from .rebind import find_ema, rebind_optimizer, refresh_ema_cache, rewrap, \
     unwrap
+from .rebuild import rebuild_structure
 
 
 def replay_runner(runner, checkpoint: dict,
@@ -49,13 +50,7 @@ def replay_runner(runner, checkpoint: dict,
         raise StructureError(f'{src}: {e}') from e
     model = unwrap(runner.model)
     old = dict(model.named_parameters())
-    try:
-        applied = apis.replay(model, plans, size)
-    except ValueError as e:
-        raise StructureError(
-            f'{src}: its pruned structure does not fit the '
-            f'{type(model).__name__} built from the config (a checkpoint '
-            f'of another model or config?): {e}') from e
+    applied = rebuild_structure(model, plans, size, src)
     if applied:
         # the optimizer was built on the dense parameters; its state (when
         # resuming) is loaded after this, already pruned: no slicing
@@ -66,7 +61,7 @@ def replay_runner(runner, checkpoint: dict,
                              {})
         ema = find_ema(runner)
         if ema is not None:
-            apis.replay(ema.module, plans, size)
+            rebuild_structure(ema.module, plans, size, src)
             refresh_ema_cache(ema)
         rewrap(runner, model)
     return state or {}
@@ -77,8 +72,8 @@ def record_runner(runner, plan: PruningPlan,
     """Append ``plan`` (just applied by ``prune_runner``) to the structure
     record of the runner's model and of its EMA copy."""
     model = unwrap(runner.model)
-    plans = apis.model_plans(model) + [plan]
-    apis._record(model, plans, trace_size)
+    plans = model_plans(model) + [plan]
+    record_plans(model, plans, trace_size)
     ema = find_ema(runner)
     if ema is not None:
-        apis._record(ema.module, plans, trace_size)
+        record_plans(ema.module, plans, trace_size)

@@ -1,0 +1,97 @@
+"""What a ChannelPruningHook config resolves to: a method preset's settings
+overridden by the arguments given, built and validated before training."""
+from typing import Optional, Sequence
+
+from ..allocators.schedule import PruningSchedule
+from ..methods import get_method
+from ..registry import ALLOCATORS, CRITERIA, REGULARIZERS, build_from
+from ..regularizers import BaseRegularizer
+
+
+def resolve(method: Optional[str] = None, family: Optional[str] = None,
+            target: float = 0.5, budget: str = 'flops', criterion=None,
+            allocator: Optional[dict] = None,
+            regularizers: Optional[Sequence[dict]] = None,
+            residual_mode: Optional[str] = None, by_epoch: bool = True,
+            begin: Optional[int] = None, end: Optional[int] = None,
+            interval: Optional[int] = None, ramp: Optional[str] = None,
+            soft: Optional[bool] = None,
+            scoring_batches: Optional[int] = None,
+            exclude_groups: Optional[dict] = None, min_keep: int = 8,
+            max_prune_ratio: float = 0.8, round_to: int = 1) -> dict:
+    """The hook's components and settings (see ChannelPruningHook's Args).
+
+    Returns ``dict(method, target, budget, criterion, allocator_cfg,
+    regularizers,
+    residual_mode, soft, scoring_batches, exclude_groups, schedule,
+    derive)``: ``schedule`` is a :class:`PruningSchedule`, or None with
+    ``derive(max_epochs)`` building it from the preset's schedule rescaled
+    to the run (a method without ``begin``).
+    """
+    preset = get_method(method, family) if method is not None else None
+    if preset is not None:
+        criterion = criterion or preset.criterion
+        allocator = allocator or preset.allocator
+        residual_mode = residual_mode or preset.residual_mode
+        if regularizers is None:
+            regularizers = list(preset.regularizers)
+        if exclude_groups is None:
+            exclude_groups = dict(preset.groups)
+        if scoring_batches is None:
+            # GCP-FRS's scoring subset, BPC's calibration batches
+            scoring_batches = preset.options.get('scoring_batches') or \
+                preset.options.get('search', {}).get('calib_batches')
+        ramp = ramp or preset.allocator.get('ramp')
+    residual_mode = residual_mode or 'coupled'
+    if residual_mode not in ('coupled', 'fine'):
+        raise ValueError(f"residual_mode must be one of ('coupled', "
+                         f"'fine'), got {residual_mode!r}")
+    if scoring_batches is not None and not (
+            isinstance(scoring_batches, int) and scoring_batches >= 1):
+        raise ValueError(f'scoring_batches must be an int >= 1, got '
+                         f'{scoring_batches!r}')
+    crit = build_from(CRITERIA, criterion or 'L1Criterion', 'criterion')
+    if crit.needs_scoring_pass and not scoring_batches:
+        raise ValueError(f'criterion {type(crit).__name__} needs a scoring '
+                         f'pass at each event: set scoring_batches')
+    alloc_cfg = dict(allocator or dict(type='BudgetAllocator'))
+    for k, v in (('min_keep', min_keep), ('max_prune_ratio', max_prune_ratio),
+                 ('round_to', round_to), ('budget', budget)):
+        alloc_cfg.setdefault(k, v)
+    alloc_cfg['ratio'] = 1.0  # set per event
+    build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
+    regs = [build_from(REGULARIZERS, dict(r), 'regularizer')
+            for r in (regularizers or ())]
+    for r in regs:
+        if not isinstance(r, BaseRegularizer):
+            raise TypeError(f'regularizer {type(r).__name__} must subclass '
+                            f'mmprune.regularizers.BaseRegularizer')
+    soft = any(r.selective for r in regs) if soft is None else bool(soft)
+    sched = dict(target=target, ramp=ramp or 'cubic', soft=soft)
+    schedule, derive = None, None
+    if begin is None and preset is not None:
+        if end is not None or interval is not None:
+            raise ValueError('end/interval need begin: set begin too, or '
+                             'none of them for the preset schedule')
+        what = f'ChannelPruningHook(method={preset.name!r})'
+        if not by_epoch:
+            raise ValueError(f'{what}: the preset schedule is in epochs; '
+                             f'set begin= (and end=, interval=) for '
+                             f'by_epoch=False')
+        PruningSchedule((1, ), 1, **sched)  # validate target and ramp now
+
+        def rescaled(max_epochs: int) -> PruningSchedule:
+            return PruningSchedule.from_preset(preset.schedule, max_epochs,
+                                               what, **sched)
+        derive = rescaled
+    else:
+        schedule = PruningSchedule.from_range(
+            1 if begin is None else begin, end,
+            1 if interval is None else interval, **sched)
+    return dict(method=preset.name if preset is not None else None,
+                target=float(target), budget=budget,
+                criterion=crit, allocator_cfg=alloc_cfg, regularizers=regs,
+                residual_mode=residual_mode, soft=soft,
+                scoring_batches=scoring_batches,
+                exclude_groups=dict(exclude_groups or {}),
+                schedule=schedule, derive=derive)
