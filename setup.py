@@ -1,8 +1,8 @@
 from setuptools import find_packages, setup
 
 # Runtime dependencies are pinned in requirements/pins.txt and installed by
-# tools/setup_env.sh (mmcv needs a special build); here we only declare them loosely
-# so that `pip install -e .` never resolves another torch.
+# tools/setup_env.sh (mmcv needs a special build); here we only declare them
+# loosely so that `pip install -e .` never resolves another torch.
 setup(
     name='mmprune',
     version=open('mmprune/version.py').read().split("'")[1],

@@ -23,8 +23,11 @@ PACKAGES = ('torch', 'mmengine', 'mmcv', 'mmdet', 'mmprune', 'torch-pruning',
 def _git(*args: str) -> Optional[str]:
     """Output of a read-only git command in the repository, or None."""
     try:
-        out = subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
-                             text=True, timeout=20)
+        out = subprocess.run(['git', *args],
+                             cwd=ROOT,
+                             capture_output=True,
+                             text=True,
+                             timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
@@ -34,8 +37,9 @@ def git_info() -> dict:
     """``commit`` (HEAD), ``dirty`` (uncommitted changes to tracked files:
     the numbers may not be reproducible from the commit alone)."""
     status = _git('status', '--porcelain', '--untracked-files=no')
-    return dict(commit=_git('rev-parse', 'HEAD'),
-                dirty=None if status is None else bool(status))
+    return dict(
+        commit=_git('rev-parse', 'HEAD'),
+        dirty=None if status is None else bool(status))
 
 
 def _cpu_model() -> Optional[str]:
@@ -73,9 +77,14 @@ def versions() -> dict:
 
 def machine(device: str = 'cpu') -> dict:
     import torch
-    rec = dict(platform=platform.platform(), cpu=_cpu_model(),
-               cpus=os.cpu_count(), memory_gib=_memory_gib(),
-               hostname=platform.node(), device=device, gpu=None)
+    rec = dict(
+        platform=platform.platform(),
+        cpu=_cpu_model(),
+        cpus=os.cpu_count(),
+        memory_gib=_memory_gib(),
+        hostname=platform.node(),
+        device=device,
+        gpu=None)
     if device == 'cuda' and torch.cuda.is_available():
         rec['gpu'] = torch.cuda.get_device_name(0)
         rec['cuda'] = torch.version.cuda
@@ -84,6 +93,9 @@ def machine(device: str = 'cpu') -> dict:
 
 def environment(device: str = 'cpu') -> dict:
     """Machine, versions, git commit and the time, JSON-safe."""
-    return dict(machine=machine(device), versions=versions(), git=git_info(),
-                time=datetime.datetime.now().astimezone().isoformat(
-                    timespec='seconds'))
+    return dict(
+        machine=machine(device),
+        versions=versions(),
+        git=git_info(),
+        time=datetime.datetime.now().astimezone().isoformat(
+            timespec='seconds'))

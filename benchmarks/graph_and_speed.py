@@ -1,13 +1,15 @@
 """Graph-analysis time vs Torch-Pruning, and realized CPU speedup at a FLOPs
 target, for mmdet detectors built from their configs.
 
-    .venv/bin/python benchmarks/graph_and_speed.py [--models yolox_s retinanet_r50]
+    .venv/bin/python benchmarks/graph_and_speed.py \
+        [--models yolox_s retinanet_r50]
         [--ratio 0.5] [--out benchmarks/results/graph_and_speed.json]
 
 For each model it reports:
 * mmprune ``analyze`` time (trace at 128 px, the default, and at 640 px);
 * Torch-Pruning 1.6.1 ``DependencyGraph.build_dependency`` time at 640 px
-  (if torch-pruning is installed: ``pip install --no-deps torch-pruning==1.6.1``);
+  (if torch-pruning is installed:
+  ``pip install --no-deps torch-pruning==1.6.1``);
 * dense vs compact (L1, ``--ratio`` FLOPs kept, BudgetAllocator with its
   default limits and with the "speed" limits ``max_prune_ratio=0.5,
   round_to=8``) MACs and CPU latency at the model's usual input size,
@@ -29,41 +31,53 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # BudgetAllocator settings compared (L1 scores, same FLOPs target)
 SETTINGS = {
-    'default': dict(type='BudgetAllocator'),  # max_prune_ratio=0.8
-    'speed': dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=8),
+    'default':
+    dict(type='BudgetAllocator'),  # max_prune_ratio=0.8
+    'speed':
+    dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=8),
     # cost-aware global order: expensive channels go first, so fewer
     # channels (and fewer thin layers) are needed for the same FLOPs
-    'cost_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
-                       max_prune_ratio=0.5, round_to=8),
+    'cost_aware':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        max_prune_ratio=0.5,
+        round_to=8),
     # the same order by *measured time* saved per channel (pools and
     # activations included, mmprune/costs/latency_table.py), so the FLOPs
     # budget is spent where the device spends its time
-    'latency_aware': dict(type='AdaptiveAllocator', cost_weight=1.0,
-                          cost_measure='latency', max_prune_ratio=0.7,
-                          round_to=16),
+    'latency_aware':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        cost_measure='latency',
+        max_prune_ratio=0.7,
+        round_to=16),
 }
 
 
 def needs_latency(settings) -> bool:
     """Whether any of ``settings`` orders channels by measured latency."""
-    return any(SETTINGS[s].get('cost_measure') == 'latency'
-               for s in settings if s in SETTINGS)
+    return any(SETTINGS[s].get('cost_measure') == 'latency' for s in settings
+               if s in SETTINGS)
+
 
 CONFIGS = {
     'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', (416, 416)),
     'yolox_s': ('mmdet::yolox/yolox_s_8xb8-300e_coco.py', (640, 640)),
     'yolox_l': ('mmdet::yolox/yolox_l_8xb8-300e_coco.py', (640, 640)),
-    'retinanet_r50': ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py',
-                      (800, 1344)),
-    'faster_rcnn_r50': ('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py',
-                        (800, 1344)),
+    'retinanet_r50':
+    ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', (800, 1344)),
+    'faster_rcnn_r50':
+    ('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', (800, 1344)),
 }
 
 
 def build(name):
-    import mmprune  # noqa: F401
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
+    import mmprune  # noqa: F401
     from mmprune.apis import load_config
     from mmprune.utils.offline import check_offline_weights
     register_all_modules()
@@ -107,6 +121,7 @@ def tp_graph_time(model, size):
     except ImportError:
         return None
     from mmprune.adapters import flatten_tensors, tensor_forward
+
     # the same call mmprune traces: a two-stage detector's tensor forward
     # needs data samples with image meta for its RPN
     forward, (x, ) = tensor_forward(model, size)
@@ -116,7 +131,9 @@ def tp_graph_time(model, size):
 
     t = time.perf_counter()
     tp.DependencyGraph().build_dependency(
-        model, example_inputs=x, forward_fn=fwd,
+        model,
+        example_inputs=x,
+        forward_fn=fwd,
         output_transform=lambda o: sum(t.sum() for t in flatten_tensors(o)))
     return time.perf_counter() - t
 
@@ -136,8 +153,8 @@ def graph_times(name, model=None):
     apis.analyze(model, input_size=size)
     rec['mmprune_graph_s_full_size'] = time.perf_counter() - t
     try:
-        rec['torch_pruning_graph_s'] = tp_graph_time(copy.deepcopy(model),
-                                                     size)
+        rec['torch_pruning_graph_s'] = tp_graph_time(
+            copy.deepcopy(model), size)
     except Exception as e:  # noqa: BLE001  (recorded, not hidden)
         # Torch-Pruning may fail on a detector (e.g. the RPN's proposal
         # selection inside a two-stage forward): keep mmprune's numbers
@@ -147,11 +164,10 @@ def graph_times(name, model=None):
 
 
 def run_model(name, ratio, runs):
-    import torch
     from mmprune import apis
     from mmprune.adapters import tensor_forward
-    from mmprune.registry import ALLOCATORS, build_from
     from mmprune.criteria import L1Criterion
+    from mmprune.registry import ALLOCATORS, build_from
     size = CONFIGS[name][1]
     model = build(name)
     rec = dict(model=name, input_size=list(size))
@@ -186,28 +202,38 @@ def run_model(name, ratio, runs):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument('--models', nargs='+', default=['yolox_s',
-                                                   'retinanet_r50'],
-                   choices=sorted(CONFIGS))
+    p.add_argument(
+        '--models',
+        nargs='+',
+        default=['yolox_s', 'retinanet_r50'],
+        choices=sorted(CONFIGS))
     p.add_argument('--ratio', type=float, default=0.5)
     p.add_argument('--runs', type=int, default=5)
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads for the latency runs (1 is '
-                   'the least sensitive to other load on the machine)')
-    p.add_argument('--out',
-                   default='benchmarks/results/graph_and_speed.json')
+    p.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='torch intra-op threads for the latency runs (1 is '
+        'the least sensitive to other load on the machine)')
+    p.add_argument('--out', default='benchmarks/results/graph_and_speed.json')
     a = p.parse_args()
-    import torch
     import mmdet
+    import torch
     torch.set_num_threads(a.threads)
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True,
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'],
+                            capture_output=True,
                             text=True).stdout.strip()
-    res = dict(machine=dict(platform=platform.platform(),
-                            cpus=os.cpu_count(),
-                            processor=platform.processor()),
-               versions=dict(torch=torch.__version__, mmdet=mmdet.__version__),
-               commit=commit, ratio=a.ratio, threads=a.threads, runs=a.runs,
-               results=[])
+    res = dict(
+        machine=dict(
+            platform=platform.platform(),
+            cpus=os.cpu_count(),
+            processor=platform.processor()),
+        versions=dict(torch=torch.__version__, mmdet=mmdet.__version__),
+        commit=commit,
+        ratio=a.ratio,
+        threads=a.threads,
+        runs=a.runs,
+        results=[])
     for m in a.models:
         r = run_model(m, a.ratio, a.runs)
         print(json.dumps(r))

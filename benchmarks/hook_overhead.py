@@ -34,12 +34,14 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def build(cfg_name):
-    import mmprune  # noqa: F401
+    import warnings
+
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
+    import mmprune  # noqa: F401
     from mmprune.apis import load_config
     from mmprune.utils.offline import check_offline_weights
-    import warnings
     register_all_modules()
     cfg = load_config(cfg_name)
     with warnings.catch_warnings():
@@ -55,6 +57,7 @@ class FakeRunner:
 
     def __init__(self, model, optim_wrapper):
         import logging
+
         from mmengine.logging import MessageHub
         self.model, self.optim_wrapper = model, optim_wrapper
         self.hooks, self.epoch, self.iter = [], 0, 0
@@ -66,8 +69,8 @@ class FakeRunner:
 def train_step(model, wrapper, batch):
     with wrapper.optim_context(model):
         losses = model(*batch, mode='loss')
-    loss = sum(v for k, v in losses.items() if 'loss' in k and
-               not isinstance(v, list))
+    loss = sum(v for k, v in losses.items()
+               if 'loss' in k and not isinstance(v, list))
     wrapper.update_params(loss)
 
 
@@ -79,10 +82,12 @@ def fake_batch(n, size, num_classes=80):
     x = torch.rand(n, 3, size, size, generator=gen)
     samples = []
     for _ in range(n):
-        s = DetDataSample(metainfo=dict(img_shape=(size, size),
-                                        batch_input_shape=(size, size),
-                                        pad_shape=(size, size),
-                                        scale_factor=(1., 1.)))
+        s = DetDataSample(
+            metainfo=dict(
+                img_shape=(size, size),
+                batch_input_shape=(size, size),
+                pad_shape=(size, size),
+                scale_factor=(1., 1.)))
         inst = InstanceData()
         inst.bboxes = torch.tensor([[10., 20., 120., 160.],
                                     [150., 40., 300., 300.]])
@@ -95,10 +100,11 @@ def fake_batch(n, size, num_classes=80):
 def masked_iteration_ratio(iters, size=320):
     import torch
     from mmengine.optim import OptimWrapper
+
     from mmprune.hooks import ChannelPruningHook
     model = build('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py').train()
-    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
-                                           momentum=0.9))
+    wrapper = OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     batch = fake_batch(2, size)
     runner = FakeRunner(model, wrapper)
     hook = ChannelPruningHook(target=0.5, soft=True, input_size=(size, size))
@@ -127,14 +133,14 @@ def masked_iteration_ratio(iters, size=320):
         step_ms=statistics.median(plain) * 1e3)
 
 
-def event_seconds(config='mmdet::yolox/yolox_s_8xb8-300e_coco.py',
-                  size=640):
+def event_seconds(config='mmdet::yolox/yolox_s_8xb8-300e_coco.py', size=640):
     import torch
     from mmengine.optim import OptimWrapper
+
     from mmprune.hooks import ChannelPruningHook
     model = build(config).train()
-    wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4,
-                                           momentum=0.9))
+    wrapper = OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
     runner = FakeRunner(model, wrapper)
     hook = ChannelPruningHook(target=0.5, input_size=(size, size))
     hook.before_run(runner)
@@ -146,66 +152,86 @@ def event_seconds(config='mmdet::yolox/yolox_s_8xb8-300e_coco.py',
 
 def _run_cfg(data, work, epochs, size, prune, allocator=None):
     """YOLOX-tiny from mmdet's config on the synthetic COCO set."""
+    import warnings
+
     from mmprune.apis import load_config
     from mmprune.utils.offline import check_offline_weights
-    import warnings
     cfg = load_config('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         check_offline_weights(cfg)
     cfg.model.bbox_head.num_classes = len(data['classes'])
     cfg.model.data_preprocessor.batch_augments = None
-    pipe = [dict(type='LoadImageFromFile'),
-            dict(type='LoadAnnotations', with_bbox=True),
-            dict(type='Resize', scale=(size, size), keep_ratio=True),
-            dict(type='Pad', size=(size, size),
-                 pad_val=dict(img=(114., 114., 114.))),
-            dict(type='PackDetInputs')]
+    pipe = [
+        dict(type='LoadImageFromFile'),
+        dict(type='LoadAnnotations', with_bbox=True),
+        dict(type='Resize', scale=(size, size), keep_ratio=True),
+        dict(
+            type='Pad',
+            size=(size, size),
+            pad_val=dict(img=(114., 114., 114.))),
+        dict(type='PackDetInputs')
+    ]
     cfg.train_dataloader = dict(
-        batch_size=4, num_workers=0, persistent_workers=False,
+        batch_size=4,
+        num_workers=0,
+        persistent_workers=False,
         sampler=dict(type='DefaultSampler', shuffle=True),
-        dataset=dict(type='CocoDataset', data_root=data['coco_root'],
-                     ann_file='annotations/instances_train2017.json',
-                     data_prefix=dict(img='train2017/'),
-                     metainfo=dict(classes=tuple(data['classes'])),
-                     pipeline=pipe))
-    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs,
-                         val_interval=10**6)
+        dataset=dict(
+            type='CocoDataset',
+            data_root=data['coco_root'],
+            ann_file='annotations/instances_train2017.json',
+            data_prefix=dict(img='train2017/'),
+            metainfo=dict(classes=tuple(data['classes'])),
+            pipeline=pipe))
+    cfg.train_cfg = dict(
+        type='EpochBasedTrainLoop', max_epochs=epochs, val_interval=10**6)
     cfg.val_dataloader = cfg.val_evaluator = cfg.val_cfg = None
     cfg.test_dataloader = cfg.test_evaluator = cfg.test_cfg = None
     cfg.param_scheduler = []
-    cfg.custom_hooks = [h for h in cfg.custom_hooks
-                        if h['type'] != 'YOLOXModeSwitchHook']
+    cfg.custom_hooks = [
+        h for h in cfg.custom_hooks if h['type'] != 'YOLOXModeSwitchHook'
+    ]
     if prune:
-        hook = dict(type='ChannelPruningHook', target=0.5, begin=1, end=1,
-                    input_size=(size, size))
+        hook = dict(
+            type='ChannelPruningHook',
+            target=0.5,
+            begin=1,
+            end=1,
+            input_size=(size, size))
         if allocator is not None:
             hook['allocator'] = allocator
         cfg.custom_hooks.append(hook)
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook',
-                                        interval=10**6)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=10**6)
     cfg.work_dir = work
     cfg.visualizer.pop('name', None)
     return cfg
 
 
-def prune_run_ratio(epochs=4, size=320, num_train=32,
-                    settings=('latency_aware', ), repeats=2):
+def prune_run_ratio(epochs=4,
+                    size=320,
+                    num_train=32,
+                    settings=('latency_aware', ),
+                    repeats=2):
     """Wall time of training that cuts to 50 % FLOPs after epoch 1, over
     the dense run with the same epochs (all built the same way): returns
     (ratio with the default allocator, {run: mean seconds}); ``settings``
     adds runs with those allocator settings of ``graph_and_speed.SETTINGS``.
     Each run is repeated ``repeats`` times, in reversed order every other
     time, since one 30 s run on a shared machine varies by about 10 %."""
-    from benchmarks.graph_and_speed import SETTINGS
-    from mmengine.runner import Runner
     from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    from benchmarks.graph_and_speed import SETTINGS
     from mmprune.datasets import make_synthetic_dataset
     register_all_modules(init_default_scope=False)
     tmp = tempfile.mkdtemp()
-    data = make_synthetic_dataset(osp.join(tmp, 'synth'),
-                                  num_train=num_train, num_val=4, size=size,
-                                  seed=0)
+    data = make_synthetic_dataset(
+        osp.join(tmp, 'synth'),
+        num_train=num_train,
+        num_val=4,
+        size=size,
+        seed=0)
     runs = dict(dense=(False, None), pruned=(True, None))
     runs.update({s: (True, dict(SETTINGS[s])) for s in settings})
     times = {name: [] for name in runs}
@@ -229,12 +255,12 @@ def main():
     p.add_argument('--out', default='benchmarks/results/hook_overhead.json')
     a = p.parse_args()
     import torch
-    res = dict(machine=dict(platform=platform.platform(),
-                            cpus=os.cpu_count()),
-               torch=torch.__version__,
-               commit=subprocess.run(['git', 'rev-parse', 'HEAD'],
-                                     capture_output=True,
-                                     text=True).stdout.strip())
+    res = dict(
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count()),
+        torch=torch.__version__,
+        commit=subprocess.run(['git', 'rev-parse', 'HEAD'],
+                              capture_output=True,
+                              text=True).stdout.strip())
     res['masked_iter_ratio'], res['masked_iter'] = masked_iteration_ratio(
         a.iters)
     res['event_seconds'] = event_seconds()
@@ -246,6 +272,7 @@ def main():
     print(json.dumps(res, indent=1))
     from mmprune.utils.io import write_json_atomic
     write_json_atomic(res, a.out, indent=1)
+
 
 if __name__ == '__main__':
     main()

@@ -57,10 +57,14 @@ ALL_METHODS = ('dense', ) + PEER_METHODS + MMPRUNE_METHODS + \
 PROTOCOLS = ('trained', 'scratch')
 
 LABELS = dict(
-    dense='dense', l1_uniform='L1 uniform (one-shot)',
+    dense='dense',
+    l1_uniform='L1 uniform (one-shot)',
     tp_magnitude='Torch-Pruning magnitude (global)',
-    tp_taylor='Torch-Pruning Taylor (global)', acp_tp='mmprune ACP-TP',
-    bpc='mmprune BPC', fcp='mmprune FCP', gcp_frs='mmprune GCP-FRS',
+    tp_taylor='Torch-Pruning Taylor (global)',
+    acp_tp='mmprune ACP-TP',
+    bpc='mmprune BPC',
+    fcp='mmprune FCP',
+    gcp_frs='mmprune GCP-FRS',
     l1_coupled='L1 global, coupled residuals',
     l1_fine='L1 global, fine residuals',
     random='random channels (floor)')
@@ -73,14 +77,15 @@ MAX_GRADUAL_EVENTS = 4
 TP_TAYLOR_BATCHES = 8
 #: protocol 'trained': (first, last) event as fractions of the window for
 #: the methods whose paper schedule trains between events (module doc)
-TRAINED_WINDOWS = dict(fcp=(1 / 3, 1 / 3), acp_tp=(0.02, 0.4),
-                       gcp_frs=(0.1, 0.7))
+TRAINED_WINDOWS = dict(
+    fcp=(1 / 3, 1 / 3), acp_tp=(0.02, 0.4), gcp_frs=(0.1, 0.7))
 
 
 def prune_epoch(epochs: int) -> int:
     """``P``: the one-shot cut, and the last gradual event (scratch)."""
-    return max(1, min(epochs - 1 if epochs > 1 else 1,
-                      round(PRUNE_FRACTION * epochs)))
+    return max(
+        1, min(epochs - 1 if epochs > 1 else 1,
+               round(PRUNE_FRACTION * epochs)))
 
 
 def _spread(begin: int, end: int, total: int, soft: bool) -> dict:
@@ -119,9 +124,13 @@ def trained_positions(method: str, total_iters: int) -> dict:
     return _spread(begin, end, total_iters, soft=method == 'acp_tp')
 
 
-def method_spec(method: str, epochs: int, target: float,
-                input_size: Sequence[int], batches_per_epoch: int,
-                protocol: str = 'scratch', seed: int = 0) -> dict:
+def method_spec(method: str,
+                epochs: int,
+                target: float,
+                input_size: Sequence[int],
+                batches_per_epoch: int,
+                protocol: str = 'scratch',
+                seed: int = 0) -> dict:
     """How a quality run of ``method`` prunes.
 
     Args:
@@ -159,20 +168,26 @@ def method_spec(method: str, epochs: int, target: float,
     if method.startswith('tp_'):
         at = dict(iteration=when['begin']) if trained else \
             dict(epoch=when['begin'])
-        return dict(kind='torch_pruning', hook=dict(
-            importance=method[3:], target=target, input_size=size,
-            taylor_batches=min(TP_TAYLOR_BATCHES, batches_per_epoch), **at))
-    hook = dict(type='ChannelPruningHook', target=target, input_size=size,
-                **when)
+        return dict(
+            kind='torch_pruning',
+            hook=dict(
+                importance=method[3:],
+                target=target,
+                input_size=size,
+                taylor_batches=min(TP_TAYLOR_BATCHES, batches_per_epoch),
+                **at))
+    hook = dict(
+        type='ChannelPruningHook', target=target, input_size=size, **when)
     if method == 'l1_uniform':
-        hook.update(criterion='L1Criterion',
-                    allocator=dict(type='UniformAllocator'))
+        hook.update(
+            criterion='L1Criterion', allocator=dict(type='UniformAllocator'))
     elif method in RESIDUAL_METHODS:
-        hook.update(criterion='L1Criterion',
-                    residual_mode=method.split('_')[1])
+        hook.update(
+            criterion='L1Criterion', residual_mode=method.split('_')[1])
     elif method == FLOOR_METHOD:
-        hook.update(criterion=dict(type='RandomCriterion', seed=seed),
-                    residual_mode='coupled')
+        hook.update(
+            criterion=dict(type='RandomCriterion', seed=seed),
+            residual_mode='coupled')
     else:
         hook['method'] = method
         if method == 'bpc':  # the preset's 32 calibration batches

@@ -18,8 +18,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-ALLOCATOR = dict(type='AdaptiveAllocator', cost_weight=1.0,
-                 max_prune_ratio=0.5, round_to=16)
+ALLOCATOR = dict(
+    type='AdaptiveAllocator',
+    cost_weight=1.0,
+    max_prune_ratio=0.5,
+    round_to=16)
 
 
 def op_times(fn, x, runs):
@@ -31,8 +34,10 @@ def op_times(fn, x, runs):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(runs):
                 fn(x)
-    return {e.key: e.self_cpu_time_total / runs / 1e3
-            for e in prof.key_averages()}
+    return {
+        e.key: e.self_cpu_time_total / runs / 1e3
+        for e in prof.key_averages()
+    }
 
 
 def main(argv=None):
@@ -43,6 +48,7 @@ def main(argv=None):
     p.add_argument('--out')
     args = p.parse_args(argv)
     import torch
+
     from benchmarks.env import environment
     from benchmarks.graph_and_speed import CONFIGS, build
     from mmprune import apis
@@ -56,9 +62,9 @@ def main(argv=None):
     graph = apis.analyze(dense)
     cost = apis.cost_model(dense, size)
     keep = build_from(ALLOCATORS, dict(ALLOCATOR, ratio=args.ratio),
-                      'allocator').allocate(
-                          dense, graph, L1Criterion().score(dense, graph),
-                          cost)
+                      'allocator').allocate(dense, graph,
+                                            L1Criterion().score(dense, graph),
+                                            cost)
     compact = copy.deepcopy(dense)
     apis.prune(compact, apis.make_plan(graph, keep), graph)
     times = {}
@@ -71,18 +77,27 @@ def main(argv=None):
         d, c = times['dense'][op], times['compact'].get(op, 0.0)
         if d < 0.005 * total['dense']:
             continue
-        rows.append(dict(op=op, dense_ms=round(d, 2), compact_ms=round(c, 2),
-                         share=round(d / total['dense'], 3),
-                         speedup=round(d / c, 2) if c else None))
+        rows.append(
+            dict(
+                op=op,
+                dense_ms=round(d, 2),
+                compact_ms=round(c, 2),
+                share=round(d / total['dense'], 3),
+                speedup=round(d / c, 2) if c else None))
     flops_speedup = cost.flops() / apis.cost_model(compact, size).flops()
-    rec = dict(model=args.model, input_size=list(size), ratio=args.ratio,
-               allocator=ALLOCATOR, runs=args.runs,
-               dense_ms=round(total['dense'], 1),
-               compact_ms=round(total['compact'], 1),
-               flops_speedup=round(flops_speedup, 3),
-               realized_over_flops=round(
-                   total['dense'] / total['compact'] / flops_speedup, 3),
-               ops=rows, env=environment())
+    rec = dict(
+        model=args.model,
+        input_size=list(size),
+        ratio=args.ratio,
+        allocator=ALLOCATOR,
+        runs=args.runs,
+        dense_ms=round(total['dense'], 1),
+        compact_ms=round(total['compact'], 1),
+        flops_speedup=round(flops_speedup, 3),
+        realized_over_flops=round(
+            total['dense'] / total['compact'] / flops_speedup, 3),
+        ops=rows,
+        env=environment())
     out = args.out or osp.join('benchmarks', 'results',
                                f'op_profile_{args.model}.json')
     write_json_atomic(rec, out)

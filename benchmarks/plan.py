@@ -51,25 +51,27 @@ def job_seconds(job: dict, cached: bool = False) -> float:
         if cached:
             return CACHED_REFERENCE_S
         ref = job['reference']
-        vals = math.ceil(ref['epochs'] / (ref.get('val_interval') or
-                                          ref['epochs']))
-        return (OVERHEAD_S[job['model']] + ref['epochs'] * d['num_train'] *
-                per + vals * d['num_val'] * per * VAL_COST)
+        vals = math.ceil(ref['epochs'] /
+                         (ref.get('val_interval') or ref['epochs']))
+        return (OVERHEAD_S[job['model']] +
+                ref['epochs'] * d['num_train'] * per +
+                vals * d['num_val'] * per * VAL_COST)
     kept = 1.0 if job['method'] == 'dense' else job['budget']
     # scratch runs prune at 40 % of training: dense speed until then
     pruned_share = 1.0 if job.get('protocol') == 'trained' else 0.6
     speed = (1 - pruned_share) + pruned_share * (0.6 + 0.4 * kept)
-    return (OVERHEAD_S[job['model']] + job['epochs'] * d['num_train'] *
-            per * speed + d['num_val'] * per * VAL_COST)
+    return (OVERHEAD_S[job['model']] +
+            job['epochs'] * d['num_train'] * per * speed +
+            d['num_val'] * per * VAL_COST)
 
 
-def schedule(jobs: List[dict], parallel: int,
+def schedule(jobs: List[dict],
+             parallel: int,
              cached: Dict[str, bool] = None) -> dict:
     """``{'runs', 'job_seconds', 'wall_seconds', 'by_suite'}`` of running
     ``jobs`` ``parallel`` at a time, in order, dependencies respected."""
     cached = cached or {}
-    cost = {j['id']: job_seconds(j, cached.get(j['id'], False))
-            for j in jobs}
+    cost = {j['id']: job_seconds(j, cached.get(j['id'], False)) for j in jobs}
     finish = {}
     slots = [0.0] * max(1, parallel)
     heapq.heapify(slots)
@@ -77,12 +79,12 @@ def schedule(jobs: List[dict], parallel: int,
     while pending:
         free = heapq.heappop(slots)
         # the first job whose needs are planned; it starts when they end
-        job = next((j for j in pending
-                    if all(n in finish or n not in cost
-                           for n in j.get('needs', ()))), pending[0])
+        job = next((j for j in pending if all(
+            n in finish or n not in cost for n in j.get('needs', ()))),
+                   pending[0])
         pending.remove(job)
-        start = max([free] + [finish[n] for n in job.get('needs', ())
-                              if n in finish])
+        start = max([free] +
+                    [finish[n] for n in job.get('needs', ()) if n in finish])
         finish[job['id']] = start + cost[job['id']]
         heapq.heappush(slots, finish[job['id']])
     by_suite = {}
@@ -90,16 +92,20 @@ def schedule(jobs: List[dict], parallel: int,
         by_suite.setdefault(j['suite'], [0, 0.0])
         by_suite[j['suite']][0] += 1
         by_suite[j['suite']][1] += cost[j['id']]
-    return dict(runs=len(jobs), job_seconds=sum(cost.values()),
-                wall_seconds=max(finish.values(), default=0.0),
-                by_suite=by_suite)
+    return dict(
+        runs=len(jobs),
+        job_seconds=sum(cost.values()),
+        wall_seconds=max(finish.values(), default=0.0),
+        by_suite=by_suite)
 
 
 def describe(plan: dict, parallel: int) -> str:
-    lines = [f"[bench] plan: {plan['runs']} job(s), {parallel} at a time; "
-             f"estimated {plan['wall_seconds'] / 60:.0f} min wall "
-             f"({plan['job_seconds'] / 60:.0f} job-minutes; a cost model "
-             f"of the 2-core machine, see benchmarks/plan.py)"]
+    lines = [
+        f"[bench] plan: {plan['runs']} job(s), {parallel} at a time; "
+        f"estimated {plan['wall_seconds'] / 60:.0f} min wall "
+        f"({plan['job_seconds'] / 60:.0f} job-minutes; a cost model "
+        f"of the 2-core machine, see benchmarks/plan.py)"
+    ]
     for suite, (n, s) in sorted(plan['by_suite'].items()):
         lines.append(f'[bench]   {suite}: {n} job(s), ~{s / 60:.0f} '
                      f'job-minutes')

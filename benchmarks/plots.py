@@ -16,8 +16,8 @@ from typing import Dict, List, Sequence
 
 from mmprune.utils.io import atomic_write
 
-_COLORS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd',
-           '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf')
+_COLORS = ('#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b',
+           '#e377c2', '#7f7f7f', '#bcbd22', '#17becf')
 _MARKERS = 'o^sDvP*Xh<>'
 
 
@@ -41,14 +41,20 @@ def _quality_points(ax, points: Sequence[dict], x: str) -> None:
         if p['label'] not in labels:
             labels.append(p['label'])
     for i, label in enumerate(labels):
-        pts = sorted((p for p in points if p['label'] == label and
-                      p.get(x) is not None), key=lambda p: p[x])
+        pts = sorted(
+            (p
+             for p in points if p['label'] == label and p.get(x) is not None),
+            key=lambda p: p[x])
         if not pts:
             continue
         ax.errorbar([p[x] for p in pts], [p['mAP'] for p in pts],
                     yerr=[p['std'] or 0.0 for p in pts],
-                    fmt=_MARKERS[i % 11] + '-', color=_COLORS[i % 10],
-                    capsize=3, markersize=7, linewidth=0.8, label=label)
+                    fmt=_MARKERS[i % 11] + '-',
+                    color=_COLORS[i % 10],
+                    capsize=3,
+                    markersize=7,
+                    linewidth=0.8,
+                    label=label)
     ax.set_ylabel('bbox mAP (x100)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='best')
@@ -68,8 +74,7 @@ def plot_quality(points: Sequence[dict], path: str, title: str) -> str:
     return _save(fig, path)
 
 
-def plot_quality_latency(points: Sequence[dict], path: str,
-                         title: str) -> str:
+def plot_quality_latency(points: Sequence[dict], path: str, title: str) -> str:
     """Like :func:`plot_quality` against ``latency_ms`` (points without a
     latency are left out)."""
     if not any(p.get('latency_ms') for p in points):
@@ -82,8 +87,8 @@ def plot_quality_latency(points: Sequence[dict], path: str,
     return _save(fig, path)
 
 
-def plot_speed(rows: Sequence[dict], path: str,
-               targets: Dict[str, float]) -> str:
+def plot_speed(rows: Sequence[dict], path: str, targets: Dict[str,
+                                                              float]) -> str:
     """Bars of ``realized_over_flops`` per row (``name``, ``mode``), the
     target of each mode drawn as a line."""
     if not rows:
@@ -93,15 +98,22 @@ def plot_speed(rows: Sequence[dict], path: str,
     xs = list(range(len(rows)))
     modes = sorted({r['mode'] for r in rows})
     colors = {m: _COLORS[i] for i, m in enumerate(modes)}
-    ax.bar(xs, [r['realized_over_flops'] for r in rows],
-           color=[colors[r['mode']] for r in rows])
+    ax.bar(
+        xs, [r['realized_over_flops'] for r in rows],
+        color=[colors[r['mode']] for r in rows])
     for i, m in enumerate(modes):
         if m in targets:
-            ax.axhline(targets[m], color=colors[m], linestyle='--',
-                       linewidth=1, label=f'{m} target {targets[m]}')
+            ax.axhline(
+                targets[m],
+                color=colors[m],
+                linestyle='--',
+                linewidth=1,
+                label=f'{m} target {targets[m]}')
     ax.axhline(1.0, color='k', linewidth=0.6)
     ax.set_xticks(xs)
-    ax.set_xticklabels([r['name'] for r in rows], rotation=70, ha='right',
+    ax.set_xticklabels([r['name'] for r in rows],
+                       rotation=70,
+                       ha='right',
                        fontsize=7)
     ax.set_ylabel('realized speedup / FLOPs speedup')
     ax.legend(fontsize=8)
@@ -121,8 +133,11 @@ def plot_graph_time(rows: List[dict], path: str) -> str:
     width = 0.8 / len(keys)
     for i, (key, label) in enumerate(keys):
         xs = [j + (i - 1) * width for j in range(len(rows))]
-        ax.bar(xs, [r.get(key) or 0.0 for r in rows], width=width,
-               color=_COLORS[i], label=label)
+        ax.bar(
+            xs, [r.get(key) or 0.0 for r in rows],
+            width=width,
+            color=_COLORS[i],
+            label=label)
     ax.set_yscale('log')
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r['model'] for r in rows])

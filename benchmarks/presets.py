@@ -59,52 +59,82 @@ dense (no budget) runs with the first budget's seeds.
 import copy
 
 #: the methods of the quality suite, in table order (see benchmarks.methods)
-YOLOX_METHODS = ('dense', 'l1_uniform', 'tp_magnitude', 'tp_taylor',
-                 'acp_tp', 'bpc', 'fcp', 'gcp_frs')
+YOLOX_METHODS = ('dense', 'l1_uniform', 'tp_magnitude', 'tp_taylor', 'acp_tp',
+                 'bpc', 'fcp', 'gcp_frs')
 RESNET_MODES = ('l1_coupled', 'l1_fine')
 #: the random-channel floor (same budget, global allocator as l1_coupled)
 FLOOR = ('random', )
 
 #: the graph-analysis comparison of the issue (tools suite)
-TOOLS_GRAPH_MODELS = ('yolox_s', 'yolox_l', 'retinanet_r50',
-                      'faster_rcnn_r50')
+TOOLS_GRAPH_MODELS = ('yolox_s', 'yolox_l', 'retinanet_r50', 'faster_rcnn_r50')
 
-_QUICK_SPEED = dict(models=dict(yolox_tiny=(416, 416),
-                                retinanet_r18=(320, 320)),
-                    batches=(1, 8), modes=('coupled', 'fine'),
-                    settings=('default', 'cost_aware', 'latency_aware'),
-                    budget=0.5, runs=5)
+_QUICK_SPEED = dict(
+    models=dict(yolox_tiny=(416, 416), retinanet_r18=(320, 320)),
+    batches=(1, 8),
+    modes=('coupled', 'fine'),
+    settings=('default', 'cost_aware', 'latency_aware'),
+    budget=0.5,
+    runs=5)
 
 PRESETS = {
-    'smoke': dict(
+    'smoke':
+    dict(
         quality=dict(
             protocols=('trained', 'scratch'),
-            data=dict(difficulty='easy', size=128, num_train=16, num_val=8,
-                      num_classes=10, seed=0),
-            epochs=2, batch_size=4, budgets=(0.5, ), seeds=(0, ),
+            data=dict(
+                difficulty='easy',
+                size=128,
+                num_train=16,
+                num_val=8,
+                num_classes=10,
+                seed=0),
+            epochs=2,
+            batch_size=4,
+            budgets=(0.5, ),
+            seeds=(0, ),
             reference=dict(epochs=2, val_interval=1, seed=0),
             models=dict(
-                yolox_tiny=dict(methods=('dense', 'l1_uniform', 'tp_taylor',
-                                         'fcp', 'random')),
+                yolox_tiny=dict(
+                    methods=('dense', 'l1_uniform', 'tp_taylor', 'fcp',
+                             'random')),
                 retinanet_r18=dict(methods=('dense', 'l1_fine'))),
             latency_runs=5),
-        speed=dict(models=dict(yolox_tiny=(128, 128)), batches=(1, 2),
-                   modes=('coupled', 'fine'), settings=('default', ),
-                   budget=0.5, runs=3),
-        tools=dict(graph_models=('yolox_tiny', ),
-                   hook=dict(iters=2, event_config='yolox_tiny',
-                             event_size=128, run_epochs=2, run_size=128,
-                             run_images=8, run_repeats=1))),
-    'session': dict(
+        speed=dict(
+            models=dict(yolox_tiny=(128, 128)),
+            batches=(1, 2),
+            modes=('coupled', 'fine'),
+            settings=('default', ),
+            budget=0.5,
+            runs=3),
+        tools=dict(
+            graph_models=('yolox_tiny', ),
+            hook=dict(
+                iters=2,
+                event_config='yolox_tiny',
+                event_size=128,
+                run_epochs=2,
+                run_size=128,
+                run_images=8,
+                run_repeats=1))),
+    'session':
+    dict(
         # the accuracy numbers only: the speed and tool suites are the
         # quick preset's (BENCH_ARGS="--preset quick --suites speed tools")
         suites=('quality', ),
         quality=dict(
             protocols=('trained', ),
-            data=dict(difficulty='easy', size=128, num_train=320,
-                      num_val=80, num_classes=10, seed=0),
+            data=dict(
+                difficulty='easy',
+                size=128,
+                num_train=320,
+                num_val=80,
+                num_classes=10,
+                seed=0),
             # F: the fine-tuning window of every run (40 iterations/epoch)
-            epochs=6, batch_size=8, budgets=(0.5, 0.3), seeds=(0, 1, 2),
+            epochs=6,
+            batch_size=8,
+            budgets=(0.5, 0.3),
+            seeds=(0, 1, 2),
             seeds_by_budget={0.3: (0, )},
             reference=dict(epochs=80, val_interval=8, seed=0),
             models=dict(
@@ -115,30 +145,46 @@ PRESETS = {
             latency_runs=20),
         speed=_QUICK_SPEED,
         tools=dict(graph_models=TOOLS_GRAPH_MODELS, hook=dict(iters=10))),
-    'quick': dict(
+    'quick':
+    dict(
         quality=dict(
             protocols=('scratch', ),
-            data=dict(difficulty='easy', size=160, num_train=320,
-                      num_val=80, num_classes=10, seed=0),
-            epochs=8, batch_size=8, budgets=(0.5, ), seeds=(0, ),
+            data=dict(
+                difficulty='easy',
+                size=160,
+                num_train=320,
+                num_val=80,
+                num_classes=10,
+                seed=0),
+            epochs=8,
+            batch_size=8,
+            budgets=(0.5, ),
+            seeds=(0, ),
             models=dict(
                 yolox_tiny=dict(methods=YOLOX_METHODS),
                 # an iteration of RetinaNet R18-FPN costs 2.5-3.5 of
                 # YOLOX-tiny's at 160 px (8x its FLOPs; its head has four
                 # 256-channel 3x3 convs per branch and level): fewer epochs
                 # keep the preset near 40 min
-                retinanet_r18=dict(methods=('dense', ) + RESNET_MODES,
-                                   epochs=3)),
+                retinanet_r18=dict(
+                    methods=('dense', ) + RESNET_MODES, epochs=3)),
             latency_runs=20),
         speed=_QUICK_SPEED,
-        tools=dict(graph_models=TOOLS_GRAPH_MODELS,
-                   hook=dict(iters=10))),
-    'full': dict(
+        tools=dict(graph_models=TOOLS_GRAPH_MODELS, hook=dict(iters=10))),
+    'full':
+    dict(
         quality=dict(
             protocols=('trained', 'scratch'),
-            data=dict(difficulty='hard', size=256, num_train=2000,
-                      num_val=500, num_classes=20, seed=0),
-            epochs=30, batch_size=8, budgets=(0.5, 0.3, 0.7),
+            data=dict(
+                difficulty='hard',
+                size=256,
+                num_train=2000,
+                num_val=500,
+                num_classes=20,
+                seed=0),
+            epochs=30,
+            batch_size=8,
+            budgets=(0.5, 0.3, 0.7),
             seeds=(0, 1, 2),
             reference=dict(epochs=150, val_interval=10, seed=0),
             models=dict(
@@ -146,14 +192,18 @@ PRESETS = {
                 retinanet_r18=dict(methods=YOLOX_METHODS + RESNET_MODES +
                                    FLOOR)),
             latency_runs=30),
-        speed=dict(models=dict(yolox_tiny=(416, 416), yolox_s=(640, 640),
-                               retinanet_r18=(512, 512),
-                               retinanet_r50=(512, 512)),
-                   batches=(1, 8), modes=('coupled', 'fine'),
-                   settings=('default', 'speed', 'cost_aware',
-                             'latency_aware'), budget=0.5, runs=7),
-        tools=dict(graph_models=TOOLS_GRAPH_MODELS,
-                   hook=dict(iters=20))),
+        speed=dict(
+            models=dict(
+                yolox_tiny=(416, 416),
+                yolox_s=(640, 640),
+                retinanet_r18=(512, 512),
+                retinanet_r50=(512, 512)),
+            batches=(1, 8),
+            modes=('coupled', 'fine'),
+            settings=('default', 'speed', 'cost_aware', 'latency_aware'),
+            budget=0.5,
+            runs=7),
+        tools=dict(graph_models=TOOLS_GRAPH_MODELS, hook=dict(iters=20))),
 }
 
 SUITES = ('quality', 'speed', 'tools')

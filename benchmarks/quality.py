@@ -43,9 +43,10 @@ MODEL_FILE = 'final_model.pt'
 # ------------------------------------------------------------------ data
 def data_dir(root: str, data: dict) -> str:
     """The folder of the synthetic set described by ``data``."""
-    return osp.join(root, f"{data['difficulty']}_{data['size']}px_"
-                    f"{data['num_train']}x{data['num_val']}_"
-                    f"c{data['num_classes']}_s{data['seed']}")
+    return osp.join(
+        root, f"{data['difficulty']}_{data['size']}px_"
+        f"{data['num_train']}x{data['num_val']}_"
+        f"c{data['num_classes']}_s{data['seed']}")
 
 
 def prepare_data(root: str, data: dict) -> dict:
@@ -58,10 +59,11 @@ def prepare_data(root: str, data: dict) -> dict:
         with open(meta_file) as f:
             meta = json.load(f)
         if all(meta.get(k) == v for k, v in data.items()):
-            return dict(coco_root=osp.join(osp.abspath(out), 'coco', ''),
-                        classes=list(meta['classes']))
-    made = make_synthetic_dataset(out, formats=('coco', ), overwrite=True,
-                                  **data)
+            return dict(
+                coco_root=osp.join(osp.abspath(out), 'coco', ''),
+                classes=list(meta['classes']))
+    made = make_synthetic_dataset(
+        out, formats=('coco', ), overwrite=True, **data)
     return dict(coco_root=made['coco_root'], classes=list(made['classes']))
 
 
@@ -69,14 +71,21 @@ def prepare_data(root: str, data: dict) -> dict:
 PROTOCOL_TAGS = dict(trained='tr', scratch='sc')
 
 
-def job_id(model: str, budget: float, method: str, seed: int,
+def job_id(model: str,
+           budget: float,
+           method: str,
+           seed: int,
            protocol: str = 'scratch') -> str:
     return (f'{model}__{PROTOCOL_TAGS[protocol]}__f{round(budget * 100):02d}'
             f'__{method}__s{seed}')
 
 
-def quality_jobs(preset: dict, results_dir: str, work_root: str,
-                 data: dict, device: str, threads: int,
+def quality_jobs(preset: dict,
+                 results_dir: str,
+                 work_root: str,
+                 data: dict,
+                 device: str,
+                 threads: int,
                  references: Optional[Dict[str, dict]] = None) -> List[dict]:
     """Every quality run of ``preset`` as a JSON-safe job.
 
@@ -95,8 +104,11 @@ def quality_jobs(preset: dict, results_dir: str, work_root: str,
                     raise ValueError(f'protocol trained: no reference job '
                                      f'for {model}')
                 r = references[model]
-                ref = dict(job=r['id'], key=r['key'],
-                           checkpoint=r['checkpoint'], record=r['out'])
+                ref = dict(
+                    job=r['id'],
+                    key=r['key'],
+                    checkpoint=r['checkpoint'],
+                    record=r['out'])
             epochs = model_setting(q, model, 'epochs')
             for budget in q['budgets']:
                 for seed in seeds_for(q, budget):
@@ -104,18 +116,28 @@ def quality_jobs(preset: dict, results_dir: str, work_root: str,
                         if method == 'dense' and budget != q['budgets'][0]:
                             continue  # dense does not depend on the budget
                         jid = job_id(model, budget, method, seed, protocol)
-                        jobs.append(dict(
-                            id=jid, suite='quality', preset=preset['name'],
-                            protocol=protocol, model=model, method=method,
-                            budget=budget, seed=seed, epochs=epochs,
-                            batch_size=q['batch_size'],
-                            size=q['data']['size'], data_spec=q['data'],
-                            data=data, device=device, threads=threads,
-                            reference=ref,
-                            needs=[ref['job']] if ref else [],
-                            work_dir=osp.join(work_root, 'quality', jid),
-                            out=osp.join(results_dir, 'quality',
-                                         jid + '.json')))
+                        jobs.append(
+                            dict(
+                                id=jid,
+                                suite='quality',
+                                preset=preset['name'],
+                                protocol=protocol,
+                                model=model,
+                                method=method,
+                                budget=budget,
+                                seed=seed,
+                                epochs=epochs,
+                                batch_size=q['batch_size'],
+                                size=q['data']['size'],
+                                data_spec=q['data'],
+                                data=data,
+                                device=device,
+                                threads=threads,
+                                reference=ref,
+                                needs=[ref['job']] if ref else [],
+                                work_dir=osp.join(work_root, 'quality', jid),
+                                out=osp.join(results_dir, 'quality',
+                                             jid + '.json')))
     return jobs
 
 
@@ -138,12 +160,16 @@ def make_record_hook():
 
         def after_load_checkpoint(self, runner, checkpoint) -> None:
             from mmprune.runtime.rebind import unwrap
-            want = {k: tuple(v.shape) for k, v in
-                    unwrap(runner.model).state_dict().items()}
-            have = {k: tuple(v.shape) for k, v in
-                    checkpoint.get('state_dict', {}).items()}
-            bad = sorted(k for k in set(want) | set(have)
-                         if want.get(k) != have.get(k))
+            want = {
+                k: tuple(v.shape)
+                for k, v in unwrap(runner.model).state_dict().items()
+            }
+            have = {
+                k: tuple(v.shape)
+                for k, v in checkpoint.get('state_dict', {}).items()
+            }
+            bad = sorted(
+                k for k in set(want) | set(have) if want.get(k) != have.get(k))
             if bad:
                 raise RuntimeError(
                     f'the checkpoint does not match the model: {len(bad)} '
@@ -155,9 +181,11 @@ def make_record_hook():
 
         def after_val_epoch(self, runner, metrics=None):
             self.val_s += time.perf_counter() - self._t
-            self.metrics = {k: float(v) for k, v in (metrics or
-                                                     {}).items()
-                            if isinstance(v, (int, float))}
+            self.metrics = {
+                k: float(v)
+                for k, v in (metrics or {}).items()
+                if isinstance(v, (int, float))
+            }
             self.history.append(dict(epoch=runner.epoch, **self.metrics))
 
     return Record()
@@ -185,13 +213,14 @@ def portable_copy(module):
     from mmprune.models.prunable_detector import PrunableMixin
     clone = copy.deepcopy(module)
     if isinstance(clone, PrunableMixin):
-        clone.__class__ = next(c for c in type(clone).__mro__
-                               if not issubclass(c, PrunableMixin))
+        clone.__class__ = next(
+            c for c in type(clone).__mro__ if not issubclass(c, PrunableMixin))
     for m in clone.modules():
         for attr, hooks in list(vars(m).items()):
             if attr.endswith('hooks') and isinstance(hooks, dict):
-                for key in [k for k, fn in hooks.items()
-                            if not _picklable(fn)]:
+                for key in [
+                        k for k, fn in hooks.items() if not _picklable(fn)
+                ]:
                     del hooks[key]
         for attr in [k for k in vars(m) if k.startswith('_mmprune')]:
             if not _picklable(getattr(m, attr)):
@@ -210,12 +239,12 @@ def run_job(job: dict) -> dict:
     """Train one quality run and write its result JSON (``job['out']``)."""
     import torch
     torch.set_num_threads(job['threads'])
-    import mmprune  # noqa: F401  (registries, torch.load safe globals)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     from mmengine.registry import DefaultScope
     from mmengine.runner import Runner
 
+    import mmprune  # noqa: F401  (registries, torch.load safe globals)
     from benchmarks.tp_peer import TorchPruningHook
     from benchmarks.train_config import FINETUNE_LR_MULT, build_train_config
     from mmprune.apis import cost_model
@@ -230,21 +259,37 @@ def run_job(job: dict) -> dict:
     ref = job.get('reference')
     trained = protocol == 'trained'
     cfg = build_train_config(
-        job['model'], job['data'], job['size'], job['epochs'],
-        job['batch_size'], job['seed'], job['work_dir'], hooks,
+        job['model'],
+        job['data'],
+        job['size'],
+        job['epochs'],
+        job['batch_size'],
+        job['seed'],
+        job['work_dir'],
+        hooks,
         lr_mult=FINETUNE_LR_MULT if trained else 1.0,
         load_from=ref['checkpoint'] if trained else None)
-    res = dict(id=job['id'], suite='quality', preset=job['preset'],
-               protocol=protocol,
-               reference_key=ref['key'] if trained else None,
-               lr_mult=FINETUNE_LR_MULT if trained else 1.0,
-               model=job['model'], method=job['method'],
-               label=LABELS[job['method']], kind=spec['kind'],
-               budget=job['budget'], seed=job['seed'],
-               epochs=job['epochs'], batch_size=job['batch_size'],
-               input_size=list(size), data=job['data_spec'],
-               pruning=spec['hook'], device=job['device'],
-               threads=job['threads'], env=environment(job['device']))
+    res = dict(
+        id=job['id'],
+        suite='quality',
+        preset=job['preset'],
+        protocol=protocol,
+        reference_key=ref['key'] if trained else None,
+        lr_mult=FINETUNE_LR_MULT if trained else 1.0,
+        model=job['model'],
+        method=job['method'],
+        label=LABELS[job['method']],
+        kind=spec['kind'],
+        budget=job['budget'],
+        seed=job['seed'],
+        epochs=job['epochs'],
+        batch_size=job['batch_size'],
+        input_size=list(size),
+        data=job['data_spec'],
+        pruning=spec['hook'],
+        device=job['device'],
+        threads=job['threads'],
+        env=environment(job['device']))
     t0 = time.perf_counter()
     try:
         if trained:
@@ -265,10 +310,12 @@ def run_job(job: dict) -> dict:
         runner.train()
     except Exception as e:  # noqa: BLE001  (the table shows the failure)
         msg = f'{type(e).__name__}: {e}'
-        res.update(status='unreachable' if 'cannot be reached' in msg or
-                   'cannot reach' in msg else 'failed', error=msg,
-                   traceback=traceback.format_exc()[-4000:],
-                   total_wall_s=time.perf_counter() - t0)
+        res.update(
+            status='unreachable' if 'cannot be reached' in msg
+            or 'cannot reach' in msg else 'failed',
+            error=msg,
+            traceback=traceback.format_exc()[-4000:],
+            total_wall_s=time.perf_counter() - t0)
         write_json_atomic(res, job['out'])
         return res
     total = time.perf_counter() - t0
@@ -287,17 +334,24 @@ def run_job(job: dict) -> dict:
     # (an untrained model below the score threshold): that is mAP 0
     empty = not metrics
     res.update(
-        status='ok', metrics=metrics, no_detections=empty,
+        status='ok',
+        metrics=metrics,
+        no_detections=empty,
         val_history=record.history,
         mAP=0.0 if empty else metrics.get('coco/bbox_mAP'),
         AP50=0.0 if empty else metrics.get('coco/bbox_mAP_50'),
-        flops=flops, params=params, flops_ratio=flops / res['dense_flops'],
+        flops=flops,
+        params=params,
+        flops_ratio=flops / res['dense_flops'],
         params_ratio=params / res['dense_params'],
-        total_wall_s=total, val_wall_s=record.val_s,
+        total_wall_s=total,
+        val_wall_s=record.val_s,
         search_wall_s=search_s,
         train_wall_s=total - record.val_s - search_s,
-        iterations=runner.iter, loaded_tensors=record.loaded,
-        weights=which, model_file=path,
+        iterations=runner.iter,
+        loaded_tensors=record.loaded,
+        weights=which,
+        model_file=path,
         log_dir=osp.join(job['work_dir'], runner.timestamp))
     write_json_atomic(res, job['out'])
     return res
@@ -324,7 +378,9 @@ def group_key(res: dict) -> str:
     return f"{res['model']}__{tag}__f{round(res['budget'] * 100):02d}"
 
 
-def measure_group_latency(results: List[dict], runs: int, device: str,
+def measure_group_latency(results: List[dict],
+                          runs: int,
+                          device: str,
                           threads: int = 1) -> Dict[str, dict]:
     """Latency (batch 1, tensor forward) of the saved final models of
     ``results`` (same model family and input size), interleaved.
@@ -333,13 +389,14 @@ def measure_group_latency(results: List[dict], runs: int, device: str,
         dict: run id -> ``{'median_ms', 'min_ms', 'runs'}``.
     """
     import torch
+
     from mmprune.adapters.detector import tensor_forward
     from mmprune.costs.latency import measure_latency
     torch.set_num_threads(threads)
     fns = {}
     for r in results:
-        model = torch.load(r['model_file'], weights_only=False,
-                           map_location=device).eval()
+        model = torch.load(
+            r['model_file'], weights_only=False, map_location=device).eval()
         fn, x = tensor_forward(model, tuple(r['input_size']))
         fns[r['id']] = _synced(fn, x[0].to(device), device)
     return measure_latency(fns, runs=runs, warmup=3)

@@ -64,28 +64,40 @@ def _classes(data_spec: dict) -> List[str]:
     return list(SYNTH_CLASSES[:data_spec['num_classes']])
 
 
-def reference_config(model: str, ref: dict, data_spec: dict,
-                     batch_size: int, data: Optional[dict] = None,
+def reference_config(model: str,
+                     ref: dict,
+                     data_spec: dict,
+                     batch_size: int,
+                     data: Optional[dict] = None,
                      work_dir: str = _WORK):
     """The training config of ``model``'s reference (``ref``: ``epochs``,
     ``val_interval``, ``seed``); ``data`` (``coco_root``, ``classes``)
     defaults to placeholders, as hashed."""
     from benchmarks.train_config import build_train_config
     data = data or dict(coco_root=_DATA, classes=_classes(data_spec))
-    return build_train_config(model, data, data_spec['size'],
-                              ref['epochs'], batch_size, ref['seed'],
-                              work_dir, val_interval=ref.get('val_interval'))
+    return build_train_config(
+        model,
+        data,
+        data_spec['size'],
+        ref['epochs'],
+        batch_size,
+        ref['seed'],
+        work_dir,
+        val_interval=ref.get('val_interval'))
 
 
-def cache_key(model: str, ref: dict, data_spec: dict,
-              batch_size: int) -> str:
+def cache_key(model: str, ref: dict, data_spec: dict, batch_size: int) -> str:
     """16 hex digits of the SHA-256 of everything that made the reference
     (module doc)."""
     from mmprune.datasets.synthetic import GENERATOR_VERSION
     cfg = reference_config(model, ref, data_spec, batch_size)
-    what = dict(model=model, config=cfg.to_dict(), data=data_spec,
-                generator=GENERATOR_VERSION, seed=ref['seed'],
-                recipe=RECIPE_VERSION)
+    what = dict(
+        model=model,
+        config=cfg.to_dict(),
+        data=data_spec,
+        generator=GENERATOR_VERSION,
+        seed=ref['seed'],
+        recipe=RECIPE_VERSION)
     text = json.dumps(what, sort_keys=True, default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -129,8 +141,12 @@ def check_cached(cache_dir: str, key: str):
     return rec, None
 
 
-def reference_jobs(preset: dict, results_dir: str, work_root: str,
-                   data: dict, device: str, threads: int,
+def reference_jobs(preset: dict,
+                   results_dir: str,
+                   work_root: str,
+                   data: dict,
+                   device: str,
+                   threads: int,
                    cache_root: str = DEFAULT_CACHE) -> List[dict]:
     """One job per model of ``preset`` that protocol 'trained' needs."""
     q = preset['quality']
@@ -145,15 +161,24 @@ def reference_jobs(preset: dict, results_dir: str, work_root: str,
                                  f"of {model} has no {k!r}")
         key = cache_key(model, ref, q['data'], q['batch_size'])
         cache_dir = osp.join(cache_root, f'{model}-{key}')
-        jobs.append(dict(
-            id=f'reference__{model}', suite='reference',
-            preset=preset['name'], model=model, key=key, reference=ref,
-            batch_size=q['batch_size'], size=q['data']['size'],
-            data_spec=q['data'], data=data, device=device, threads=threads,
-            cache_dir=cache_dir,
-            checkpoint=osp.join(cache_dir, CHECKPOINT),
-            work_dir=osp.join(work_root, 'references', f'{model}-{key}'),
-            out=osp.join(results_dir, 'references', f'{model}.json')))
+        jobs.append(
+            dict(
+                id=f'reference__{model}',
+                suite='reference',
+                preset=preset['name'],
+                model=model,
+                key=key,
+                reference=ref,
+                batch_size=q['batch_size'],
+                size=q['data']['size'],
+                data_spec=q['data'],
+                data=data,
+                device=device,
+                threads=threads,
+                cache_dir=cache_dir,
+                checkpoint=osp.join(cache_dir, CHECKPOINT),
+                work_dir=osp.join(work_root, 'references', f'{model}-{key}'),
+                out=osp.join(results_dir, 'references', f'{model}.json')))
     return jobs
 
 
@@ -165,17 +190,22 @@ def run_job(job: dict) -> dict:
     if rec is not None:
         rec = dict(rec, cached=True, out=job['out'])
         write_json_atomic(rec, job['out'])
-        print(f"[reference] {job['model']}: cached ({job['cache_dir']})",
-              flush=True)
+        print(
+            f"[reference] {job['model']}: cached ({job['cache_dir']})",
+            flush=True)
         return rec
     print(f"[reference] {job['model']}: training ({why})", flush=True)
     try:
         rec = _train(job)
     except Exception as e:  # noqa: BLE001  (the report shows the failure)
-        rec = dict(id=job['id'], suite='reference', model=job['model'],
-                   key=job['key'], status='failed',
-                   error=f'{type(e).__name__}: {e}',
-                   traceback=traceback.format_exc()[-4000:])
+        rec = dict(
+            id=job['id'],
+            suite='reference',
+            model=job['model'],
+            key=job['key'],
+            status='failed',
+            error=f'{type(e).__name__}: {e}',
+            traceback=traceback.format_exc()[-4000:])
         write_json_atomic(rec, job['out'])
         return rec
     write_json_atomic(rec, osp.join(job['cache_dir'], RECORD))
@@ -187,10 +217,10 @@ def run_job(job: dict) -> dict:
 def _train(job: dict) -> dict:
     import torch
     torch.set_num_threads(job['threads'])
-    import mmprune  # noqa: F401  (registries, torch.load safe globals)
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner
 
+    import mmprune  # noqa: F401  (registries, torch.load safe globals)
     from benchmarks.quality import final_model, make_record_hook
     from mmprune.apis import cost_model
     from mmprune.utils.io import atomic_write
@@ -199,9 +229,13 @@ def _train(job: dict) -> dict:
     if osp.isdir(job['cache_dir']):
         shutil.rmtree(job['cache_dir'])
     os.makedirs(job['cache_dir'])
-    cfg = reference_config(job['model'], job['reference'], job['data_spec'],
-                           job['batch_size'], data=job['data'],
-                           work_dir=job['work_dir'])
+    cfg = reference_config(
+        job['model'],
+        job['reference'],
+        job['data_spec'],
+        job['batch_size'],
+        data=job['data'],
+        work_dir=job['work_dir'])
     t0 = time.perf_counter()
     runner = Runner.from_cfg(cfg)
     record = make_record_hook()
@@ -209,31 +243,49 @@ def _train(job: dict) -> dict:
     runner.train()
     total = time.perf_counter() - t0
     model, which = final_model(runner)
-    state = {k: v.detach().cpu().clone()
-             for k, v in model.state_dict().items()}
-    meta = dict(mmprune_bench_reference=dict(
-        model=job['model'], key=job['key'], weights=which,
-        epochs=job['reference']['epochs']))
-    atomic_write(job['checkpoint'], lambda tmp: torch.save(
-        dict(state_dict=state, meta=meta), tmp))
+    state = {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    meta = dict(
+        mmprune_bench_reference=dict(
+            model=job['model'],
+            key=job['key'],
+            weights=which,
+            epochs=job['reference']['epochs']))
+    atomic_write(
+        job['checkpoint'],
+        lambda tmp: torch.save(dict(state_dict=state, meta=meta), tmp))
     size = (job['size'], job['size'])
     metrics = record.metrics or {}
     hist = record.history
     return dict(
-        id=job['id'], suite='reference', status='ok', model=job['model'],
-        key=job['key'], preset=job['preset'], reference=job['reference'],
-        data=job['data_spec'], batch_size=job['batch_size'],
-        input_size=list(size), weights=which,
+        id=job['id'],
+        suite='reference',
+        status='ok',
+        model=job['model'],
+        key=job['key'],
+        preset=job['preset'],
+        reference=job['reference'],
+        data=job['data_spec'],
+        batch_size=job['batch_size'],
+        input_size=list(size),
+        weights=which,
         mAP=metrics.get('coco/bbox_mAP', 0.0),
         AP50=metrics.get('coco/bbox_mAP_50', 0.0),
-        epochs=runner.epoch, iterations=runner.iter, val_history=hist,
+        epochs=runner.epoch,
+        iterations=runner.iter,
+        val_history=hist,
         plateau=plateau(hist),
-        total_wall_s=total, val_wall_s=record.val_s,
+        total_wall_s=total,
+        val_wall_s=record.val_s,
         train_wall_s=total - record.val_s,
         flops=cost_model(model, size).flops(),
         params=sum(p.numel() for p in model.parameters()),
-        checkpoint=job['checkpoint'], sha256=sha256_file(job['checkpoint']),
-        threads=job['threads'], device=job['device'],
+        checkpoint=job['checkpoint'],
+        sha256=sha256_file(job['checkpoint']),
+        threads=job['threads'],
+        device=job['device'],
         env=environment(job['device']))
 
 
@@ -261,11 +313,13 @@ def main(argv=None) -> int:
     p.add_argument('--val-interval', type=int, default=None)
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--cache', default=DEFAULT_CACHE)
-    p.add_argument('--data-root', default=osp.join(ROOT, 'data',
-                                                   'synth_bench'))
-    p.add_argument('--out', default=None,
-                   help='record file (default: <cache entry>/'
-                   'reference.json only)')
+    p.add_argument(
+        '--data-root', default=osp.join(ROOT, 'data', 'synth_bench'))
+    p.add_argument(
+        '--out',
+        default=None,
+        help='record file (default: <cache entry>/'
+        'reference.json only)')
     a = p.parse_args(argv)
     preset = get_preset(a.preset)
     q = preset['quality']
@@ -282,14 +336,20 @@ def main(argv=None) -> int:
     q['reference'], q['models'][a.model]['reference'] = ref, None
     data = prepare_data(a.data_root, q['data'])
     out = a.out or osp.join(a.cache, 'last_cli_record.json')
-    job, = reference_jobs(preset, osp.dirname(out), osp.join(
-        ROOT, 'work_dirs', 'bench', 'reference_cli'), data, 'cpu',
+    job, = reference_jobs(
+        preset, osp.dirname(out),
+        osp.join(ROOT, 'work_dirs', 'bench', 'reference_cli'), data, 'cpu',
         a.threads, a.cache)
     job['out'] = out
     rec = run_job(job)
-    print(json.dumps({k: rec.get(k) for k in (
-        'status', 'mAP', 'epochs', 'train_wall_s', 'plateau', 'checkpoint',
-        'error')}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: rec.get(k)
+                for k in ('status', 'mAP', 'epochs', 'train_wall_s', 'plateau',
+                          'checkpoint', 'error')
+            },
+            indent=1))
     return 0 if rec.get('status') == 'ok' else 1
 
 

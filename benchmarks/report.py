@@ -37,9 +37,9 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.methods import (ALL_METHODS, FLOOR_METHOD,  # noqa: E402
-                                LABELS, MMPRUNE_METHODS, PEER_METHODS)
-from benchmarks.stats import mean_std, paired_difference  # noqa: E402
+from benchmarks.methods import (ALL_METHODS, FLOOR_METHOD, LABELS,
+                                MMPRUNE_METHODS, PEER_METHODS)
+from benchmarks.stats import mean_std, paired_difference
 
 QUALITY_BUDGET = 0.5
 DENSE_GAP = 1.0  # mAP points
@@ -67,18 +67,27 @@ def load_results(results_dir: str) -> dict:
     env = osp.join(results_dir, 'env.json')
     return dict(
         dir=results_dir,
-        references=[_read(p) for p in sorted(glob.glob(
-            osp.join(results_dir, 'references', '*.json')))],
+        references=[
+            _read(p) for p in sorted(
+                glob.glob(osp.join(results_dir, 'references', '*.json')))
+        ],
         env=_read(env) if osp.isfile(env) else None,
-        quality=[_read(p) for p in q_files
-                 if not osp.basename(p).startswith('latency__')],
-        latency={osp.basename(p)[len('latency__'):-5]: _read(p)
-                 for p in q_files
-                 if osp.basename(p).startswith('latency__')},
-        speed=[_read(p) for p in sorted(glob.glob(
-            osp.join(results_dir, 'speed', '*.json')))],
-        tools=[_read(p) for p in sorted(glob.glob(
-            osp.join(results_dir, 'tools', '*.json')))])
+        quality=[
+            _read(p) for p in q_files
+            if not osp.basename(p).startswith('latency__')
+        ],
+        latency={
+            osp.basename(p)[len('latency__'):-5]: _read(p)
+            for p in q_files if osp.basename(p).startswith('latency__')
+        },
+        speed=[
+            _read(p) for p in sorted(
+                glob.glob(osp.join(results_dir, 'speed', '*.json')))
+        ],
+        tools=[
+            _read(p) for p in sorted(
+                glob.glob(osp.join(results_dir, 'tools', '*.json')))
+        ])
 
 
 # ----------------------------------------------------------- aggregation
@@ -99,8 +108,8 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
         proto = _protocol(r)
         if r['method'] == 'dense':
             dense.setdefault((r['model'], proto), []).append(r)
-        by_key.setdefault((r['model'], proto, r['budget']), {}).setdefault(
-            r['method'], []).append(r)
+        by_key.setdefault((r['model'], proto, r['budget']),
+                          {}).setdefault(r['method'], []).append(r)
     lat = {}
     for entry in results['latency'].values():
         lat.update(entry.get('latency', {}))
@@ -112,21 +121,26 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
         rows = []
         for method in [m for m in ALL_METHODS if methods.get(m)]:
             runs = methods[method]
-            ok = [r for r in runs if r.get('status') == 'ok' and
-                  r.get('mAP') is not None]
-            row = dict(method=method, label=LABELS.get(method, method),
-                       runs=len(runs), ok=len(ok),
-                       status=_status(runs), errors=[
-                           r.get('error', '') for r in runs
-                           if r.get('status') != 'ok'])
+            ok = [
+                r for r in runs
+                if r.get('status') == 'ok' and r.get('mAP') is not None
+            ]
+            row = dict(
+                method=method,
+                label=LABELS.get(method, method),
+                runs=len(runs),
+                ok=len(ok),
+                status=_status(runs),
+                errors=[
+                    r.get('error', '') for r in runs if r.get('status') != 'ok'
+                ])
             if ok:
                 row['by_seed'] = {r['seed']: 100 * r['mAP'] for r in ok}
                 row['mAP'], row['mAP_std'] = mean_std(
                     [100 * r['mAP'] for r in ok])
                 row['AP50'], row['AP50_std'] = mean_std(
                     [100 * r['AP50'] for r in ok])
-                row['flops_g'] = statistics.fmean(r['flops'] / 1e9
-                                                  for r in ok)
+                row['flops_g'] = statistics.fmean(r['flops'] / 1e9 for r in ok)
                 row['flops_ratio'] = statistics.fmean(r['flops_ratio']
                                                       for r in ok)
                 row['params_m'] = statistics.fmean(r['params'] / 1e6
@@ -136,8 +150,8 @@ def quality_rows(results: dict) -> Dict[tuple, List[dict]]:
                 ms = [lat[r['id']]['median_ms'] for r in ok if r['id'] in lat]
                 row['latency_ms'] = statistics.fmean(ms) if ms else None
                 row['seeds'] = sorted(r['seed'] for r in ok)
-                row['no_detections'] = sum(bool(r.get('no_detections'))
-                                           for r in ok)
+                row['no_detections'] = sum(
+                    bool(r.get('no_detections')) for r in ok)
             rows.append(row)
         d = next((r for r in rows if r['method'] == 'dense'), None)
         for row in rows:
@@ -153,8 +167,9 @@ def _status(runs: List[dict]) -> str:
 
 
 def _best(rows: List[dict], methods) -> Optional[dict]:
-    cands = [r for r in rows if r['method'] in methods and
-             r.get('mAP') is not None]
+    cands = [
+        r for r in rows if r['method'] in methods and r.get('mAP') is not None
+    ]
     return max(cands, key=lambda r: r['mAP']) if cands else None
 
 
@@ -177,15 +192,18 @@ def quality_targets(tables: Dict[tuple, List[dict]]) -> List[dict]:
         dense = by.get('dense')
         best = _best(rows, MMPRUNE_METHODS)
         peer = _best(rows, PEER_METHODS)
-        rec = dict(model=model, protocol=proto, budget=budget,
-                   dense=dense and dense['mAP'],
-                   best=best and best['method'],
-                   best_mAP=best and best['mAP'],
-                   peer=peer and peer['method'],
-                   peer_mAP=peer and peer['mAP'],
-                   seeds=min((len(r.get('seeds', [])) for r in
-                              [x for x in (best, peer, dense) if x]),
-                             default=0))
+        rec = dict(
+            model=model,
+            protocol=proto,
+            budget=budget,
+            dense=dense and dense['mAP'],
+            best=best and best['method'],
+            best_mAP=best and best['mAP'],
+            peer=peer and peer['method'],
+            peer_mAP=peer and peer['mAP'],
+            seeds=min((len(r.get('seeds', []))
+                       for r in [x for x in (best, peer, dense) if x]),
+                      default=0))
         rec['vs_peer'] = _paired(best, peer)
         rec['vs_dense'] = _paired(best, dense)
         rec['near_dense'] = None if not (best and dense) else \
@@ -208,16 +226,22 @@ def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
     """The best pruning method against the random floor: discriminative
     when its mean beats random's by more than the larger seed std."""
     rand = by.get(FLOOR_METHOD)
-    top = _best(rows, [m for m in ALL_METHODS
-                       if m not in ('dense', FLOOR_METHOD)])
-    rec = dict(floor=rand and rand['mAP'], top=top and top['method'],
-               top_mAP=top and top['mAP'], floor_margin=None,
-               floor_spread=None, discriminative=None,
-               vs_floor=_paired(top, rand))
+    top = _best(rows,
+                [m for m in ALL_METHODS if m not in ('dense', FLOOR_METHOD)])
+    rec = dict(
+        floor=rand and rand['mAP'],
+        top=top and top['method'],
+        top_mAP=top and top['mAP'],
+        floor_margin=None,
+        floor_spread=None,
+        discriminative=None,
+        vs_floor=_paired(top, rand))
     if rand and top:
         rec['floor_margin'] = top['mAP'] - rand['mAP']
-        stds = [s for s in (top.get('mAP_std'), rand.get('mAP_std'))
-                if s is not None]
+        stds = [
+            s for s in (top.get('mAP_std'), rand.get('mAP_std'))
+            if s is not None
+        ]
         if stds:
             rec['floor_spread'] = max(stds)
             rec['discriminative'] = rec['floor_margin'] > max(stds)
@@ -231,14 +255,18 @@ def speed_rows(results: dict) -> List[dict]:
             continue
         for r in res['rows']:
             target = SPEED_TARGETS.get(res['mode'])
-            rows.append(dict(
-                r, model=res['model'], mode=res['mode'],
-                input_size=res['input_size'], target=target,
-                onnx_ok=all(o['passed'] for o in res['onnx'].values()),
-                passed=None if target is None else
-                r['realized_over_flops'] >= target,
-                name=f"{res['model']} {res['mode']} {r['setting']} "
-                f"{r['backend']} b{r['batch']}"))
+            rows.append(
+                dict(
+                    r,
+                    model=res['model'],
+                    mode=res['mode'],
+                    input_size=res['input_size'],
+                    target=target,
+                    onnx_ok=all(o['passed'] for o in res['onnx'].values()),
+                    passed=None
+                    if target is None else r['realized_over_flops'] >= target,
+                    name=f"{res['model']} {res['mode']} {r['setting']} "
+                    f"{r['backend']} b{r['batch']}"))
     return rows
 
 
@@ -256,12 +284,15 @@ def _verdict(v: Optional[bool]) -> str:
 
 def _env_lines(results: dict) -> List[str]:
     env = results['env'] or {}
-    envs = [r.get('env') for suite in ('quality', 'speed', 'tools')
-            for r in results[suite] if r.get('env')]
-    commits = sorted({(e['git'].get('commit') or '?')[:10] +
-                      (' (uncommitted changes)' if e['git'].get('dirty')
-                       else '') for e in envs + ([env] if env else [])
-                      if e.get('git')})
+    envs = [
+        r.get('env') for suite in ('quality', 'speed', 'tools')
+        for r in results[suite] if r.get('env')
+    ]
+    commits = sorted({
+        (e['git'].get('commit') or '?')[:10] +
+        (' (uncommitted changes)' if e['git'].get('dirty') else '')
+        for e in envs + ([env] if env else []) if e.get('git')
+    })
     m = env.get('machine', {})
     v = env.get('versions', {})
     lines = [
@@ -269,12 +300,12 @@ def _env_lines(results: dict) -> List[str]:
         f"{', '.join(env.get('suites', []))}; started {env.get('time', '?')}",
         f"- machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} logical CPUs"
         f", {m.get('memory_gib', '?')} GiB; {m.get('platform', '?')}; "
-        f"device `{m.get('device', '?')}`"
-        + (f" ({m['gpu']})" if m.get('gpu') else ''),
+        f"device `{m.get('device', '?')}`" +
+        (f" ({m['gpu']})" if m.get('gpu') else ''),
         f"- runs: {env.get('parallel_jobs', '?')} at a time, "
         f"{env.get('threads', '?')} torch thread(s) each",
-        '- versions: ' + ', '.join(f'{k} {val}' for k, val in v.items()
-                                   if val),
+        '- versions: ' + ', '.join(f'{k} {val}'
+                                   for k, val in v.items() if val),
         f"- git commit(s) of the result files: {', '.join(commits) or '?'}",
     ]
     return lines
@@ -301,18 +332,23 @@ def headline(tables: Dict[tuple, List[dict]]) -> List[str]:
     """The one table: per model and protocol, each method's mAP at 100 %
     (dense), 50 % and 30 % FLOPs (mean ± std (seeds)) and its latency at
     50 %."""
-    L = ['| model | protocol | method | 100 % FLOPs | 50 % FLOPs | '
-         '30 % FLOPs | latency ms at 50 % (speedup) |',
-         '|---|---|---|---|---|---|---|']
+    L = [
+        '| model | protocol | method | 100 % FLOPs | 50 % FLOPs | '
+        '30 % FLOPs | latency ms at 50 % (speedup) |',
+        '|---|---|---|---|---|---|---|'
+    ]
     pairs = sorted({(m, p) for m, p, _ in tables})
     for model, proto in pairs:
-        at = {b: {r['method']: r for r in rows}
-              for (m, p, b), rows in tables.items()
-              if (m, p) == (model, proto)}
+        at = {
+            b: {
+                r['method']: r
+                for r in rows
+            }
+            for (m, p, b), rows in tables.items() if (m, p) == (model, proto)
+        }
         half = next((v for b, v in at.items() if abs(b - 0.5) < 1e-9), {})
         third = next((v for b, v in at.items() if abs(b - 0.3) < 1e-9), {})
-        methods = [m for m in ALL_METHODS
-                   if any(m in v for v in at.values())]
+        methods = [m for m in ALL_METHODS if any(m in v for v in at.values())]
         for method in methods:
             any_row = next(v[method] for v in at.values() if method in v)
             if method == 'dense':
@@ -320,8 +356,7 @@ def headline(tables: Dict[tuple, List[dict]]) -> List[str]:
                 lat = any_row.get('latency_ms')
                 lat_s = _f(lat, '.1f') + (' (1.00x)' if lat else '')
             else:
-                cols = ('', _cell(half.get(method)),
-                        _cell(third.get(method)))
+                cols = ('', _cell(half.get(method)), _cell(third.get(method)))
                 h = half.get(method) or {}
                 lat_s = (f"{_f(h.get('latency_ms'), '.1f')} "
                          f"({_f(h.get('speedup'), '.2f')}x)"
@@ -335,16 +370,18 @@ def _references_md(results) -> List[str]:
     refs = results.get('references') or []
     if not refs:
         return []
-    L = ['## Trained references', '',
-         "Dense checkpoints trained here on the synthetic set (no weights "
-         "can be downloaded) and cached by a hash of their config, data "
-         "arguments, seed and recipe (`benchmarks/reference.py`); every "
-         "protocol-'trained' run of a model starts from its checkpoint. "
-         "Plateau: the mAP gained over the last quarter of the validated "
-         "epochs (near 0: plateaued).", '',
-         '| model | mAP | AP50 | epochs | iterations | train wall s | '
-         'plateau (gain) | key | cached |',
-         '|---|---|---|---|---|---|---|---|---|']
+    L = [
+        '## Trained references', '',
+        "Dense checkpoints trained here on the synthetic set (no weights "
+        "can be downloaded) and cached by a hash of their config, data "
+        "arguments, seed and recipe (`benchmarks/reference.py`); every "
+        "protocol-'trained' run of a model starts from its checkpoint. "
+        "Plateau: the mAP gained over the last quarter of the validated "
+        "epochs (near 0: plateaued).", '',
+        '| model | mAP | AP50 | epochs | iterations | train wall s | '
+        'plateau (gain) | key | cached |',
+        '|---|---|---|---|---|---|---|---|---|'
+    ]
     for r in refs:
         if r.get('status') != 'ok':
             L.append(f"| {r.get('model')} | failed: "
@@ -365,12 +402,14 @@ def _references_md(results) -> List[str]:
 def _stats_md(targets: List[dict]) -> List[str]:
     if not targets:
         return []
-    L = ['### Paired comparisons at 50 % FLOPs', '',
-         'Per-seed differences of mAP points (runs of the same seed share '
-         'the reference, the data order and the augmentation), mean and '
-         'Student-t 95 % interval over the seeds (`benchmarks/stats.py`).',
-         '', '| model | protocol | comparison | difference [95 % CI] |',
-         '|---|---|---|---|']
+    L = [
+        '### Paired comparisons at 50 % FLOPs', '',
+        'Per-seed differences of mAP points (runs of the same seed share '
+        'the reference, the data order and the augmentation), mean and '
+        'Student-t 95 % interval over the seeds (`benchmarks/stats.py`).', '',
+        '| model | protocol | comparison | difference [95 % CI] |',
+        '|---|---|---|---|'
+    ]
     for t in targets:
         pre = f"| {t['model']} | {t['protocol']} | "
         if t['best'] and t['peer']:
@@ -412,42 +451,48 @@ def _quality_md(results, tables, targets, plots) -> List[str]:
     q = next(r for r in results['quality'] if 'data' in r)
     d = q.get('data', {})
     protos = sorted({p for _, p, _ in tables})
-    lr_mult = '/'.join(sorted({str(r['lr_mult']) for r in results['quality']
-                               if r.get('protocol') == 'trained' and
-                               'lr_mult' in r})) or 'n/a'
-    L += [f"Synthetic COCO set ({d.get('difficulty')} profile, "
-          f"{d.get('num_train')} train / {d.get('num_val')} val images at "
-          f"{d.get('size')} px, {d.get('num_classes')} classes), batch "
-          f"{q['batch_size']}, the same recipe in every run of a table "
-          f"(`benchmarks/methods.py` says when each method cuts). Protocol "
-          f"'trained': every run starts from the model's trained reference "
-          f"and fine-tunes the same epochs at {lr_mult} x its LR; one-shot "
-          f"methods "
-          f"cut after the first iteration, the others keep their paper "
-          f"schedule compressed into the window; dense is the reference "
-          f"fine-tuned as long. Protocol 'scratch': every run trains the "
-          f"same epochs from random init, pruning methods cut during them."
-          f" mAP and AP50 are COCO bbox metrics x100 (YOLOX: EMA weights), "
-          f"mean ± std over the seeds (no ± with one seed). FLOPs: "
-          f"mmprune's cost model (multiply-adds + BN) at the training size."
-          f" Latency: batch 1, torch eager, 1 thread, median of interleaved "
-          f"rounds, no other benchmark job running. Train time: wall "
-          f"seconds of the training loop without validation (and without "
-          f"the Torch-Pruning ratio search), with another run beside it. "
-          f"Protocols here: {', '.join(protos)}.", '']
+    lr_mult = '/'.join(
+        sorted({
+            str(r['lr_mult'])
+            for r in results['quality']
+            if r.get('protocol') == 'trained' and 'lr_mult' in r
+        })) or 'n/a'
+    L += [
+        f"Synthetic COCO set ({d.get('difficulty')} profile, "
+        f"{d.get('num_train')} train / {d.get('num_val')} val images at "
+        f"{d.get('size')} px, {d.get('num_classes')} classes), batch "
+        f"{q['batch_size']}, the same recipe in every run of a table "
+        f"(`benchmarks/methods.py` says when each method cuts). Protocol "
+        f"'trained': every run starts from the model's trained reference "
+        f"and fine-tunes the same epochs at {lr_mult} x its LR; one-shot "
+        f"methods "
+        f"cut after the first iteration, the others keep their paper "
+        f"schedule compressed into the window; dense is the reference "
+        f"fine-tuned as long. Protocol 'scratch': every run trains the "
+        f"same epochs from random init, pruning methods cut during them."
+        f" mAP and AP50 are COCO bbox metrics x100 (YOLOX: EMA weights), "
+        f"mean ± std over the seeds (no ± with one seed). FLOPs: "
+        f"mmprune's cost model (multiply-adds + BN) at the training size."
+        f" Latency: batch 1, torch eager, 1 thread, median of interleaved "
+        f"rounds, no other benchmark job running. Train time: wall "
+        f"seconds of the training loop without validation (and without "
+        f"the Torch-Pruning ratio search), with another run beside it. "
+        f"Protocols here: {', '.join(protos)}.", ''
+    ]
     epochs = {}
     for r in results['quality']:
         if 'model' in r:
-            epochs.setdefault((r['model'], _protocol(r)), set()).add(
-                r['epochs'])
+            epochs.setdefault((r['model'], _protocol(r)),
+                              set()).add(r['epochs'])
     for (model, proto, budget), rows in tables.items():
-        ep = '/'.join(str(e) for e in sorted(epochs.get((model, proto),
-                                                          ())))
-        L += [f'### {model}, {proto}, {round(budget * 100)} % FLOPs '
-              f'({ep} epochs)', '',
-              '| method | mAP | AP50 | GFLOPs (kept) | params (M) | '
-              'latency ms (speedup) | train s | seeds | status |',
-              '|---|---|---|---|---|---|---|---|---|']
+        ep = '/'.join(str(e) for e in sorted(epochs.get((model, proto), ())))
+        L += [
+            f'### {model}, {proto}, {round(budget * 100)} % FLOPs '
+            f'({ep} epochs)', '',
+            '| method | mAP | AP50 | GFLOPs (kept) | params (M) | '
+            'latency ms (speedup) | train s | seeds | status |',
+            '|---|---|---|---|---|---|---|---|---|'
+        ]
         for r in rows:
             if r['ok']:
                 L.append(
@@ -459,24 +504,27 @@ def _quality_md(results, tables, targets, plots) -> List[str]:
                     f"{_f(r.get('latency_ms'), '.1f')} "
                     f"({_f(r.get('speedup'), '.2f')}x) | "
                     f"{_f(r['train_s'], '.0f', r['train_s_std'])} | "
-                    f"{len(r['seeds'])} | {r['status']}"
-                    + (f" ({r['no_detections']} with no detections)"
-                       if r['no_detections'] else '') + ' |')
+                    f"{len(r['seeds'])} | {r['status']}" +
+                    (f" ({r['no_detections']} with no detections)"
+                     if r['no_detections'] else '') + ' |')
             else:
-                err = '; '.join(e.split('\n')[0][:160]
-                                for e in r['errors'])
+                err = '; '.join(e.split('\n')[0][:160] for e in r['errors'])
                 L.append(f"| {r['label']} | – | – | – | – | – | – | 0 "
                          f"| {r['status']}: {err} |")
         L.append('')
     for (model, proto), files in sorted(plots.items()):
-        L += [f'![{model} {proto} {what}](plots/{osp.basename(f)})'
-              for what, f in files]
+        L += [
+            f'![{model} {proto} {what}](plots/{osp.basename(f)})'
+            for what, f in files
+        ]
         L.append('')
-    L += ['### Targets at 50 % FLOPs', '',
-          '| model | protocol | dense mAP | best mmprune | best peer | '
-          f'within {DENSE_GAP} of dense | ≥ {PEER_MARGIN} above the best '
-          'peer, CI > 0 | beats random by more than the spread | fine ≥ '
-          'coupled |', '|---|---|---|---|---|---|---|---|---|']
+    L += [
+        '### Targets at 50 % FLOPs', '',
+        '| model | protocol | dense mAP | best mmprune | best peer | '
+        f'within {DENSE_GAP} of dense | ≥ {PEER_MARGIN} above the best '
+        'peer, CI > 0 | beats random by more than the spread | fine ≥ '
+        'coupled |', '|---|---|---|---|---|---|---|---|---|'
+    ]
     for t in targets:
         L.append(
             f"| {t['model']} | {t['protocol']} | {_f(t['dense'], '.2f')} | "
@@ -487,47 +535,59 @@ def _quality_md(results, tables, targets, plots) -> List[str]:
             f"{_verdict(t['fine_ge_coupled'])} |")
     L.append('')
     L += _stats_md(targets)
-    low = [f"{t['model']} ({t['protocol']})" for t in targets
-           if t['dense'] is not None and t['dense'] < MEANINGFUL_MAP]
+    low = [
+        f"{t['model']} ({t['protocol']})" for t in targets
+        if t['dense'] is not None and t['dense'] < MEANINGFUL_MAP
+    ]
     if low:
-        L += [f"Dense mAP is below {MEANINGFUL_MAP} for "
-              f"{', '.join(low)}: the schedule is too short for the model "
-              f"to learn the data, so these verdicts say nothing about the "
-              f"methods.", '']
+        L += [
+            f"Dense mAP is below {MEANINGFUL_MAP} for "
+            f"{', '.join(low)}: the schedule is too short for the model "
+            f"to learn the data, so these verdicts say nothing about the "
+            f"methods.", ''
+        ]
     if any(t['seeds'] < 2 for t in targets):
-        L += ['With one seed there is no spread: differences of about '
-              '1 mAP are within what another seed could change.', '']
-    L += ['Torch-Pruning peers: Torch-Pruning prunes the live model '
-          'inside a hook at the cut (its channel ratio bisected on '
-          'copies until mmprune\'s cost model gives the FLOPs target); it '
-          'does not know the optimizer or the EMA copy, so the optimizer '
-          'keeps its param groups with the pruned parameters swapped in by '
-          'name and its state (Adam moments) **reset**, and the EMA model is '
-          '**rebuilt** from the pruned weights (`benchmarks/tp_peer.py`). '
-          'mmprune\'s hook slices the optimizer state and cuts the EMA copy '
-          'with the same plan instead.', '']
+        L += [
+            'With one seed there is no spread: differences of about '
+            '1 mAP are within what another seed could change.', ''
+        ]
+    L += [
+        'Torch-Pruning peers: Torch-Pruning prunes the live model '
+        'inside a hook at the cut (its channel ratio bisected on '
+        'copies until mmprune\'s cost model gives the FLOPs target); it '
+        'does not know the optimizer or the EMA copy, so the optimizer '
+        'keeps its param groups with the pruned parameters swapped in by '
+        'name and its state (Adam moments) **reset**, and the EMA model is '
+        '**rebuilt** from the pruned weights (`benchmarks/tp_peer.py`). '
+        'mmprune\'s hook slices the optimizer state and cuts the EMA copy '
+        'with the same plan instead.', ''
+    ]
     return L
 
 
 def _speed_md(results, rows, plot) -> List[str]:
     L = ['## 2. Speed: dense vs compact', '']
     if not rows:
-        failed = [f"{s.get('id')}: {str(s.get('error', ''))[:300]}"
-                  for s in results['speed'] if s.get('status') != 'ok']
+        failed = [
+            f"{s.get('id')}: {str(s.get('error', ''))[:300]}"
+            for s in results['speed'] if s.get('status') != 'ok'
+        ]
         return L + ['No speed results.'] + \
             (['', 'Failed: ' + '; '.join(failed)] if failed else []) + ['']
     s = next(x for x in results['speed'] if x.get('status') == 'ok')
-    L += [f"L1-pruned to {round(s['budget'] * 100)} % FLOPs with the "
-          f"allocator settings of `benchmarks/graph_and_speed.py`; tensor "
-          f"forward (no NMS), {s['threads']} thread(s), median of "
-          f"{s['runs']} interleaved rounds (all variants of a batch size in "
-          f"the same rounds). onnxruntime runs the exported model "
-          f"(checked against torch). Target: realized / FLOPs speedup ≥ "
-          f"{SPEED_TARGETS['coupled']} (coupled), ≥ "
-          f"{SPEED_TARGETS['fine']} (fine).", '',
-          '| model | size | mode | allocator | backend | batch | FLOPs kept | '
-          'dense ms | compact ms | speedup | / FLOPs speedup | target |',
-          '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    L += [
+        f"L1-pruned to {round(s['budget'] * 100)} % FLOPs with the "
+        f"allocator settings of `benchmarks/graph_and_speed.py`; tensor "
+        f"forward (no NMS), {s['threads']} thread(s), median of "
+        f"{s['runs']} interleaved rounds (all variants of a batch size in "
+        f"the same rounds). onnxruntime runs the exported model "
+        f"(checked against torch). Target: realized / FLOPs speedup ≥ "
+        f"{SPEED_TARGETS['coupled']} (coupled), ≥ "
+        f"{SPEED_TARGETS['fine']} (fine).", '',
+        '| model | size | mode | allocator | backend | batch | FLOPs kept | '
+        'dense ms | compact ms | speedup | / FLOPs speedup | target |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|'
+    ]
     for r in rows:
         L.append(f"| {r['model']} | {r['input_size'][0]}x"
                  f"{r['input_size'][1]} | {r['mode']} | {r['setting']} | "
@@ -543,13 +603,17 @@ def _speed_md(results, rows, plot) -> List[str]:
             n = sum(bool(r['passed']) for r in sel)
             L.append(f"\n{mode}: {n} of {len(sel)} rows meet ≥ "
                      f"{SPEED_TARGETS[mode]}.")
-    failed = [f"{s.get('id')}: {str(s.get('error', ''))[:200]}"
-              for s in results['speed'] if s.get('status') != 'ok']
+    failed = [
+        f"{s.get('id')}: {str(s.get('error', ''))[:200]}"
+        for s in results['speed'] if s.get('status') != 'ok'
+    ]
     if failed:
         L.append('\nFailed speed jobs: ' + '; '.join(failed))
-    bad = [f"{s['model']} {s['mode']} {k}" for s in results['speed']
-           if s.get('status') == 'ok'
-           for k, o in s['onnx'].items() if not o['passed']]
+    bad = [
+        f"{s['model']} {s['mode']} {k}" for s in results['speed']
+        if s.get('status') == 'ok' for k, o in s['onnx'].items()
+        if not o['passed']
+    ]
     if bad:
         L.append(f"\nonnxruntime disagreed with torch beyond 1e-3 for: "
                  f"{', '.join(bad)}.")
@@ -561,15 +625,16 @@ def _speed_md(results, rows, plot) -> List[str]:
 def _tools_md(results, plot) -> List[str]:
     L = ['## 3. Tool costs', '']
     graphs = [t for t in results['tools'] if t.get('kind') == 'graph']
-    hook = next((t for t in results['tools'] if t.get('kind') == 'hook'),
-                None)
+    hook = next((t for t in results['tools'] if t.get('kind') == 'hook'), None)
     if graphs:
-        L += ['Graph analysis (seconds, 1 thread): mmprune traces at 128 px '
-              'by default; Torch-Pruning `DependencyGraph.build_dependency` '
-              'at the model\'s usual input size.', '',
-              '| model | input | mmprune (128 px) | mmprune (full size) | '
-              'Torch-Pruning | Torch-Pruning / mmprune (128 px) |',
-              '|---|---|---|---|---|---|']
+        L += [
+            'Graph analysis (seconds, 1 thread): mmprune traces at 128 px '
+            'by default; Torch-Pruning `DependencyGraph.build_dependency` '
+            'at the model\'s usual input size.', '',
+            '| model | input | mmprune (128 px) | mmprune (full size) | '
+            'Torch-Pruning | Torch-Pruning / mmprune (128 px) |',
+            '|---|---|---|---|---|---|'
+        ]
         for g in graphs:
             if g.get('status') != 'ok':
                 L.append(f"| {g.get('model')} | | failed: "
@@ -597,18 +662,20 @@ def _tools_md(results, plot) -> List[str]:
             own = (f"; the hook's own time: {m['hook_ms']:.1f} ms per "
                    f"{m['step_ms']:.0f} ms iteration "
                    f"({1 + m['hook_ms'] / m['step_ms']:.3f}x)")
-        L += ['Hook overhead (`benchmarks/hook_overhead.py`):', '',
-              f"- masked training iteration / plain iteration (YOLOX-tiny, "
-              f"batch 2, {h['iter_size']} px): "
-              f"**{hook['masked_iter_ratio']:.3f}x** (target ≤ 1.05x: "
-              f"{_verdict(hook['masked_iter_ratio'] <= 1.05)}){own}",
-              f"- one prune event ({h['event_config']} at {h['event_size']} "
-              f"px, 50 % FLOPs): **{hook['event_seconds']:.2f} s**",
-              f"- training cut to 50 % after epoch 1 / dense training "
-              f"(YOLOX-tiny, {h['run_images']} images, {h['run_size']} px, "
-              f"{h['run_epochs']} epochs, mean of {h.get('run_repeats', 1)} "
-              f"run(s) each): **{hook['prune_run_ratio']:.3f}x**"
-              f" ({secs['pruned']:.1f} s / {secs['dense']:.1f} s)"]
+        L += [
+            'Hook overhead (`benchmarks/hook_overhead.py`):', '',
+            f"- masked training iteration / plain iteration (YOLOX-tiny, "
+            f"batch 2, {h['iter_size']} px): "
+            f"**{hook['masked_iter_ratio']:.3f}x** (target ≤ 1.05x: "
+            f"{_verdict(hook['masked_iter_ratio'] <= 1.05)}){own}",
+            f"- one prune event ({h['event_config']} at {h['event_size']} "
+            f"px, 50 % FLOPs): **{hook['event_seconds']:.2f} s**",
+            f"- training cut to 50 % after epoch 1 / dense training "
+            f"(YOLOX-tiny, {h['run_images']} images, {h['run_size']} px, "
+            f"{h['run_epochs']} epochs, mean of {h.get('run_repeats', 1)} "
+            f"run(s) each): **{hook['prune_run_ratio']:.3f}x**"
+            f" ({secs['pruned']:.1f} s / {secs['dense']:.1f} s)"
+        ]
         fast = hook.get('prune_run_ratio_latency_aware')
         if fast is not None:  # results written before it existed lack it
             L[-1] += (f"; with the latency-aware speed setting **{fast:.3f}x"
@@ -627,25 +694,34 @@ def _plots(tables, plot_dir) -> Dict[tuple, list]:
     from benchmarks import plots as P
     out = {}
     for model, proto in sorted({(m, p) for m, p, _ in tables}):
-        pts = [dict(label=r['label'], flops_ratio=r['flops_ratio'],
-                    latency_ms=r.get('latency_ms'), mAP=r['mAP'],
-                    std=r['mAP_std'])
-               for (m, p, _), rows in tables.items() if (m, p) == (model,
-                                                                  proto)
-               for r in rows if r.get('mAP') is not None]
+        pts = [
+            dict(
+                label=r['label'],
+                flops_ratio=r['flops_ratio'],
+                latency_ms=r.get('latency_ms'),
+                mAP=r['mAP'],
+                std=r['mAP_std']) for (m, p, _), rows in tables.items()
+            if (m, p) == (model, proto) for r in rows
+            if r.get('mAP') is not None
+        ]
         seen = set()  # dense is the reference row of every budget: once
-        pts = [p for p in pts if (p['label'], p['flops_ratio']) not in seen
-               and not seen.add((p['label'], p['flops_ratio']))]
+        pts = [
+            p for p in pts if (p['label'], p['flops_ratio']) not in seen
+            and not seen.add((p['label'], p['flops_ratio']))
+        ]
         if not pts:
             continue
         stem = f'{model}_{proto}'
-        files = [('vs FLOPs', P.plot_quality(
-            pts, osp.join(plot_dir, f'quality_{stem}.png'),
-            f'{model} ({proto}): mAP vs FLOPs kept'))]
+        files = [('vs FLOPs',
+                  P.plot_quality(pts, osp.join(plot_dir,
+                                               f'quality_{stem}.png'),
+                                 f'{model} ({proto}): mAP vs FLOPs kept'))]
         if any(p['latency_ms'] for p in pts):
-            files.append(('vs latency', P.plot_quality_latency(
-                pts, osp.join(plot_dir, f'latency_{stem}.png'),
-                f'{model} ({proto}): mAP vs latency (batch 1, 1 thread)')))
+            files.append((
+                'vs latency',
+                P.plot_quality_latency(
+                    pts, osp.join(plot_dir, f'latency_{stem}.png'),
+                    f'{model} ({proto}): mAP vs latency (batch 1, 1 thread)')))
         out[(model, proto)] = files
     return out
 
@@ -662,18 +738,24 @@ def write_report(results_dir: str) -> str:
     s_rows = speed_rows(results)
     s_plot = P.plot_speed(s_rows, osp.join(plot_dir, 'speed.png'),
                           SPEED_TARGETS) if s_rows else None
-    graphs = [g for g in results['tools']
-              if g.get('kind') == 'graph' and g.get('status') == 'ok']
+    graphs = [
+        g for g in results['tools']
+        if g.get('kind') == 'graph' and g.get('status') == 'ok'
+    ]
     g_plot = P.plot_graph_time(graphs, osp.join(plot_dir, 'graph_time.png')) \
         if graphs else None
     env = results['env'] or {}
     name = env.get('preset', osp.basename(results_dir))
-    lines = [f'# mmprune benchmark results ({name})', '',
-             'Written by `benchmarks/report.py` from the JSON files in this '
-             'folder (`make bench`, `python benchmarks/run.py`).', '']
+    lines = [
+        f'# mmprune benchmark results ({name})', '',
+        'Written by `benchmarks/report.py` from the JSON files in this '
+        'folder (`make bench`, `python benchmarks/run.py`).', ''
+    ]
     if env.get('argv') is not None:
-        lines += [f"Command: `python benchmarks/run.py "
-                  f"{' '.join(env['argv'])}`", '']
+        lines += [
+            f"Command: `python benchmarks/run.py "
+            f"{' '.join(env['argv'])}`", ''
+        ]
     lines += _env_lines(results) + ['']
     summary = []
     for t in targets:
@@ -683,12 +765,12 @@ def write_report(results_dir: str) -> str:
             f"{_verdict(t['near_dense'])}; ≥ {PEER_MARGIN} mAP above the "
             f"best peer with the paired interval above 0 "
             f"{_verdict(t['above_peer'])}; random floor beaten by more "
-            f"than the seeds' spread {_verdict(t['discriminative'])}"
-            + (f"; fine ≥ coupled {_verdict(t['fine_ge_coupled'])}"
-               if t['fine_ge_coupled'] is not None else '')
-            + (f" (dense mAP {t['dense']:.2f} < {MEANINGFUL_MAP}: not "
-               f"informative)" if t['dense'] is not None and
-               t['dense'] < MEANINGFUL_MAP else ''))
+            f"than the seeds' spread {_verdict(t['discriminative'])}" +
+            (f"; fine ≥ coupled {_verdict(t['fine_ge_coupled'])}"
+             if t['fine_ge_coupled'] is not None else '') +
+            (f" (dense mAP {t['dense']:.2f} < {MEANINGFUL_MAP}: not "
+             f"informative)" if t['dense'] is not None
+             and t['dense'] < MEANINGFUL_MAP else ''))
     for mode, target in SPEED_TARGETS.items():
         sel = [r for r in s_rows if r['mode'] == mode]
         if sel:
@@ -699,9 +781,10 @@ def write_report(results_dir: str) -> str:
     if summary:
         lines += ['## Targets', ''] + summary + ['']
     if tables:
-        lines += ['## Headline', '', 'mAP (COCO bbox x100), mean ± std '
-                  '(seeds); details and the paired intervals in section 1.',
-                  ''] + headline(tables) + ['']
+        lines += [
+            '## Headline', '', 'mAP (COCO bbox x100), mean ± std '
+            '(seeds); details and the paired intervals in section 1.', ''
+        ] + headline(tables) + ['']
     lines += _references_md(results)
     lines += _quality_md(results, tables, targets, q_plots)
     lines += _speed_md(results, s_rows, s_plot)
@@ -713,9 +796,11 @@ def write_report(results_dir: str) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('results_dir', nargs='?',
-                   default=osp.join(ROOT, 'benchmarks', 'results', 'quick'),
-                   help='a folder written by benchmarks/run.py')
+    p.add_argument(
+        'results_dir',
+        nargs='?',
+        default=osp.join(ROOT, 'benchmarks', 'results', 'quick'),
+        help='a folder written by benchmarks/run.py')
     a = p.parse_args(argv)
     try:
         print(write_report(a.results_dir))

@@ -60,37 +60,66 @@ DONE = ('ok', 'unreachable')
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('--suites', nargs='+', default=None, choices=SUITES,
-                   help="default: the preset's suites (all for most)")
+    p.add_argument(
+        '--suites',
+        nargs='+',
+        default=None,
+        choices=SUITES,
+        help="default: the preset's suites (all for most)")
     p.add_argument('--preset', default='session', choices=sorted(PRESETS))
-    p.add_argument('--resume', action='store_true',
-                   help='skip jobs whose result JSON is already there')
-    p.add_argument('--jobs', type=int, default=None,
-                   help='quality runs at a time (default: 2 on CPU, 1 on '
-                   'CUDA)')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch/onnxruntime intra-op threads per job')
-    p.add_argument('--device', choices=('cpu', 'cuda'), default=None,
-                   help='default: cuda when available, else cpu')
-    p.add_argument('--difficulty', choices=('easy', 'hard'), default=None,
-                   help="override the preset's synthetic data profile")
-    p.add_argument('--out', default=None,
-                   help='results folder (default: benchmarks/results/'
-                   '<preset>[_cuda])')
-    p.add_argument('--work-dir', default=None,
-                   help='logs, training folders, models, ONNX files '
-                   '(default: work_dirs/bench/<preset>[_cuda])')
-    p.add_argument('--data-root', default=osp.join(ROOT, 'data',
-                                                   'synth_bench'),
-                   help='where the synthetic sets are generated (reused)')
-    p.add_argument('--ref-cache', default=None,
-                   help='trained reference checkpoints, keyed by a hash of '
-                   'what made them (default: work_dirs/bench/references)')
-    p.add_argument('--only', nargs='+', default=None, metavar='PATTERN',
-                   help='run only jobs whose id matches one of these '
-                   'shell patterns (e.g. "yolox_tiny__*__fcp__*")')
-    p.add_argument('--list', action='store_true',
-                   help='print the jobs and exit')
+    p.add_argument(
+        '--resume',
+        action='store_true',
+        help='skip jobs whose result JSON is already there')
+    p.add_argument(
+        '--jobs',
+        type=int,
+        default=None,
+        help='quality runs at a time (default: 2 on CPU, 1 on '
+        'CUDA)')
+    p.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='torch/onnxruntime intra-op threads per job')
+    p.add_argument(
+        '--device',
+        choices=('cpu', 'cuda'),
+        default=None,
+        help='default: cuda when available, else cpu')
+    p.add_argument(
+        '--difficulty',
+        choices=('easy', 'hard'),
+        default=None,
+        help="override the preset's synthetic data profile")
+    p.add_argument(
+        '--out',
+        default=None,
+        help='results folder (default: benchmarks/results/'
+        '<preset>[_cuda])')
+    p.add_argument(
+        '--work-dir',
+        default=None,
+        help='logs, training folders, models, ONNX files '
+        '(default: work_dirs/bench/<preset>[_cuda])')
+    p.add_argument(
+        '--data-root',
+        default=osp.join(ROOT, 'data', 'synth_bench'),
+        help='where the synthetic sets are generated (reused)')
+    p.add_argument(
+        '--ref-cache',
+        default=None,
+        help='trained reference checkpoints, keyed by a hash of '
+        'what made them (default: work_dirs/bench/references)')
+    p.add_argument(
+        '--only',
+        nargs='+',
+        default=None,
+        metavar='PATTERN',
+        help='run only jobs whose id matches one of these '
+        'shell patterns (e.g. "yolox_tiny__*__fcp__*")')
+    p.add_argument(
+        '--list', action='store_true', help='print the jobs and exit')
     p.add_argument('--no-report', action='store_true')
     p.add_argument('--worker', metavar='JOB_JSON', help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -140,9 +169,9 @@ def _summary(res: dict) -> str:
     if res.get('status') != 'ok':
         return f"{res.get('status')}: {str(res.get('error', ''))[:200]}"
     if res['suite'] == 'reference':
-        return (f"mAP {100 * res['mAP']:.2f} after {res['epochs']} epochs"
-                + (' (cached)' if res.get('cached') else
-                   f", train {res['train_wall_s']:.0f} s"))
+        return (f"mAP {100 * res['mAP']:.2f} after {res['epochs']} epochs" +
+                (' (cached)' if res.get('cached') else
+                 f", train {res['train_wall_s']:.0f} s"))
     if res['suite'] == 'quality':
         return (f"mAP {100 * res['mAP']:.2f}, FLOPs x{res['flops_ratio']:.3f}"
                 f", train {res['train_wall_s']:.0f} s")
@@ -153,8 +182,12 @@ def _failed_result(job: dict, error: str) -> dict:
     keep = ('model', 'method', 'label', 'budget', 'seed', 'epochs',
             'batch_size', 'mode', 'kind', 'input_size', 'preset', 'protocol',
             'key')
-    res = dict({k: job[k] for k in keep if k in job}, id=job['id'],
-               suite=job['suite'], status='failed', error=error)
+    res = dict({k: job[k]
+                for k in keep if k in job},
+               id=job['id'],
+               suite=job['suite'],
+               status='failed',
+               error=error)
     if job.get('reference'):
         res['reference_key'] = job['reference'].get('key')
     return res
@@ -188,9 +221,10 @@ def run_jobs(jobs: List[dict], parallel: int, log_dir: str, env: dict,
     def finish(job, res, t0):
         state[job['id']] = res.get('status')
         done.append(res)
-        print(f'[bench] {label} done {job["id"]} in '
-              f'{time.perf_counter() - t0:.0f} s: {_summary(res)}',
-              flush=True)
+        print(
+            f'[bench] {label} done {job["id"]} in '
+            f'{time.perf_counter() - t0:.0f} s: {_summary(res)}',
+            flush=True)
 
     try:
         while pending or running:
@@ -212,13 +246,19 @@ def run_jobs(jobs: List[dict], parallel: int, log_dir: str, env: dict,
                 write_json_atomic(job, job_file)
                 log_path = osp.join(log_dir, job['id'] + '.log')
                 log = open(log_path, 'w')
-                proc = subprocess.Popen(
-                    [sys.executable, osp.abspath(__file__), '--worker',
-                     job_file], stdout=log, stderr=subprocess.STDOUT,
-                    env=env, cwd=ROOT)
+                proc = subprocess.Popen([
+                    sys.executable,
+                    osp.abspath(__file__), '--worker', job_file
+                ],
+                                        stdout=log,
+                                        stderr=subprocess.STDOUT,
+                                        env=env,
+                                        cwd=ROOT)
                 running[proc] = (job, log, log_path, time.perf_counter())
-                print(f'[bench] {label} {len(done) + len(running)}/{total} '
-                      f'start {job["id"]} (log: {log_path})', flush=True)
+                print(
+                    f'[bench] {label} {len(done) + len(running)}/{total} '
+                    f'start {job["id"]} (log: {log_path})',
+                    flush=True)
             if pending and not running and all(blocked(j) for j in pending):
                 raise RuntimeError(f'jobs wait for each other: '
                                    f'{[j["id"] for j in pending][:5]}')
@@ -251,6 +291,7 @@ def select(jobs: List[dict], args) -> List[dict]:
     """``--only`` and ``--resume``. A reference job is kept when a kept run
     needs it or ``--only`` names it; it is never skipped as finished (it is
     only re-checked when its cache is sound)."""
+
     def named(j):
         return any(fnmatch.fnmatch(j['id'], p) for p in args.only)
 
@@ -260,13 +301,16 @@ def select(jobs: List[dict], args) -> List[dict]:
     if args.resume:
         skipped = [j['id'] for j in runs if _finished(j)]
         if skipped:
-            print(f'[bench] --resume: {len(skipped)} finished job(s) kept',
-                  flush=True)
+            print(
+                f'[bench] --resume: {len(skipped)} finished job(s) kept',
+                flush=True)
         runs = [j for j in runs if j['id'] not in skipped]
     needed = {n for j in runs for n in j.get('needs', ())}
     keep = {j['id'] for j in runs} | needed
-    return [j for j in jobs if j['id'] in keep or (
-        j['suite'] == 'reference' and args.only and named(j))]
+    return [
+        j for j in jobs if j['id'] in keep or (
+            j['suite'] == 'reference' and args.only and named(j))
+    ]
 
 
 # --------------------------------------------------------------- latency
@@ -275,13 +319,13 @@ def quality_latency(results_dir: str, runs: int, device: str, threads: int,
     """Time the saved final models of each (model, budget) table together,
     with its model's dense runs."""
     import glob
+
     from benchmarks.env import environment
-    from benchmarks.quality import group_key, measure_group_latency
+    from benchmarks.quality import (PROTOCOL_TAGS, group_key,
+                                    measure_group_latency)
     from mmprune.utils.io import write_json_atomic
-    from benchmarks.quality import PROTOCOL_TAGS
     results = []
-    for path in sorted(glob.glob(osp.join(results_dir, 'quality',
-                                          '*.json'))):
+    for path in sorted(glob.glob(osp.join(results_dir, 'quality', '*.json'))):
         if osp.basename(path).startswith('latency__'):
             continue
         with open(path) as f:
@@ -289,8 +333,10 @@ def quality_latency(results_dir: str, runs: int, device: str, threads: int,
         if r.get('status') != 'ok':
             continue
         if not osp.isfile(r.get('model_file', '')):
-            print(f"[bench] latency: {r['id']}: its model file "
-                  f"{r.get('model_file')} is gone; not timed", flush=True)
+            print(
+                f"[bench] latency: {r['id']}: its model file "
+                f"{r.get('model_file')} is gone; not timed",
+                flush=True)
             continue
         results.append(r)
     groups = {}
@@ -299,10 +345,12 @@ def quality_latency(results_dir: str, runs: int, device: str, threads: int,
             groups.setdefault(group_key(r), []).append(r)
     for key, members in sorted(groups.items()):
         first = members[0]
-        dense = [r for r in results if r['method'] == 'dense' and
-                 r['model'] == first['model'] and
-                 PROTOCOL_TAGS[r.get('protocol', 'scratch')] ==
-                 PROTOCOL_TAGS[first.get('protocol', 'scratch')]]
+        dense = [
+            r for r in results
+            if r['method'] == 'dense' and r['model'] == first['model']
+            and PROTOCOL_TAGS[r.get('protocol', 'scratch')] == PROTOCOL_TAGS[
+                first.get('protocol', 'scratch')]
+        ]
         members = dense + members
         ids = sorted(r['id'] for r in members)
         out = osp.join(results_dir, 'quality', f'latency__{key}.json')
@@ -312,11 +360,20 @@ def quality_latency(results_dir: str, runs: int, device: str, threads: int,
                     continue
         t0 = time.perf_counter()
         lat = measure_group_latency(members, runs, device, threads)
-        write_json_atomic(dict(group=key, ids=ids, latency=lat, runs=runs,
-                               batch=1, threads=threads, device=device,
-                               env=environment(device)), out)
-        print(f'[bench] latency {key}: {len(members)} models in '
-              f'{time.perf_counter() - t0:.0f} s', flush=True)
+        write_json_atomic(
+            dict(
+                group=key,
+                ids=ids,
+                latency=lat,
+                runs=runs,
+                batch=1,
+                threads=threads,
+                device=device,
+                env=environment(device)), out)
+        print(
+            f'[bench] latency {key}: {len(members)} models in '
+            f'{time.perf_counter() - t0:.0f} s',
+            flush=True)
 
 
 # ------------------------------------------------------------------ main
@@ -329,6 +386,7 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args.worker)
     import torch
+
     from benchmarks.env import environment
     from mmprune.utils.io import write_json_atomic
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
@@ -337,17 +395,20 @@ def main(argv=None) -> int:
     preset = get_preset(args.preset, args.difficulty)
     suites = args.suites or list(preset.get('suites', SUITES))
     tag = args.preset + ('_cuda' if device == 'cuda' else '')
-    results_dir = osp.abspath(args.out or osp.join(ROOT, 'benchmarks',
-                                                   'results', tag))
-    work_root = osp.abspath(args.work_dir or osp.join(ROOT, 'work_dirs',
-                                                      'bench', tag))
-    parallel = args.jobs or (1 if device == 'cuda' else
-                             max(1, min(2, os.cpu_count() or 1)))
-    child_env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
-                     MKL_NUM_THREADS=str(args.threads),
-                     PYTHONPATH=os.pathsep.join(
-                         [ROOT] + [p for p in os.environ.get(
-                             'PYTHONPATH', '').split(os.pathsep) if p]))
+    results_dir = osp.abspath(
+        args.out or osp.join(ROOT, 'benchmarks', 'results', tag))
+    work_root = osp.abspath(
+        args.work_dir or osp.join(ROOT, 'work_dirs', 'bench', tag))
+    parallel = args.jobs or (1 if device == 'cuda' else max(
+        1, min(2,
+               os.cpu_count() or 1)))
+    child_env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(args.threads),
+        MKL_NUM_THREADS=str(args.threads),
+        PYTHONPATH=os.pathsep.join([ROOT] + [
+            p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p
+        ]))
     if device == 'cpu' and torch.cuda.is_available():
         child_env['CUDA_VISIBLE_DEVICES'] = ''  # the Runner would pick cuda
     log_dir = osp.join(work_root, 'logs')
@@ -365,17 +426,20 @@ def main(argv=None) -> int:
         else:
             t0 = time.perf_counter()
             data = prepare_data(args.data_root, spec)
-            print(f'[bench] data: {data["coco_root"]} '
-                  f'({time.perf_counter() - t0:.0f} s)', flush=True)
+            print(
+                f'[bench] data: {data["coco_root"]} '
+                f'({time.perf_counter() - t0:.0f} s)',
+                flush=True)
         refs = reference_jobs(preset, results_dir, work_root, data, device,
                               args.threads, args.ref_cache or DEFAULT_CACHE)
         # the longest reference first: the other slot runs the jobs of the
         # model whose reference is ready (run_jobs)
         from benchmarks.plan import job_seconds
         refs.sort(key=job_seconds, reverse=True)
-        jobs['quality'] = refs + quality_jobs(
-            preset, results_dir, work_root, data, device, args.threads,
-            {r['model']: r for r in refs})
+        jobs['quality'] = refs + quality_jobs(preset, results_dir, work_root,
+                                              data, device, args.threads,
+                                              {r['model']: r
+                                               for r in refs})
     if 'speed' in suites:
         jobs['speed'] = speed_jobs(preset, results_dir, work_root, device,
                                    args.threads)
@@ -387,9 +451,11 @@ def main(argv=None) -> int:
         from benchmarks.reference import check_cached
         cached = {} if args.list else {
             j['id']: check_cached(j['cache_dir'], j['key'])[0] is not None
-            for j in jobs['quality'] if j['suite'] == 'reference'}
-        print(describe(schedule(jobs['quality'], parallel, cached),
-                       parallel), flush=True)
+            for j in jobs['quality'] if j['suite'] == 'reference'
+        }
+        print(
+            describe(schedule(jobs['quality'], parallel, cached), parallel),
+            flush=True)
     if args.list:
         for suite, js in jobs.items():
             for j in js:
@@ -400,10 +466,13 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     t_start = time.perf_counter()
     env = environment(device)
-    env.update(preset=args.preset, suites=suites,
-               parallel_jobs=parallel, threads=args.threads,
-               argv=sys.argv[1:] if argv is None else list(argv),
-               preset_settings=preset)
+    env.update(
+        preset=args.preset,
+        suites=suites,
+        parallel_jobs=parallel,
+        threads=args.threads,
+        argv=sys.argv[1:] if argv is None else list(argv),
+        preset_settings=preset)
     write_json_atomic(env, osp.join(results_dir, 'env.json'))
     failed = 0
     if jobs.get('quality'):
@@ -411,8 +480,8 @@ def main(argv=None) -> int:
                         'quality')
         failed += sum(r.get('status') not in DONE for r in done)
     if 'quality' in suites:
-        quality_latency(results_dir, preset['quality']['latency_runs'],
-                        device, args.threads, args.resume)
+        quality_latency(results_dir, preset['quality']['latency_runs'], device,
+                        args.threads, args.resume)
     for suite in ('speed', 'tools'):
         if jobs.get(suite):  # timings: one at a time, nothing beside them
             done = run_jobs(jobs[suite], 1, log_dir, child_env, suite)
@@ -420,8 +489,10 @@ def main(argv=None) -> int:
     if not args.no_report:
         from benchmarks.report import write_report
         print(f'[bench] report: {write_report(results_dir)}', flush=True)
-    print(f'[bench] finished in {time.perf_counter() - t_start:.0f} s; '
-          f'{failed} job(s) failed', flush=True)
+    print(
+        f'[bench] finished in {time.perf_counter() - t_start:.0f} s; '
+        f'{failed} job(s) failed',
+        flush=True)
     return 1 if failed else 0
 
 
@@ -429,6 +500,8 @@ if __name__ == '__main__':
     try:
         sys.exit(main())
     except KeyboardInterrupt as e:
-        print(f'[bench] interrupted ({e or "Ctrl-C"}); finished jobs are '
-              f'kept: run again with --resume', flush=True)
+        print(
+            f'[bench] interrupted ({e or "Ctrl-C"}); finished jobs are '
+            f'kept: run again with --resume',
+            flush=True)
         sys.exit(130)

@@ -7,7 +7,8 @@ budget with the allocator settings of :mod:`benchmarks.graph_and_speed`
 (``default``: BudgetAllocator's defaults; ``speed``: ``max_prune_ratio=0.5,
 round_to=8``; ``cost_aware``: AdaptiveAllocator ordering expensive
 channels first; ``latency_aware``: the same, by the time a channel saves in
-a latency table measured first at the job's thread count); weights are random, which does not change latency. Each
+a latency table measured first at the job's thread count); weights are
+random, which does not change latency. Each
 model is exported to ONNX (:func:`mmprune.export.export_onnx`, dynamic
 batch) and checked against torch with onnxruntime
 (:func:`mmprune.export.verify_onnx`). For each batch size every variant
@@ -48,13 +49,22 @@ def speed_jobs(preset: dict, results_dir: str, work_root: str, device: str,
     for model, size in s['models'].items():
         for mode in s['modes']:
             jid = f'{model}__{mode}'
-            jobs.append(dict(
-                id=jid, suite='speed', preset=preset['name'], model=model,
-                input_size=list(size), mode=mode, budget=s['budget'],
-                settings=list(s['settings']), batches=list(s['batches']),
-                runs=s['runs'], device=device, threads=threads,
-                work_dir=osp.join(work_root, 'speed', jid),
-                out=osp.join(results_dir, 'speed', jid + '.json')))
+            jobs.append(
+                dict(
+                    id=jid,
+                    suite='speed',
+                    preset=preset['name'],
+                    model=model,
+                    input_size=list(size),
+                    mode=mode,
+                    budget=s['budget'],
+                    settings=list(s['settings']),
+                    batches=list(s['batches']),
+                    runs=s['runs'],
+                    device=device,
+                    threads=threads,
+                    work_dir=osp.join(work_root, 'speed', jid),
+                    out=osp.join(results_dir, 'speed', jid + '.json')))
     return jobs
 
 
@@ -62,11 +72,13 @@ def build_model(name: str):
     """The detector of ``name`` from mmdet's config, in eval mode, with no
     remote weights (mmdet's own settings otherwise: RetinaNet's frozen stem
     stays pinned)."""
+    import warnings
+
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
     from mmprune.apis import load_config
     from mmprune.utils.offline import check_offline_weights
-    import warnings
     register_all_modules()
     cfg = load_config(SPEED_MODELS[name])
     with warnings.catch_warnings():
@@ -116,20 +128,24 @@ def _ort_session(path: str, device: str, threads: int):
 def run_job(job: dict) -> dict:
     """Time one (model, mode) job; write its result JSON."""
     import torch
+
     from mmprune.apis import cost_model
+    from mmprune.costs.latency import measure_latency
     from mmprune.export import export_onnx, random_batch, verify_onnx
     from mmprune.utils.io import atomic_write, write_json_atomic
-    from mmprune.costs.latency import measure_latency
     torch.set_num_threads(job['threads'])
     device, size = job['device'], tuple(job['input_size'])
     t0 = time.perf_counter()
     dense = build_model(job['model'])
     variants = dict(dense=dense)
-    variants.update(compact_models(dense, job['mode'], size, job['budget'],
-                                   job['settings']))
+    variants.update(
+        compact_models(dense, job['mode'], size, job['budget'],
+                       job['settings']))
     flops = {k: cost_model(m, size).flops() for k, m in variants.items()}
-    params = {k: sum(p.numel() for p in m.parameters())
-              for k, m in variants.items()}
+    params = {
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in variants.items()
+    }
     # ONNX: exported at batch 1 with a dynamic batch axis, checked against
     # torch at batch 1 and 2 on CPU before anything moves to the GPU
     onnx = {}
@@ -137,12 +153,19 @@ def run_job(job: dict) -> dict:
         path = osp.join(job['work_dir'], f'{k}.onnx')
         x = random_batch(m, 1, size)
         atomic_write(path, lambda tmp, m=m, x=x: export_onnx(m, tmp, x))
-        check = verify_onnx(path, m, [x, random_batch(m, 2, size, seed=1)],
-                            atol=1e-3, threads=job['threads'])
-        onnx[k] = dict(path=path, max_rel_diff=check['max_rel_diff'],
-                       passed=check['passed'])
-    sessions = {k: _ort_session(v['path'], device, job['threads'])
-                for k, v in onnx.items()}
+        check = verify_onnx(
+            path,
+            m, [x, random_batch(m, 2, size, seed=1)],
+            atol=1e-3,
+            threads=job['threads'])
+        onnx[k] = dict(
+            path=path,
+            max_rel_diff=check['max_rel_diff'],
+            passed=check['passed'])
+    sessions = {
+        k: _ort_session(v['path'], device, job['threads'])
+        for k, v in onnx.items()
+    }
     for m in variants.values():
         m.to(device)
     rows = []
@@ -166,20 +189,39 @@ def run_job(job: dict) -> dict:
                 c = lat[f'{backend}/{k}']
                 realized = d['median_ms'] / c['median_ms']
                 flops_speedup = flops['dense'] / flops[k]
-                rows.append(dict(
-                    backend=backend, batch=batch, setting=k,
-                    dense_ms=d['median_ms'], compact_ms=c['median_ms'],
-                    flops_ratio=flops[k] / flops['dense'],
-                    realized_speedup=realized, flops_speedup=flops_speedup,
-                    realized_over_flops=realized / flops_speedup))
-    res = dict(id=job['id'], suite='speed', preset=job['preset'],
-               model=job['model'], mode=job['mode'], input_size=list(size),
-               budget=job['budget'], device=device, threads=job['threads'],
-               runs=job['runs'], criterion='L1Criterion',
-               settings={k: _setting(k) for k in job['settings']},
-               flops=flops, params=params, onnx=onnx, latency=latency,
-               rows=rows, status='ok', wall_s=time.perf_counter() - t0,
-               env=environment(device))
+                rows.append(
+                    dict(
+                        backend=backend,
+                        batch=batch,
+                        setting=k,
+                        dense_ms=d['median_ms'],
+                        compact_ms=c['median_ms'],
+                        flops_ratio=flops[k] / flops['dense'],
+                        realized_speedup=realized,
+                        flops_speedup=flops_speedup,
+                        realized_over_flops=realized / flops_speedup))
+    res = dict(
+        id=job['id'],
+        suite='speed',
+        preset=job['preset'],
+        model=job['model'],
+        mode=job['mode'],
+        input_size=list(size),
+        budget=job['budget'],
+        device=device,
+        threads=job['threads'],
+        runs=job['runs'],
+        criterion='L1Criterion',
+        settings={k: _setting(k)
+                  for k in job['settings']},
+        flops=flops,
+        params=params,
+        onnx=onnx,
+        latency=latency,
+        rows=rows,
+        status='ok',
+        wall_s=time.perf_counter() - t0,
+        env=environment(device))
     write_json_atomic(res, job['out'])
     return res
 
@@ -193,8 +235,10 @@ def _torch_fn(model, x, device: str):
     """The tensor forward of ``model`` on ``x``, waiting for the GPU."""
     import torch
     if device == 'cuda':
+
         def fn():
             model(x, None, mode='tensor')
             torch.cuda.synchronize()
+
         return fn
     return lambda: model(x, None, mode='tensor')

@@ -26,20 +26,32 @@ import numpy as np
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 VARIANTS = {
-    'budget_mpr0.5_r8': dict(type='BudgetAllocator', max_prune_ratio=0.5,
-                             round_to=8),
-    'budget_mpr0.5_r16': dict(type='BudgetAllocator', max_prune_ratio=0.5,
-                              round_to=16),
-    'budget_mpr0.4_r16': dict(type='BudgetAllocator', max_prune_ratio=0.4,
-                              round_to=16),
-    'cost_aware_r16': dict(type='AdaptiveAllocator', cost_weight=1.0,
-                           max_prune_ratio=0.5, round_to=16),
-    'latency_aware_mpr0.5_r16': dict(
-        type='AdaptiveAllocator', cost_weight=1.0, cost_measure='latency',
-        max_prune_ratio=0.5, round_to=16),
-    'latency_aware_mpr0.7_r16': dict(
-        type='AdaptiveAllocator', cost_weight=1.0, cost_measure='latency',
-        max_prune_ratio=0.7, round_to=16),
+    'budget_mpr0.5_r8':
+    dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=8),
+    'budget_mpr0.5_r16':
+    dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=16),
+    'budget_mpr0.4_r16':
+    dict(type='BudgetAllocator', max_prune_ratio=0.4, round_to=16),
+    'cost_aware_r16':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        max_prune_ratio=0.5,
+        round_to=16),
+    'latency_aware_mpr0.5_r16':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        cost_measure='latency',
+        max_prune_ratio=0.5,
+        round_to=16),
+    'latency_aware_mpr0.7_r16':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        cost_measure='latency',
+        max_prune_ratio=0.7,
+        round_to=16),
 }
 SPP_GROUP = 'backbone.stage4.1.conv1.conv'  # YOLOX CSPDarknet's SPP input
 
@@ -52,14 +64,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     import torch
     from mmcv.cnn import fuse_conv_bn
+
     from benchmarks.env import environment
     from benchmarks.graph_and_speed import CONFIGS, build
     from mmprune import apis
     from mmprune.adapters import tensor_forward
+    from mmprune.costs.latency import measure_latency
     from mmprune.criteria import L1Criterion
     from mmprune.registry import ALLOCATORS, build_from
     from mmprune.utils.io import write_json_atomic
-    from mmprune.costs.latency import measure_latency
     torch.set_num_threads(1)
     size = CONFIGS[args.model][1]
     dense = build(args.model).eval()
@@ -68,9 +81,9 @@ def main(argv=None):
     scores = L1Criterion().score(dense, graph)
 
     def allocate(cfg, ratio):
-        return dict(build_from(ALLOCATORS, dict(cfg, ratio=ratio),
-                               'allocator').allocate(dense, graph, scores,
-                                                     cost))
+        return dict(
+            build_from(ALLOCATORS, dict(cfg, ratio=ratio),
+                       'allocator').allocate(dense, graph, scores, cost))
 
     plans = {k: allocate(v, 0.5) for k, v in VARIANTS.items()}
     if any(g.name == SPP_GROUP for g in graph.prunable_groups()):
@@ -84,8 +97,8 @@ def main(argv=None):
         apis.prune(models[name], apis.make_plan(graph, keep), graph)
     fns = {}
     for name, model in models.items():
-        for tag, m in (('', model), ('/fused', fuse_conv_bn(
-                copy.deepcopy(model)))):
+        for tag, m in (('', model), ('/fused',
+                                     fuse_conv_bn(copy.deepcopy(model)))):
             fn, xs = tensor_forward(m.eval(), size)
             fns[name + tag] = (lambda fn=fn, xs=xs: fn(*xs))
     lat = measure_latency(fns, runs=args.runs, warmup=1)
@@ -96,15 +109,24 @@ def main(argv=None):
         for tag in ('', '/fused'):
             d = lat['dense' + tag]['median_ms']
             c = lat[name + tag]['median_ms']
-            rows.append(dict(variant=name, bn_fused=bool(tag),
-                             flops_ratio=round(1 / flops_speedup, 4),
-                             dense_ms=round(d, 1), compact_ms=round(c, 1),
-                             speedup=round(d / c, 3),
-                             speedup_over_flops_speedup=round(
-                                 d / c / flops_speedup, 3)))
-    rec = dict(model=args.model, input_size=list(size), runs=args.runs,
-               variants=VARIANTS, spp_group=SPP_GROUP, rows=rows,
-               env=environment())
+            rows.append(
+                dict(
+                    variant=name,
+                    bn_fused=bool(tag),
+                    flops_ratio=round(1 / flops_speedup, 4),
+                    dense_ms=round(d, 1),
+                    compact_ms=round(c, 1),
+                    speedup=round(d / c, 3),
+                    speedup_over_flops_speedup=round(d / c / flops_speedup,
+                                                     3)))
+    rec = dict(
+        model=args.model,
+        input_size=list(size),
+        runs=args.runs,
+        variants=VARIANTS,
+        spp_group=SPP_GROUP,
+        rows=rows,
+        env=environment())
     out = args.out or osp.join('benchmarks', 'results',
                                f'speed_variants_{args.model}.json')
     write_json_atomic(rec, out)

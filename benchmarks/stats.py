@@ -24,8 +24,8 @@ def mean_std(xs: Sequence[float]):
     xs = [float(x) for x in xs if x is not None]
     if not xs:
         return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1
-                                  else None)
+    return statistics.fmean(xs), (
+        statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def t_cdf(t: float, df: int) -> float:
@@ -74,7 +74,8 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def paired_difference(a: Dict[int, float], b: Dict[int, float],
+def paired_difference(a: Dict[int, float],
+                      b: Dict[int, float],
                       level: float = 0.95) -> Optional[dict]:
     """``a - b`` on the seeds both have, with a two-sided t interval.
 
@@ -99,5 +100,12 @@ def paired_difference(a: Dict[int, float], b: Dict[int, float],
     if n > 1:
         half = t_quantile(0.5 + level / 2, n - 1) * std / math.sqrt(n)
         low, high = mean - half, mean + half
-    return dict(mean=mean, std=std, n=n, seeds=seeds, diffs=diffs,
-                low=low, high=high, level=level)
+    return dict(
+        mean=mean,
+        std=std,
+        n=n,
+        seeds=seeds,
+        diffs=diffs,
+        low=low,
+        high=high,
+        level=level)

@@ -23,24 +23,42 @@ if ROOT not in sys.path:
 from benchmarks.env import environment  # noqa: E402
 
 #: short names of the event models (benchmarks.graph_and_speed.CONFIGS)
-EVENT_DEFAULT = dict(event_config='yolox_s', event_size=640, run_epochs=4,
-                     run_size=320, run_images=32, iter_size=320,
-                     run_repeats=2)
+EVENT_DEFAULT = dict(
+    event_config='yolox_s',
+    event_size=640,
+    run_epochs=4,
+    run_size=320,
+    run_images=32,
+    iter_size=320,
+    run_repeats=2)
 
 
 def tool_jobs(preset: dict, results_dir: str, device: str,
               threads: int) -> List[dict]:
     t = preset['tools']
-    jobs = [dict(id=f'graph__{m}', suite='tools', kind='graph', model=m,
-                 preset=preset['name'], device=device, threads=threads,
-                 out=osp.join(results_dir, 'tools', f'graph__{m}.json'))
-            for m in t['graph_models']]
+    jobs = [
+        dict(
+            id=f'graph__{m}',
+            suite='tools',
+            kind='graph',
+            model=m,
+            preset=preset['name'],
+            device=device,
+            threads=threads,
+            out=osp.join(results_dir, 'tools', f'graph__{m}.json'))
+        for m in t['graph_models']
+    ]
     hook = dict(EVENT_DEFAULT, **t['hook'])
-    jobs.append(dict(id='hook_overhead', suite='tools', kind='hook',
-                     preset=preset['name'], device=device, threads=threads,
-                     hook=hook,
-                     out=osp.join(results_dir, 'tools',
-                                  'hook_overhead.json')))
+    jobs.append(
+        dict(
+            id='hook_overhead',
+            suite='tools',
+            kind='hook',
+            preset=preset['name'],
+            device=device,
+            threads=threads,
+            hook=hook,
+            out=osp.join(results_dir, 'tools', 'hook_overhead.json')))
     return jobs
 
 
@@ -61,9 +79,11 @@ def _hook(job: dict) -> dict:
         h['iters'], h['iter_size'])
     rec['event_seconds'] = H.event_seconds(CONFIGS[h['event_config']][0],
                                            h['event_size'])
-    ratio, times = H.prune_run_ratio(h['run_epochs'], h['run_size'],
-                                     h['run_images'],
-                                     repeats=h['run_repeats'])
+    ratio, times = H.prune_run_ratio(
+        h['run_epochs'],
+        h['run_size'],
+        h['run_images'],
+        repeats=h['run_repeats'])
     rec['prune_run_ratio'] = ratio
     rec['prune_run_ratio_latency_aware'] = times['latency_aware'] / \
         times['dense']
@@ -73,11 +93,16 @@ def _hook(job: dict) -> dict:
 
 def run_job(job: dict) -> dict:
     import torch
+
     from mmprune.utils.io import write_json_atomic
     torch.set_num_threads(job['threads'])
-    res = dict(id=job['id'], suite='tools', kind=job['kind'],
-               preset=job['preset'], threads=job['threads'],
-               env=environment(job['device']))
+    res = dict(
+        id=job['id'],
+        suite='tools',
+        kind=job['kind'],
+        preset=job['preset'],
+        threads=job['threads'],
+        env=environment(job['device']))
     t0 = time.perf_counter()
     try:
         if job['kind'] == 'graph':
@@ -87,8 +112,10 @@ def run_job(job: dict) -> dict:
             res.update(_hook(job))
         res['status'] = 'ok'
     except Exception as e:  # noqa: BLE001  (the table shows the failure)
-        res.update(status='failed', error=f'{type(e).__name__}: {e}',
-                   traceback=traceback.format_exc()[-4000:])
+        res.update(
+            status='failed',
+            error=f'{type(e).__name__}: {e}',
+            traceback=traceback.format_exc()[-4000:])
     res['wall_s'] = time.perf_counter() - t0
     write_json_atomic(res, job['out'])
     return res

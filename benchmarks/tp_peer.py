@@ -73,17 +73,22 @@ def tp_prune(model: nn.Module, kind: str, ratio: float,
     (global ranking; prediction layers are ignored, as mmprune pins
     them). Taylor importance reads the gradients already in ``model``."""
     import torch_pruning as tp
+
     from mmprune.adapters.detector import fixed_output_module
     device = next(model.parameters()).device
-    ignored = [m for n, m in model.named_modules()
-               if n and fixed_output_module(n, m)]
+    ignored = [
+        m for n, m in model.named_modules() if n and fixed_output_module(n, m)
+    ]
     was_training = model.training
     model.eval()  # the trace must not update BN statistics
     try:
         pruner = tp.pruner.MetaPruner(
-            model, torch.rand(1, 3, *input_size, device=device),
-            importance=_importance(kind), global_pruning=True,
-            pruning_ratio=ratio, max_pruning_ratio=MAX_PRUNING_RATIO,
+            model,
+            torch.rand(1, 3, *input_size, device=device),
+            importance=_importance(kind),
+            global_pruning=True,
+            pruning_ratio=ratio,
+            max_pruning_ratio=MAX_PRUNING_RATIO,
             ignored_layers=ignored,
             forward_fn=lambda m, x: m(x, None, mode='tensor'),
             output_transform=_flat_sum)
@@ -134,8 +139,7 @@ def find_ratio(model: nn.Module, kind: str, target: float,
     return dict(ratio=best[0], flops_ratio=best[1], trials=trials)
 
 
-def rebuild_optimizer(optimizer: torch.optim.Optimizer,
-                      names: List[List[str]],
+def rebuild_optimizer(optimizer: torch.optim.Optimizer, names: List[List[str]],
                       new: Dict[str, nn.Parameter]) -> None:
     """Swap each param group's parameters for ``new[name]`` (``names``: the
     groups' parameter names before the cut) and reset the state."""
@@ -176,9 +180,13 @@ class TorchPruningHook(Hook):
 
     priority = 40  # before EMAHook (49), like ChannelPruningHook
 
-    def __init__(self, importance: str, target: float,
-                 input_size: Sequence[int], epoch: Optional[int] = None,
-                 iteration: Optional[int] = None, taylor_batches: int = 8):
+    def __init__(self,
+                 importance: str,
+                 target: float,
+                 input_size: Sequence[int],
+                 epoch: Optional[int] = None,
+                 iteration: Optional[int] = None,
+                 taylor_batches: int = 8):
         if (epoch is None) == (iteration is None):
             raise ValueError(f'give exactly one of epoch and iteration, got '
                              f'epoch={epoch!r}, iteration={iteration!r}')
@@ -194,14 +202,17 @@ class TorchPruningHook(Hook):
         self.epoch, self.iteration = epoch, iteration
         self.input_size = tuple(input_size)
         self.taylor_batches = taylor_batches
-        self.record = dict(tool='torch_pruning', importance=importance,
-                           global_pruning=True,
-                           max_pruning_ratio=MAX_PRUNING_RATIO,
-                           optimizer='param groups kept, state reset',
-                           ema='rebuilt from the pruned weights')
+        self.record = dict(
+            tool='torch_pruning',
+            importance=importance,
+            global_pruning=True,
+            max_pruning_ratio=MAX_PRUNING_RATIO,
+            optimizer='param groups kept, state reset',
+            ema='rebuilt from the pruned weights')
 
     def before_train(self, runner) -> None:
         from importlib.metadata import version
+
         from mmprune.apis import cost_model
         if self.epoch is not None and self.epoch > runner.max_epochs:
             raise ValueError(f'TorchPruningHook: epoch {self.epoch} is after '
@@ -232,7 +243,10 @@ class TorchPruningHook(Hook):
         if self.epoch is not None and runner.epoch + 1 == self.epoch:
             self._cut(runner)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None) -> None:
         if self.iteration is not None and runner.iter + 1 == self.iteration:
             self._cut(runner)
@@ -256,8 +270,11 @@ class TorchPruningHook(Hook):
         model.zero_grad(set_to_none=True)
         rebuild_optimizer(optimizer, names, dict(model.named_parameters()))
         self.record['ema_rebuilt'] = rebuild_ema(runner)
-        self.record.update(found, event_seconds=time.perf_counter() - t0,
-                           epoch=self.epoch, iteration=self.iteration)
+        self.record.update(
+            found,
+            event_seconds=time.perf_counter() - t0,
+            epoch=self.epoch,
+            iteration=self.iteration)
         runner.logger.info(
             f'Torch-Pruning ({self.importance}): channel ratio '
             f'{found["ratio"]:.4f} -> {found["flops_ratio"]:.3f} of the '

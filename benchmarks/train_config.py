@@ -15,18 +15,22 @@ from typing import Optional, Sequence
 #: model name -> (mmdet config, learning rate)
 MODELS = {
     'yolox_tiny': ('mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', 0.002),
-    'retinanet_r18': ('mmdet::retinanet/retinanet_r18_fpn_1x_coco.py',
-                      0.001),
+    'retinanet_r18': ('mmdet::retinanet/retinanet_r18_fpn_1x_coco.py', 0.001),
 }
-
 
 #: the fine-tuning LR of protocol 'trained', relative to the model's LR
 FINETUNE_LR_MULT = 0.5
 
 
-def build_train_config(model: str, data: dict, size: int, epochs: int,
-                       batch_size: int, seed: int, work_dir: str,
-                       hooks: Sequence[dict] = (), lr_mult: float = 1.0,
+def build_train_config(model: str,
+                       data: dict,
+                       size: int,
+                       epochs: int,
+                       batch_size: int,
+                       seed: int,
+                       work_dir: str,
+                       hooks: Sequence[dict] = (),
+                       lr_mult: float = 1.0,
                        load_from: Optional[str] = None,
                        val_interval: Optional[int] = None):
     """mmengine Config of one quality run.
@@ -50,9 +54,17 @@ def build_train_config(model: str, data: dict, size: int, epochs: int,
     if not lr_mult > 0:
         raise ValueError(f'lr_mult must be > 0, got {lr_mult!r}')
     base, lr = MODELS[model]
-    cfg = short_cpu_config(base, data, size, epochs, batch_size,
-                           lr * lr_mult, seed, work_dir, hooks,
-                           val_interval=val_interval)
+    cfg = short_cpu_config(
+        base,
+        data,
+        size,
+        epochs,
+        batch_size,
+        lr * lr_mult,
+        seed,
+        work_dir,
+        hooks,
+        val_interval=val_interval)
     if load_from is not None:
         cfg.load_from = load_from
     # mmengine formats the config with yapf three times per Runner (the
@@ -60,5 +72,5 @@ def build_train_config(model: str, data: dict, size: int, epochs: int,
     # here, longer than a smoke run trains; the unformatted text is the
     # same Python
     from mmengine.config import Config
-    return Config(cfg.to_dict(), filename=cfg.filename,
-                  format_python_code=False)
+    return Config(
+        cfg.to_dict(), filename=cfg.filename, format_python_code=False)

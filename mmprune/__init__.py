@@ -2,12 +2,13 @@
 
 ``import mmprune`` (or ``custom_imports = dict(imports=['mmprune'])`` in a
 config) registers every hook, model and component into mmdet's registries and
-makes mmengine checkpoints loadable under torch>=2.6 (see :mod:`mmprune.compat`).
+makes mmengine checkpoints loadable under torch>=2.6 (see
+:mod:`mmprune.compat`).
 """
-from .version import __version__
 from . import compat  # noqa: F401  (registers torch.load safe globals)
-from . import allocators, criteria, regularizers  # noqa: F401  (register)
 from . import methods  # noqa: F401  (the four presets)
-from . import hooks, models, runtime  # noqa: F401  (mmdet registries)
+from . import (  # noqa: F401  (register); noqa: F401  (mmdet registries)
+    allocators, criteria, hooks, models, regularizers, runtime)
+from .version import __version__
 
 __all__ = ['__version__']

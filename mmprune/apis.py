@@ -28,9 +28,11 @@ from .utils.config import load_config
 # runtime/resume.py until they call record_plans
 _record = record_plans
 
-__all__ = ['TRACE_SIZE', 'analyze', 'cost_model', 'make_plan', 'prune',
-           'replay', 'model_plans', 'init_pruned_detector', 'load_config',
-           'META_KEY', 'make_meta', 'read_meta', 'record_plans']
+__all__ = [
+    'TRACE_SIZE', 'analyze', 'cost_model', 'make_plan', 'prune', 'replay',
+    'model_plans', 'init_pruned_detector', 'load_config', 'META_KEY',
+    'make_meta', 'read_meta', 'record_plans'
+]
 
 
 def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
@@ -43,7 +45,9 @@ def init_pruned_detector(config, checkpoint: str, device: str = 'cpu'):
     ckpt = _load_checkpoint(checkpoint, map_location='cpu')
     where = config if isinstance(config, str) else 'the config'
     model = load_pruned_detector(
-        cfg, ckpt, source=checkpoint,
+        cfg,
+        ckpt,
+        source=checkpoint,
         mismatch='{source}: its pruned structure cannot be rebuilt on the '
         '{model} of ' + where.replace('{', '{{').replace('}', '}}') +
         ' (a checkpoint of another model or config?)')

@@ -19,8 +19,11 @@ def build_from(registry: Registry, cfg, what: str):
     if name not in registry.module_dict:
         valid = sorted(registry.module_dict)
         raise ValueError(f'unknown {what} {name!r}; valid names: {valid}')
-    return registry.module_dict[name](**{k: v for k, v in cfg.items()
-                                         if k != 'type'})
+    return registry.module_dict[name](**{
+        k: v
+        for k, v in cfg.items() if k != 'type'
+    })
+
 
 # appended with the regularisers (mmprune/regularizers): training-loss terms
 # a pruning hook or model adds (TPP trainability protection, BN-L1)

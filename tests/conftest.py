@@ -24,7 +24,6 @@ SYNTH_NUM_TRAIN = 8
 SYNTH_NUM_VAL = 4
 SYNTH_SIZE = 128
 
-
 # --------------------------------------------------------------------------
 # No network: nothing may download weights or data at test time. A refused
 # connection fails at once instead of hanging on a timeout.

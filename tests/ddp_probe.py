@@ -6,9 +6,9 @@ import hashlib
 import json
 import os.path as osp
 
+from mmdet.registry import HOOKS
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
-from mmdet.registry import HOOKS
 
 from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
 from mmprune.runtime.consistency import structure_hash
@@ -26,10 +26,13 @@ class StructureProbeHook(Hook):
         hook = [h for h in runner.hooks
                 if isinstance(h, ChannelPruningHook)][0]
         table = hook.state.get('latency')
-        latency = None if table is None else hashlib.sha1(json.dumps(
-            table, sort_keys=True).encode()).hexdigest()
-        rows.append(dict(epoch=runner.epoch + 1, latency=latency,
-                         hash=structure_hash(model),
-                         params=sum(p.numel() for p in model.parameters()),
-                         ddp=type(runner.model).__name__))
+        latency = None if table is None else hashlib.sha1(
+            json.dumps(table, sort_keys=True).encode()).hexdigest()
+        rows.append(
+            dict(
+                epoch=runner.epoch + 1,
+                latency=latency,
+                hash=structure_hash(model),
+                params=sum(p.numel() for p in model.parameters()),
+                ddp=type(runner.model).__name__))
         json.dump(rows, open(path, 'w'))

@@ -7,18 +7,17 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_graph_toy import ToyDetector, randomise_bn
 
 from mmprune.allocators import (AdaptiveAllocator, BudgetAllocator,
                                 GlobalThresholdAllocator, UniformAllocator,
                                 ramp_reduction)
+from mmprune.costs.flops import CostModel
 from mmprune.criteria import L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.methods import filter_groups, get_method
 from mmprune.pruners import apply_compact
 from mmprune.registry import ALLOCATORS, build_from
-from mmprune.costs.flops import CostModel
-from test_graph_toy import ToyDetector, randomise_bn
-
 
 ALLOCS = {
     'budget': lambda **kw: BudgetAllocator(fill=True, **kw),
@@ -40,8 +39,9 @@ def toy():
 
 @pytest.fixture(scope='module')
 def yolox():
-    from mmprune import apis
     from test_graph_mmdet import build
+
+    from mmprune import apis
     model = build('yolox_tiny')
     graph = apis.analyze(model)
     cost = apis.cost_model(model, (128, 128))
@@ -61,8 +61,8 @@ def check_constraints(graph, keep, min_keep, max_ratio, round_to=1):
         assert np.all(np.diff(kept) > 0) and kept.min() >= 0 and \
             kept.max() < g.width
         assert set(np.nonzero(g.pinned)[0]) <= set(kept.tolist())
-        floor = min(g.width, max(min_keep, math.ceil(
-            (1 - max_ratio) * g.width - 1e-9)))
+        floor = min(g.width,
+                    max(min_keep, math.ceil((1 - max_ratio) * g.width - 1e-9)))
         assert len(kept) >= floor, g.name
         if len(kept) < g.width and g.prunable == g.width:
             assert len(kept) % round_to == 0, (g.name, len(kept))
@@ -73,8 +73,8 @@ def check_constraints(graph, keep, min_keep, max_ratio, round_to=1):
 def test_toy_budgets_within_one_percent(toy, name, budget):
     model, graph, cost, scores = toy
     for ratio in (0.35, 0.6, 0.8):
-        alloc = ALLOCS[name](ratio=ratio, budget=budget, min_keep=2,
-                             max_prune_ratio=0.9)
+        alloc = ALLOCS[name](
+            ratio=ratio, budget=budget, min_keep=2, max_prune_ratio=0.9)
         keep = alloc.allocate(model, graph, scores, cost)
         got, dense = measured(model, graph, cost, keep, budget)
         assert got <= ratio * dense, (ratio, got / dense)
@@ -100,8 +100,8 @@ def test_yolox_tiny_budgets_within_one_percent(yolox, name):
         assert (ratio - 0.01) * dense <= got <= ratio * dense, got / dense
         check_constraints(graph, keep, 8, 0.8)
     # round_to=8 (deployment) still lands within 1 % on a real detector
-    keep = ALLOCS[name](ratio=0.5, round_to=8).allocate(model, graph, scores,
-                                                         cost)
+    keep = ALLOCS[name](
+        ratio=0.5, round_to=8).allocate(model, graph, scores, cost)
     got, dense = measured(model, graph, cost, keep, 'flops')
     assert 0.49 * dense <= got <= 0.5 * dense
     check_constraints(graph, keep, 8, 0.8, round_to=8)
@@ -110,15 +110,17 @@ def test_yolox_tiny_budgets_within_one_percent(yolox, name):
 def test_min_keep_max_ratio_and_round_to_are_honoured(toy):
     model, graph, cost, scores = toy
     for name, make in ALLOCS.items():
-        keep = make(ratio=0.6, min_keep=6, max_prune_ratio=0.5,
-                    round_to=4).allocate(model, graph, scores, cost)
+        keep = make(
+            ratio=0.6, min_keep=6, max_prune_ratio=0.5,
+            round_to=4).allocate(model, graph, scores, cost)
         check_constraints(graph, keep, 6, 0.5, round_to=4)
         assert cost.flops(graph, keep) <= 0.6 * cost.flops(), name
     # an impossible target under the constraints says so
     for name, make in ALLOCS.items():
         with pytest.raises(ValueError, match='cannot be met'):
-            make(ratio=0.05, min_keep=8, max_prune_ratio=0.5).allocate(
-                model, graph, scores, cost)
+            make(
+                ratio=0.05, min_keep=8,
+                max_prune_ratio=0.5).allocate(model, graph, scores, cost)
 
 
 def test_uniform_ratio_is_the_same_in_every_group(yolox):
@@ -141,8 +143,12 @@ def test_uniform_ratio_is_the_same_in_every_group(yolox):
 
 def test_global_threshold_is_one_cut_over_normalised_scores(toy):
     model, graph, cost, scores = toy
-    alloc = GlobalThresholdAllocator(ratio=0.5, normalize='max', min_keep=1,
-                                     max_prune_ratio=0.95, fill=False)
+    alloc = GlobalThresholdAllocator(
+        ratio=0.5,
+        normalize='max',
+        min_keep=1,
+        max_prune_ratio=0.95,
+        fill=False)
     keep = alloc.allocate(model, graph, scores, cost)
     tau = alloc.threshold_
     for g in graph.prunable_groups():
@@ -157,8 +163,8 @@ def test_global_threshold_is_one_cut_over_normalised_scores(toy):
 
 
 def test_adaptive_cubic_and_linear_ramps():
-    assert ramp_reduction(0.5, 1, 4) == pytest.approx(0.5 * (1 - 0.75 ** 3))
-    assert ramp_reduction(0.5, 2, 4) == pytest.approx(0.5 * (1 - 0.5 ** 3))
+    assert ramp_reduction(0.5, 1, 4) == pytest.approx(0.5 * (1 - 0.75**3))
+    assert ramp_reduction(0.5, 2, 4) == pytest.approx(0.5 * (1 - 0.5**3))
     assert ramp_reduction(0.5, 4, 4) == pytest.approx(0.5)
     assert ramp_reduction(0.6, 3, 4, 'linear') == pytest.approx(0.45)
     vals = [ramp_reduction(0.5, k, 18) for k in range(1, 19)]
@@ -186,12 +192,22 @@ def test_adaptive_events_keep_pruned_channels_pruned(toy):
     pruned, previous = {}, None
     for k in range(1, 5):
         # scores change between events (training); pruned stay pruned
-        noisy = {n: s * (1 + 0.5 * torch.rand(len(s), generator=torch.
-                                              Generator().manual_seed(k)))
-                 for n, s in scores.items()}
-        keep = alloc.allocate(model, graph, noisy, cost, event=k,
-                              num_events=4, pruned=pruned,
-                              dense_cost=dense)
+        noisy = {
+            n:
+            s *
+            (1 + 0.5 *
+             torch.rand(len(s), generator=torch.Generator().manual_seed(k)))
+            for n, s in scores.items()
+        }
+        keep = alloc.allocate(
+            model,
+            graph,
+            noisy,
+            cost,
+            event=k,
+            num_events=4,
+            pruned=pruned,
+            dense_cost=dense)
         flops = cost.flops(graph, keep)
         target = alloc.target_ratio(k, 4)
         assert (target - 0.01) * dense <= flops <= target * dense
@@ -200,25 +216,28 @@ def test_adaptive_events_keep_pruned_channels_pruned(toy):
         if previous is not None:
             assert flops < previous
         previous = flops
-        pruned = {g.name: np.setdiff1d(np.arange(g.width), keep[g.name])
-                  for g in graph.prunable_groups()}
+        pruned = {
+            g.name: np.setdiff1d(np.arange(g.width), keep[g.name])
+            for g in graph.prunable_groups()
+        }
     with pytest.raises(ValueError, match='pinned|outside'):
-        alloc.allocate(model, graph, scores, cost,
-                       pruned={'stem.0': [99]})
+        alloc.allocate(model, graph, scores, cost, pruned={'stem.0': [99]})
 
 
 def test_adaptive_cost_weight_prefers_expensive_channels(toy):
     model, graph, cost, _ = toy
     flat = {g.name: torch.ones(g.width) for g in graph.prunable_groups()}
     plain = AdaptiveAllocator(ratio=0.8, min_keep=1, max_prune_ratio=0.95)
-    aware = AdaptiveAllocator(ratio=0.8, min_keep=1, max_prune_ratio=0.95,
-                              cost_weight=1.0)
+    aware = AdaptiveAllocator(
+        ratio=0.8, min_keep=1, max_prune_ratio=0.95, cost_weight=1.0)
     kp = plain.allocate(model, graph, flat, cost)
     ka = aware.allocate(model, graph, flat, cost)
     # equal importance: the cost-aware order removes fewer (more expensive)
     # channels for the same budget
-    removed = [sum(g.width - len(k[g.name]) for g in graph.prunable_groups())
-               for k in (kp, ka)]
+    removed = [
+        sum(g.width - len(k[g.name]) for g in graph.prunable_groups())
+        for k in (kp, ka)
+    ]
     assert removed[1] < removed[0]
 
 
@@ -232,21 +251,25 @@ def test_nan_scores_raise_or_skip_clearly(toy):
             make(ratio=0.5, min_keep=2).allocate(model, graph, bad, cost)
     bad['spp_in.0'] = torch.full((16, ), float('inf'))
     for name, make in ALLOCS.items():
-        keep = make(ratio=0.6, min_keep=2, nan_policy='skip').allocate(
-            model, graph, bad, cost)
+        keep = make(
+            ratio=0.6, min_keep=2,
+            nan_policy='skip').allocate(model, graph, bad, cost)
         assert 'pw.0' not in keep and 'spp_in.0' not in keep
         assert cost.flops(graph, keep) <= 0.6 * cost.flops()
     with pytest.raises(ValueError, match=r'\(10,\) scores'):
-        BudgetAllocator(0.5).allocate(model, graph,
-                                      {'pw.0': torch.ones(10)}, cost)
+        BudgetAllocator(0.5).allocate(model, graph, {'pw.0': torch.ones(10)},
+                                      cost)
 
 
 @pytest.mark.parametrize('kwargs, arg', [
-    (dict(ratio=0), 'ratio'), (dict(ratio=1.5), 'ratio'),
-    (dict(budget='macs'), 'budget'), (dict(min_keep=0), 'min_keep'),
-    (dict(min_keep=2.5), 'min_keep'), (dict(max_prune_ratio=1.0),
-                                       'max_prune_ratio'),
-    (dict(round_to=0), 'round_to'), (dict(nan_policy='zero'), 'nan_policy'),
+    (dict(ratio=0), 'ratio'),
+    (dict(ratio=1.5), 'ratio'),
+    (dict(budget='macs'), 'budget'),
+    (dict(min_keep=0), 'min_keep'),
+    (dict(min_keep=2.5), 'min_keep'),
+    (dict(max_prune_ratio=1.0), 'max_prune_ratio'),
+    (dict(round_to=0), 'round_to'),
+    (dict(nan_policy='zero'), 'nan_policy'),
 ])
 def test_arguments_are_validated_by_name(kwargs, arg):
     for make in (BudgetAllocator, UniformAllocator, GlobalThresholdAllocator,
@@ -262,8 +285,7 @@ def test_arguments_are_validated_by_name(kwargs, arg):
 def test_allocators_are_registered():
     for name in ('BudgetAllocator', 'UniformAllocator',
                  'GlobalThresholdAllocator', 'AdaptiveAllocator'):
-        alloc = build_from(ALLOCATORS, dict(type=name, ratio=0.7),
-                           'allocator')
+        alloc = build_from(ALLOCATORS, dict(type=name, ratio=0.7), 'allocator')
         assert alloc.ratio == 0.7
     with pytest.raises(ValueError, match='valid names'):
         build_from(ALLOCATORS, 'Nope', 'allocator')
@@ -282,8 +304,9 @@ def test_method_presets_build_and_allocate(toy, name):
     alloc = preset.build_allocator(min_keep=2, ratio=0.8)
     regs = preset.build_regularizers()
     assert type(crit).__name__ == preset.criterion['type']
-    assert all(type(r).__name__ == c['type']
-               for r, c in zip(regs, preset.regularizers))
+    assert all(
+        type(r).__name__ == c['type']
+        for r, c in zip(regs, preset.regularizers))
     names = filter_groups(graph, **preset.groups)
     if preset.groups.get('exclude_coupled'):
         assert 'b1.conv3.0' not in names and 'lat_hi' not in names
@@ -298,7 +321,9 @@ def test_method_presets_build_and_allocate(toy, name):
 
 
 def test_filter_groups_leaves_out_shared_and_coupled_groups():
+
     class Shared(torch.nn.Module):
+
         def __init__(self):
             super().__init__()
             self.a = torch.nn.Conv2d(3, 4, 1)
@@ -321,8 +346,10 @@ def test_filter_groups_leaves_out_shared_and_coupled_groups():
 
 
 def test_method_lookup_errors_and_families():
-    with pytest.raises(ValueError, match="valid names: \\['acp_tp', 'bpc', "
-                       "'fcp', 'gcp_frs'\\]"):
+    with pytest.raises(
+            ValueError,
+            match="valid names: \\['acp_tp', 'bpc', "
+            "'fcp', 'gcp_frs'\\]"):
         get_method('slimming')
     acp = get_method('acptp', family='rcnn_1x')
     assert acp.schedule['unit'] == 'iter'
@@ -355,8 +382,8 @@ def test_caps_are_relative_to_the_dense_width_over_events(name):
         cost = CostModel(model, model, [x])
         scores = L1Criterion().score(model, graph)
         try:
-            keep = ALLOCS[name](ratio=0.6, **limits).allocate(
-                model, graph, scores, cost)
+            keep = ALLOCS[name](
+                ratio=0.6, **limits).allocate(model, graph, scores, cost)
         except ValueError as e:  # every group at its dense floor
             assert 'cannot be met' in str(e)
             break
@@ -370,8 +397,7 @@ def test_caps_are_relative_to_the_dense_width_over_events(name):
     # the allocator knows the dense widths from the model's plans ...
     alloc = ALLOCS[name](ratio=0.6, **limits)
     groups = graph.prunable_groups()
-    assert alloc.dense_widths(model, groups) == [dense[g.name]
-                                                 for g in groups]
+    assert alloc.dense_widths(model, groups) == [dense[g.name] for g in groups]
     # ... and the reachability check uses the same floors: the smallest
     # model is the same from the dense model and from the pruned one
     cost = CostModel(model, model, [x])
@@ -414,6 +440,7 @@ def test_fine_mode_fallbacks_are_logged(caplog):
     import torch.nn as nn
 
     class Net(nn.Module):
+
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 4, 1)
@@ -427,8 +454,8 @@ def test_fine_mode_fallbacks_are_logged(caplog):
     channel_graph._LOGGED_FALLBACKS.clear()  # logged once per process
     model = Net().eval()
     with caplog.at_level('WARNING', logger='mmprune'):
-        graph = build_channel_graph(model, model, [torch.randn(1, 3, 4, 4)],
-                                    residual_mode='fine')
+        graph = build_channel_graph(
+            model, model, [torch.randn(1, 3, 4, 4)], residual_mode='fine')
     assert graph.fine_fallbacks and 'coupled instead' in \
         graph.fine_fallbacks[0]
     assert 'fine mode fallback' in caplog.text

@@ -14,8 +14,8 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import reference as REF  # noqa: E402
 
-DATA = dict(difficulty='easy', size=64, num_train=8, num_val=4,
-            num_classes=10, seed=0)
+DATA = dict(
+    difficulty='easy', size=64, num_train=8, num_val=4, num_classes=10, seed=0)
 REFSPEC = dict(epochs=1, seed=0)
 
 
@@ -25,15 +25,18 @@ def test_cache_key_follows_config_data_seed_and_recipe(monkeypatch):
     assert key == REF.cache_key('yolox_tiny', dict(REFSPEC), dict(DATA), 4)
     assert len(key) == 16
     changed = {
-        'data size': REF.cache_key('yolox_tiny', REFSPEC,
-                                   dict(DATA, num_train=9), 4),
-        'data profile': REF.cache_key('yolox_tiny', REFSPEC,
-                                      dict(DATA, difficulty='hard'), 4),
-        'seed': REF.cache_key('yolox_tiny', dict(REFSPEC, seed=1), DATA, 4),
-        'epochs': REF.cache_key('yolox_tiny', dict(REFSPEC, epochs=2),
-                                DATA, 4),
-        'batch': REF.cache_key('yolox_tiny', REFSPEC, DATA, 8),
-        'model': REF.cache_key('retinanet_r18', REFSPEC, DATA, 4),
+        'data size':
+        REF.cache_key('yolox_tiny', REFSPEC, dict(DATA, num_train=9), 4),
+        'data profile':
+        REF.cache_key('yolox_tiny', REFSPEC, dict(DATA, difficulty='hard'), 4),
+        'seed':
+        REF.cache_key('yolox_tiny', dict(REFSPEC, seed=1), DATA, 4),
+        'epochs':
+        REF.cache_key('yolox_tiny', dict(REFSPEC, epochs=2), DATA, 4),
+        'batch':
+        REF.cache_key('yolox_tiny', REFSPEC, DATA, 8),
+        'model':
+        REF.cache_key('retinanet_r18', REFSPEC, DATA, 4),
     }
     # the model config itself (same name, another mmdet config or LR)
     monkeypatch.setitem(TC.MODELS, 'yolox_tiny',
@@ -57,8 +60,7 @@ def test_cache_key_follows_config_data_seed_and_recipe(monkeypatch):
     changed['recipe config'] = REF.cache_key('yolox_tiny', REFSPEC, DATA, 4)
     monkeypatch.undo()
     monkeypatch.setattr(REF, 'RECIPE_VERSION', REF.RECIPE_VERSION + 1)
-    changed['recipe version'] = REF.cache_key('yolox_tiny', REFSPEC, DATA,
-                                              4)
+    changed['recipe version'] = REF.cache_key('yolox_tiny', REFSPEC, DATA, 4)
     monkeypatch.undo()
     assert REF.cache_key('yolox_tiny', REFSPEC, DATA, 4) == key
     for what, k in changed.items():
@@ -67,13 +69,22 @@ def test_cache_key_follows_config_data_seed_and_recipe(monkeypatch):
 
 
 def _job(tmp_path, data):
-    preset = dict(name='test', quality=dict(
-        protocols=('trained', ), data=DATA, batch_size=4,
-        reference=dict(REFSPEC, val_interval=1),
-        models=dict(yolox_tiny=dict(methods=('dense', )))))
-    job, = REF.reference_jobs(preset, str(tmp_path / 'results'),
-                              str(tmp_path / 'work'), data, 'cpu', 1,
-                              cache_root=str(tmp_path / 'cache'))
+    preset = dict(
+        name='test',
+        quality=dict(
+            protocols=('trained', ),
+            data=DATA,
+            batch_size=4,
+            reference=dict(REFSPEC, val_interval=1),
+            models=dict(yolox_tiny=dict(methods=('dense', )))))
+    job, = REF.reference_jobs(
+        preset,
+        str(tmp_path / 'results'),
+        str(tmp_path / 'work'),
+        data,
+        'cpu',
+        1,
+        cache_root=str(tmp_path / 'cache'))
     return job
 
 
@@ -122,13 +133,17 @@ def test_reference_is_trained_once_and_a_corrupt_one_retrained(tmp_path):
 
 
 def test_reference_jobs_need_their_settings(tmp_path):
-    preset = dict(name='bad', quality=dict(
-        protocols=('trained', ), data=DATA, batch_size=4,
-        reference=dict(epochs=1),
-        models=dict(yolox_tiny=dict(methods=('dense', )))))
+    preset = dict(
+        name='bad',
+        quality=dict(
+            protocols=('trained', ),
+            data=DATA,
+            batch_size=4,
+            reference=dict(epochs=1),
+            models=dict(yolox_tiny=dict(methods=('dense', )))))
     with pytest.raises(ValueError, match="no 'seed'"):
-        REF.reference_jobs(preset, str(tmp_path), str(tmp_path), {}, 'cpu',
-                           1, str(tmp_path))
+        REF.reference_jobs(preset, str(tmp_path), str(tmp_path), {}, 'cpu', 1,
+                           str(tmp_path))
     preset['quality']['protocols'] = ('scratch', )
-    assert REF.reference_jobs(preset, str(tmp_path), str(tmp_path), {},
-                              'cpu', 1, str(tmp_path)) == []
+    assert REF.reference_jobs(preset, str(tmp_path), str(tmp_path), {}, 'cpu',
+                              1, str(tmp_path)) == []

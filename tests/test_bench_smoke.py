@@ -28,8 +28,12 @@ SMOKE_RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'smoke')
 
 def _row(method, by_seed, std=None):
     vals = list(by_seed.values())
-    return dict(method=method, mAP=sum(vals) / len(vals), mAP_std=std,
-                seeds=sorted(by_seed), by_seed=dict(by_seed))
+    return dict(
+        method=method,
+        mAP=sum(vals) / len(vals),
+        mAP_std=std,
+        seeds=sorted(by_seed),
+        by_seed=dict(by_seed))
 
 
 def _targets(rows, budget=0.5):
@@ -37,12 +41,38 @@ def _targets(rows, budget=0.5):
 
 
 def test_quality_targets_use_paired_intervals_and_the_floor():
-    rows = [_row('dense', {0: 10.0, 1: 10.2, 2: 9.8}, 0.2),
-            _row('l1_uniform', {0: 7.5, 1: 7.4, 2: 7.6}, 0.1),
-            _row('tp_taylor', {0: 8.0, 1: 7.9, 2: 8.1}, 0.1),
-            _row('fcp', {0: 9.1, 1: 9.0, 2: 9.2}, 0.1),
-            _row('acp_tp', {0: 8.5, 1: 8.5, 2: 8.5}, 0.0),
-            _row('random', {0: 8.6, 1: 8.2, 2: 8.4}, 0.2)]
+    rows = [
+        _row('dense', {
+            0: 10.0,
+            1: 10.2,
+            2: 9.8
+        }, 0.2),
+        _row('l1_uniform', {
+            0: 7.5,
+            1: 7.4,
+            2: 7.6
+        }, 0.1),
+        _row('tp_taylor', {
+            0: 8.0,
+            1: 7.9,
+            2: 8.1
+        }, 0.1),
+        _row('fcp', {
+            0: 9.1,
+            1: 9.0,
+            2: 9.2
+        }, 0.1),
+        _row('acp_tp', {
+            0: 8.5,
+            1: 8.5,
+            2: 8.5
+        }, 0.0),
+        _row('random', {
+            0: 8.6,
+            1: 8.2,
+            2: 8.4
+        }, 0.2)
+    ]
     t, = _targets(rows)
     assert (t['best'], t['peer'], t['top']) == ('fcp', 'tp_taylor', 'fcp')
     assert t['protocol'] == 'trained' and t['seeds'] == 3
@@ -87,8 +117,8 @@ def test_schedules_fit_the_epochs(epochs):
             M.MAX_GRADUAL_EVENTS
     for protocol in M.PROTOCOLS:
         for method in M.ALL_METHODS:
-            spec = M.method_spec(method, max(epochs, 2), 0.5, (64, 64), 4,
-                                 protocol, seed=3)
+            spec = M.method_spec(
+                method, max(epochs, 2), 0.5, (64, 64), 4, protocol, seed=3)
             assert spec['kind'] in ('dense', 'mmprune', 'torch_pruning')
 
 
@@ -129,25 +159,37 @@ def test_both_protocols_latency_and_report(tmp_path):
     from benchmarks.reference import run_job as run_reference
     from benchmarks.run import quality_latency, select
     from mmprune.utils.io import write_json_atomic
-    preset = dict(name='test', quality=dict(
-        protocols=('trained', 'scratch'),
-        data=dict(difficulty='easy', size=64, num_train=8, num_val=4,
-                  num_classes=10, seed=0),
-        epochs=2, batch_size=4, budgets=(0.5, ), seeds=(0, ),
-        reference=dict(epochs=1, seed=0),
-        models=dict(yolox_tiny=dict(methods=('dense', 'l1_uniform',
-                                             'random'))),
-        latency_runs=2))
+    preset = dict(
+        name='test',
+        quality=dict(
+            protocols=('trained', 'scratch'),
+            data=dict(
+                difficulty='easy',
+                size=64,
+                num_train=8,
+                num_val=4,
+                num_classes=10,
+                seed=0),
+            epochs=2,
+            batch_size=4,
+            budgets=(0.5, ),
+            seeds=(0, ),
+            reference=dict(epochs=1, seed=0),
+            models=dict(
+                yolox_tiny=dict(methods=('dense', 'l1_uniform', 'random'))),
+            latency_runs=2))
     data = prepare_data(str(tmp_path / 'data'), preset['quality']['data'])
     out = tmp_path / 'results'
     refs = reference_jobs(preset, str(out), str(tmp_path / 'work'), data,
                           'cpu', 1, str(tmp_path / 'cache'))
-    jobs = quality_jobs(preset, str(out), str(tmp_path / 'work'), data,
-                        'cpu', 1, {r['model']: r for r in refs})
-    assert [(j['protocol'], j['method']) for j in jobs] == [
-        ('trained', 'dense'), ('trained', 'l1_uniform'),
-        ('trained', 'random'), ('scratch', 'dense'),
-        ('scratch', 'l1_uniform'), ('scratch', 'random')]
+    jobs = quality_jobs(preset, str(out), str(tmp_path / 'work'), data, 'cpu',
+                        1, {r['model']: r
+                            for r in refs})
+    assert [(j['protocol'], j['method'])
+            for j in jobs] == [('trained', 'dense'), ('trained', 'l1_uniform'),
+                               ('trained', 'random'), ('scratch', 'dense'),
+                               ('scratch', 'l1_uniform'),
+                               ('scratch', 'random')]
     assert jobs[0]['needs'] == [refs[0]['id']] and not jobs[3]['needs']
     # a trained run refuses to start before its reference exists
     res = run_job(jobs[0])
@@ -193,11 +235,11 @@ def test_both_protocols_latency_and_report(tmp_path):
 
     quality_latency(str(out), 2, 'cpu', 1, resume=False)
     for tag, n in (('tr', 3), ('sc', 2)):
-        with open(out / 'quality' / f'latency__yolox_tiny__{tag}__f50.json'
-                  ) as f:
+        with open(out / 'quality' /
+                  f'latency__yolox_tiny__{tag}__f50.json') as f:
             assert len(json.load(f)['latency']) == n
-    write_json_atomic(dict(preset='test', argv=['--preset', 'test']),
-                      str(out / 'env.json'))
+    write_json_atomic(
+        dict(preset='test', argv=['--preset', 'test']), str(out / 'env.json'))
     md = open(R.write_report(str(out))).read()
     assert '## Headline' in md and '## Trained references' in md
     assert '### yolox_tiny, trained, 50 % FLOPs (2 epochs)' in md
@@ -216,13 +258,18 @@ def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
     references, and a printed plan within the session budget."""
     from benchmarks.plan import schedule
     from benchmarks.run import main
-    assert main(['--preset', 'session', '--list', '--out', str(tmp_path),
-                 '--work-dir', str(tmp_path), '--ref-cache',
-                 str(tmp_path / 'cache')]) == 0
+    assert main([
+        '--preset', 'session', '--list', '--out',
+        str(tmp_path), '--work-dir',
+        str(tmp_path), '--ref-cache',
+        str(tmp_path / 'cache')
+    ]) == 0
     text = capsys.readouterr().out
     assert '[bench] plan:' in text
-    ids = [line.split('\t')[1] for line in text.splitlines()
-           if line.startswith('quality\t')]
+    ids = [
+        line.split('\t')[1] for line in text.splitlines()
+        if line.startswith('quality\t')
+    ]
     assert 'reference__yolox_tiny' in ids and \
         'reference__retinanet_r18' in ids
     for model in ('yolox_tiny', 'retinanet_r18'):
@@ -240,17 +287,21 @@ def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
     assert schedule([], 2)['wall_seconds'] == 0
 
 
-@pytest.mark.skipif(not osp.isdir(SMOKE_RESULTS),
-                    reason='benchmarks/results/smoke not generated (python '
-                    'benchmarks/run.py --preset smoke)')
+@pytest.mark.skipif(
+    not osp.isdir(SMOKE_RESULTS),
+    reason='benchmarks/results/smoke not generated (python '
+    'benchmarks/run.py --preset smoke)')
 def test_report_cli_on_smoke_results(tmp_path):
     """``python benchmarks/report.py DIR`` alone, on the smoke results:
     every suite is tabled and each speed verdict follows its numbers."""
     d = tmp_path / 'smoke'
-    shutil.copytree(SMOKE_RESULTS, d, ignore=shutil.ignore_patterns(
-        'results.md', 'plots'))
-    out = subprocess.run([sys.executable, 'benchmarks/report.py', str(d)],
-                         cwd=ROOT, capture_output=True, text=True,
+    shutil.copytree(
+        SMOKE_RESULTS, d, ignore=shutil.ignore_patterns('results.md', 'plots'))
+    out = subprocess.run([sys.executable, 'benchmarks/report.py',
+                          str(d)],
+                         cwd=ROOT,
+                         capture_output=True,
+                         text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     md = (d / 'results.md').read_text()
@@ -262,10 +313,10 @@ def test_report_cli_on_smoke_results(tmp_path):
     assert rows
     for r in rows:
         want = r['realized_over_flops'] >= R.SPEED_TARGETS[r['mode']]
-        line = next(l for l in md.splitlines()
-                    if l.startswith(f"| {r['model']} |") and
-                    f"| {r['mode']} | {r['setting']} | {r['backend']} | "
-                    f"{r['batch']} |" in l)
+        line = next(ln for ln in md.splitlines()
+                    if ln.startswith(f"| {r['model']} |")
+                    and f"| {r['mode']} | {r['setting']} | {r['backend']} | "
+                    f"{r['batch']} |" in ln)
         assert line.endswith('**PASS** |' if want else '**FAIL** |')
     for png in ('speed.png', 'graph_time.png'):
         assert (d / 'plots' / png).stat().st_size > 1000

@@ -14,12 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmprune.costs.flops import CostModel
 from mmprune.criteria import BlendedCriterion
 from mmprune.graph import build_channel_graph
 from mmprune.search import (BlendSearchConfig, EAConfig, MaskedEvaluator,
-                            adaptive_bn, calibrate_pool, evolve,
-                            search_blend)
-from mmprune.costs.flops import CostModel
+                            adaptive_bn, calibrate_pool, evolve, search_blend)
 from mmprune.utils.io import write_text_atomic
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -38,7 +37,7 @@ TARGET = np.array([0.3, 0.7, 0.55, 0.2, 0.9])
 
 
 def quadratic(g):
-    return -float(np.sum((g - TARGET) ** 2))
+    return -float(np.sum((g - TARGET)**2))
 
 
 def test_ea_is_deterministic_under_a_seed():
@@ -47,20 +46,23 @@ def test_ea_is_deterministic_under_a_seed():
     b = evolve(quadratic, 5, cfg)
     assert np.array_equal(a.best, b.best)
     assert a.history == b.history and a.evaluations == b.evaluations
-    c = evolve(quadratic, 5, EAConfig(pop_size=10, generations=6, elite=3,
-                                      seed=8))
+    c = evolve(quadratic, 5,
+               EAConfig(pop_size=10, generations=6, elite=3, seed=8))
     assert not np.array_equal(a.best, c.best)
 
 
 def test_ea_strictly_beats_its_one_hot_seeds_and_keeps_elites():
     seeds = [np.eye(5)[i] for i in range(5)] + [np.ones(5)]
     best_seed = max(quadratic(s) for s in seeds)
-    res = evolve(quadratic, 5, EAConfig(pop_size=16, generations=15,
-                                        elite=4, seed=0), seeds=seeds)
+    res = evolve(
+        quadratic,
+        5,
+        EAConfig(pop_size=16, generations=15, elite=4, seed=0),
+        seeds=seeds)
     assert res.first_best >= best_seed  # generation 0 holds the seeds
     assert res.best_fitness > res.first_best  # strictly better
-    assert res.best_fitness > -0.05 and np.all((res.best >= 0) &
-                                               (res.best <= 1))
+    assert res.best_fitness > -0.05 and np.all((res.best >= 0)
+                                               & (res.best <= 1))
     bests = [h['best'] for h in res.history]
     assert all(b >= a for a, b in zip(bests, bests[1:]))  # elitism
     assert len(res.history) == 16
@@ -70,17 +72,20 @@ def test_ea_strictly_beats_its_one_hot_seeds_and_keeps_elites():
 
 def test_ea_config_is_validated():
     for kwargs, arg in ((dict(pop_size=1), 'pop_size'),
-                        (dict(elite=32), 'elite'),
-                        (dict(crossover_p=1.5), 'crossover_p'),
-                        (dict(mutation_sigma=-1), 'mutation_sigma'),
-                        (dict(low=1, high=0), 'low')):
+                        (dict(elite=32), 'elite'), (dict(crossover_p=1.5),
+                                                    'crossover_p'),
+                        (dict(mutation_sigma=-1),
+                         'mutation_sigma'), (dict(low=1, high=0), 'low')):
         with pytest.raises(ValueError, match=arg):
             EAConfig(**kwargs)
     with pytest.raises(ValueError, match='dim'):
         evolve(quadratic, 0)
     with pytest.raises(ValueError, match='seed genomes'):
-        evolve(quadratic, 5, EAConfig(pop_size=4, elite=1,
-                                      generations=0), seeds=[np.ones(3)])
+        evolve(
+            quadratic,
+            5,
+            EAConfig(pop_size=4, elite=1, generations=0),
+            seeds=[np.ones(3)])
     # a NaN fitness ranks last instead of poisoning the population
     res = evolve(lambda g: float('nan') if g[0] > 0.5 else -g[0], 2,
                  EAConfig(pop_size=6, elite=2, generations=3))
@@ -109,8 +114,8 @@ def test_ea_budget_stops_early_and_keeps_the_best():
     timed = evolve(slow, 5, EAConfig(time_budget_s=0.1, **cfg))
     assert timed.stopped == 'time_budget'
     assert 1 <= timed.evaluations <= 10 and timed.seconds < 1.0
-    for bad, arg in ((dict(max_evals=0), 'max_evals'),
-                     (dict(time_budget_s=-1), 'time_budget_s')):
+    for bad, arg in ((dict(max_evals=0), 'max_evals'), (dict(time_budget_s=-1),
+                                                        'time_budget_s')):
         with pytest.raises(ValueError, match=arg):
             EAConfig(**bad)
 
@@ -121,8 +126,7 @@ def test_adaptive_bn_recomputes_statistics_from_batches():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), bn)
     bn.running_mean.fill_(5.0)
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(4, 3, 5, 5, generator=g) * 2 + 1
-               for _ in range(3)]
+    batches = [torch.randn(4, 3, 5, 5, generator=g) * 2 + 1 for _ in range(3)]
     model.eval()
     used = adaptive_bn(model, batches + batches, lambda m, b: m(b), 3)
     # modes and momentum are restored
@@ -131,8 +135,8 @@ def test_adaptive_bn_recomputes_statistics_from_batches():
     with torch.no_grad():
         feats = [model[0](b) for b in batches]
     want_mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
-    want_var = torch.stack([f.transpose(0, 1).reshape(3, -1).var(1)
-                            for f in feats]).mean(0)
+    want_var = torch.stack(
+        [f.transpose(0, 1).reshape(3, -1).var(1) for f in feats]).mean(0)
     assert torch.allclose(bn.running_mean, want_mean, atol=1e-5)
     assert torch.allclose(bn.running_var, want_var, atol=1e-5)
     with pytest.raises(ValueError, match='no batch'):
@@ -143,12 +147,12 @@ class Net(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.c1 = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False),
-                                nn.BatchNorm2d(16))
-        self.c2 = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1, bias=False),
-                                nn.BatchNorm2d(24))
-        self.c3 = nn.Sequential(nn.Conv2d(24, 24, 3, padding=1, bias=False),
-                                nn.BatchNorm2d(24))
+        self.c1 = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+        self.c2 = nn.Sequential(
+            nn.Conv2d(16, 24, 3, 2, 1, bias=False), nn.BatchNorm2d(24))
+        self.c3 = nn.Sequential(
+            nn.Conv2d(24, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24))
         self.fc = nn.Linear(24, 4)
 
     def forward(self, x):
@@ -202,8 +206,10 @@ def test_masked_evaluator_restores_the_dense_model(trained):
         return -float(sum(ce_loss(m, b) for b in val))
 
     ev = MaskedEvaluator(model, graph, counts, neg_loss, train, forward, 2)
-    scores = {g.name: torch.arange(g.width, dtype=torch.float32)
-              for g in graph.prunable_groups()}
+    scores = {
+        g.name: torch.arange(g.width, dtype=torch.float32)
+        for g in graph.prunable_groups()
+    }
     keep = ev.keep_from_scores(scores)
     assert keep['c1.0'].tolist() == list(range(8, 16))
     f = ev(scores)
@@ -214,25 +220,37 @@ def test_masked_evaluator_restores_the_dense_model(trained):
         MaskedEvaluator(model, graph, {'c1.0': 0}, neg_loss, train, forward)
 
 
-TOY_POOL = {k: dict(type=t) for k, t in (
-    ('l1', 'L1Criterion'), ('fpgm', 'FPGMCriterion'),
-    ('bn_scale', 'BNScaleCriterion'), ('taylor', 'TaylorCriterion'),
-    ('hrank', 'HRankCriterion'))}
+TOY_POOL = {
+    k: dict(type=t)
+    for k, t in (('l1', 'L1Criterion'), ('fpgm', 'FPGMCriterion'),
+                 ('bn_scale', 'BNScaleCriterion'),
+                 ('taylor', 'TaylorCriterion'), ('hrank', 'HRankCriterion'))
+}
 
 
 def toy_search(model, graph, cost, train, val, **options):
-    opts = dict(pool=TOY_POOL, pop_size=8, generations=4, elite=2,
-                calib_batches=4, bn_batches=3, fitness_images=128)
+    opts = dict(
+        pool=TOY_POOL,
+        pop_size=8,
+        generations=4,
+        elite=2,
+        calib_batches=4,
+        bn_batches=3,
+        fitness_images=128)
     opts.update(options)
     return search_blend(
-        model, graph, [g.name for g in graph.prunable_groups()], train, val,
-        cost=cost, allocator=dict(type='UniformAllocator', ratio=0.5,
-                                  min_keep=2),
-        options=opts, loss_fn=ce_loss, forward_fn=forward)
+        model,
+        graph, [g.name for g in graph.prunable_groups()],
+        train,
+        val,
+        cost=cost,
+        allocator=dict(type='UniformAllocator', ratio=0.5, min_keep=2),
+        options=opts,
+        loss_fn=ce_loss,
+        forward_fn=forward)
 
 
-def test_search_improves_fitness_and_writes_a_usable_blend(trained,
-                                                          tmp_path):
+def test_search_improves_fitness_and_writes_a_usable_blend(trained, tmp_path):
     from mmengine.config import Config
     tool = load_tool()
     model, graph, cost, train, val = trained
@@ -292,24 +310,39 @@ def test_search_options_are_validated(trained):
     from mmprune.methods import get_method
     cfg = BlendSearchConfig.from_options(get_method('bpc').options['search'])
     assert cfg.pop_size == 32 and cfg.calib_batches == 32
-    for bad, arg in ((dict(popsize=3), 'popsize'),
-                     (dict(fitness='map'), 'fitness'),
-                     (dict(pool=['l3']), 'l3'),
-                     (dict(bn_batches=0), 'bn_batches'),
-                     (dict(max_evals=0), 'max_evals')):
+    for bad, arg in ((dict(popsize=3),
+                      'popsize'), (dict(fitness='map'),
+                                   'fitness'), (dict(pool=['l3']), 'l3'),
+                     (dict(bn_batches=0), 'bn_batches'), (dict(max_evals=0),
+                                                          'max_evals')):
         with pytest.raises(ValueError, match=arg):
             BlendSearchConfig.from_options(bad)
     model, graph, cost, train, val = trained
     with pytest.raises(ValueError, match='not prunable'):
-        search_blend(model, graph, ['nope'], train, val, cost=cost,
-                     allocator=dict(type='UniformAllocator'))
+        search_blend(
+            model,
+            graph, ['nope'],
+            train,
+            val,
+            cost=cost,
+            allocator=dict(type='UniformAllocator'))
     with pytest.raises(ValueError, match='groups is empty'):
-        search_blend(model, graph, [], train, val, cost=cost,
-                     allocator=dict(type='UniformAllocator'))
+        search_blend(
+            model,
+            graph, [],
+            train,
+            val,
+            cost=cost,
+            allocator=dict(type='UniformAllocator'))
     with pytest.raises(ValueError, match='heldout_data'):
-        search_blend(model, graph, ['c1.0'], train, [], cost=cost,
-                     allocator=dict(type='UniformAllocator'),
-                     options=dict(pool=['l1']), loss_fn=ce_loss)
+        search_blend(
+            model,
+            graph, ['c1.0'],
+            train, [],
+            cost=cost,
+            allocator=dict(type='UniformAllocator'),
+            options=dict(pool=['l1']),
+            loss_fn=ce_loss)
 
 
 # ------------------------------------------------------------- mmdet
@@ -319,14 +352,18 @@ def det_batch(g, size=96, n=2, num_classes=80):
     from mmengine.structures import InstanceData
     samples = []
     for _ in range(n):
-        s = DetDataSample(metainfo=dict(
-            img_shape=(size, size), ori_shape=(size, size),
-            pad_shape=(size, size), batch_input_shape=(size, size),
-            scale_factor=(1.0, 1.0)))
+        s = DetDataSample(
+            metainfo=dict(
+                img_shape=(size, size),
+                ori_shape=(size, size),
+                pad_shape=(size, size),
+                batch_input_shape=(size, size),
+                scale_factor=(1.0, 1.0)))
         xy = torch.rand(3, 2, generator=g) * (size * 0.6)
         s.gt_instances = InstanceData(
-            bboxes=torch.cat([xy, xy + size / 8 + size / 4 * torch.rand(
-                3, 2, generator=g)], 1),
+            bboxes=torch.cat(
+                [xy, xy + size / 8 + size / 4 * torch.rand(3, 2, generator=g)],
+                1),
             labels=torch.randint(0, num_classes, (3, ), generator=g))
         samples.append(s)
     imgs = [(torch.rand(3, size, size, generator=g) * 255).to(torch.uint8)
@@ -337,8 +374,9 @@ def det_batch(g, size=96, n=2, num_classes=80):
 def test_adaptive_bn_reestimates_norm_eval_resnet():
     """mmdet's ResNet with norm_eval=True keeps its BNs in eval mode under
     model.train(); adaptive BN must still re-estimate their statistics."""
-    from mmprune.search import mmdet_forward
     from test_graph_mmdet import build
+
+    from mmprune.search import mmdet_forward
     model = build('retinanet_r18')
     assert model.backbone.norm_eval  # mmdet's default for RetinaNet
     model.train()
@@ -365,10 +403,11 @@ def test_adaptive_bn_reestimates_norm_eval_resnet():
 def test_hrank_takes_the_activation_from_the_graph_yolox():
     """YOLOX's activation is Swish (SiLU): HRank ranks silu(BN output),
     not relu(BN output), without being told."""
+    from test_graph_mmdet import build
+
     from mmprune import apis
     from mmprune.criteria import HRankCriterion
     from mmprune.search import mmdet_forward
-    from test_graph_mmdet import build
     model = build('yolox_tiny')
     graph = apis.analyze(model)
     crit = HRankCriterion()
@@ -387,8 +426,9 @@ def test_hrank_takes_the_activation_from_the_graph_yolox():
         lambda m, i, out: seen.append(out.detach().clone()))
     try:
         with torch.no_grad():
-            mmdet_forward(model, det_batch(torch.Generator().manual_seed(1),
-                                           size=64, n=4))
+            mmdet_forward(
+                model,
+                det_batch(torch.Generator().manual_seed(1), size=64, n=4))
     finally:
         handle.remove()
         crit.detach()
@@ -423,26 +463,42 @@ def test_bpc_search_beats_the_uniform_blend_on_yolox_tiny():
     stage searches both."""
     import re
 
+    from test_graph_mmdet import build
+
     from mmprune import apis
     from mmprune.criteria.blended import DEFAULT_POOL
     from mmprune.methods import filter_groups, get_method
-    from test_graph_mmdet import build
     model = build('yolox_tiny')
     model.init_weights()  # head bias priors: a finite, moderate loss
     model.train()  # as at a training event
     graph = apis.analyze(model)
     cost = apis.cost_model(model, (96, 96))
-    names = [n for n in filter_groups(graph, **get_method('bpc').groups)
-             if re.match(YOLOX_GROUPS, n)]
+    names = [
+        n for n in filter_groups(graph,
+                                 **get_method('bpc').groups)
+        if re.match(YOLOX_GROUPS, n)
+    ]
     g = torch.Generator().manual_seed(0)
     calib, heldout = [det_batch(g) for _ in range(2)], [det_batch(g)]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = search_blend(
-        model, graph, names, calib, heldout, cost=cost,
+        model,
+        graph,
+        names,
+        calib,
+        heldout,
+        cost=cost,
         allocator=dict(type='UniformAllocator', ratio=0.9, min_keep=4),
-        options=dict(get_method('bpc').options['search'], pop_size=6,
-                     generations=2, elite=2, calib_batches=2, bn_batches=1,
-                     fitness_images=2, seed_uniform=False, max_evals=14),
+        options=dict(
+            get_method('bpc').options['search'],
+            pop_size=6,
+            generations=2,
+            elite=2,
+            calib_batches=2,
+            bn_batches=1,
+            fitness_images=2,
+            seed_uniform=False,
+            max_evals=14),
         seed=0)
     rep = out.report
     assert set(out.scores) == set(names)
@@ -450,8 +506,10 @@ def test_bpc_search_beats_the_uniform_blend_on_yolox_tiny():
     # clustering: L1 and L2 rank alike here, so they share a cluster in
     # most groups and only their medoid can be a candidate
     assert set(out.blend['criteria']) < set(DEFAULT_POOL)
-    together = [g for g in rep['clusters']['groups'].values()
-                if any({'l1', 'l2'} <= set(c) for c in g['clusters'])]
+    together = [
+        g for g in rep['clusters']['groups'].values()
+        if any({'l1', 'l2'} <= set(c) for c in g['clusters'])
+    ]
     assert len(together) >= len(names) // 2
     for stage, cands in rep['clusters']['stages'].items():
         assert not {'l1', 'l2'} <= set(cands), stage
@@ -486,22 +544,29 @@ def test_search_tool_on_faster_rcnn(tmp_path, mmdet_config, synth_data):
     cfg.model.roi_head.bbox_head.num_classes = len(classes)
 
     def coco(split, test_mode):
-        pipeline = [dict(type='LoadImageFromFile'),
-                    dict(type='LoadAnnotations', with_bbox=True),
-                    dict(type='Resize', scale=size, keep_ratio=True),
-                    dict(type='PackDetInputs')]
-        return dict(type='CocoDataset', data_root=synth_data['coco_root'],
-                    ann_file=f'annotations/instances_{split}2017.json',
-                    data_prefix=dict(img=f'{split}2017/'),
-                    metainfo=dict(classes=classes),
-                    filter_cfg=dict(filter_empty_gt=False),
-                    test_mode=test_mode, pipeline=pipeline)
+        pipeline = [
+            dict(type='LoadImageFromFile'),
+            dict(type='LoadAnnotations', with_bbox=True),
+            dict(type='Resize', scale=size, keep_ratio=True),
+            dict(type='PackDetInputs')
+        ]
+        return dict(
+            type='CocoDataset',
+            data_root=synth_data['coco_root'],
+            ann_file=f'annotations/instances_{split}2017.json',
+            data_prefix=dict(img=f'{split}2017/'),
+            metainfo=dict(classes=classes),
+            filter_cfg=dict(filter_empty_gt=False),
+            test_mode=test_mode,
+            pipeline=pipeline)
 
     def loader(dataset, batch_size):
-        return dict(batch_size=batch_size, num_workers=0,
-                    persistent_workers=False,
-                    sampler=dict(type='DefaultSampler', shuffle=False),
-                    dataset=dataset)
+        return dict(
+            batch_size=batch_size,
+            num_workers=0,
+            persistent_workers=False,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            dataset=dataset)
 
     cfg.train_dataloader = loader(coco('train', False), 2)
     cfg.val_dataloader = loader(coco('val', True), 1)
@@ -512,11 +577,12 @@ def test_search_tool_on_faster_rcnn(tmp_path, mmdet_config, synth_data):
     torch.save(dict(state_dict=model.state_dict()), ckpt)
     out_py = str(tmp_path / 'blend.py')
     tool = load_tool()
-    res = tool.main([cfg_path, ckpt, '--flops-ratio', '0.95', '--out',
-                     out_py, '--input-size', '128', '128', '--pop-size', '2',
-                     '--generations', '0', '--elite', '1',
-                     '--calib-batches', '1', '--bn-batches', '1',
-                     '--fitness-images', '1', '--min-keep', '2'])
+    res = tool.main([
+        cfg_path, ckpt, '--flops-ratio', '0.95', '--out', out_py,
+        '--input-size', '128', '128', '--pop-size', '2', '--generations', '0',
+        '--elite', '1', '--calib-batches', '1', '--bn-batches', '1',
+        '--fitness-images', '1', '--min-keep', '2'
+    ])
     report = json.load(open(str(tmp_path / 'blend.json')))
     # the preset's filter leaves the RoI head out (HRank has no score for
     # its fully connected layers); nothing else needs to be left out
@@ -526,6 +592,7 @@ def test_search_tool_on_faster_rcnn(tmp_path, mmdet_config, synth_data):
     assert report['search']['evaluator_calls'] >= 1
     assert np.isfinite(report['search']['best_fitness'])
     blend = Config.fromfile(out_py).blend
-    assert set(blend['criteria']) <= {'l1', 'l2', 'fpgm', 'bn_scale',
-                                      'taylor', 'hrank'}
+    assert set(blend['criteria']) <= {
+        'l1', 'l2', 'fpgm', 'bn_scale', 'taylor', 'hrank'
+    }
     BlendedCriterion(**blend)  # a usable criterion config

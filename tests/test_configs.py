@@ -26,8 +26,8 @@ from mmengine.runner import Runner
 from mmprune import apis
 from mmprune.methods import METHODS, filter_groups
 from mmprune.registry import ALLOCATORS, CRITERIA, build_from
-from mmprune.utils.offline import (OfflineWeightsWarning, check_offline_weights,
-                                   find_remote_weights)
+from mmprune.utils.offline import (OfflineWeightsWarning,
+                                   check_offline_weights, find_remote_weights)
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO, 'configs')
@@ -43,10 +43,18 @@ DATASETS = ('coco', 'voc0712')
 WRAPPERS = ('ConcatDataset', 'RepeatDataset', 'MultiImageMixDataset',
             'ClassBalancedDataset')
 EXPECTED = {
-    'coco': dict(dataset='CocoDataset', metric='CocoMetric', classes=80,
-                 root='data/coco/'),
-    'voc0712': dict(dataset='VOCDataset', metric='VOCMetric', classes=20,
-                    root='data/VOCdevkit/'),
+    'coco':
+    dict(
+        dataset='CocoDataset',
+        metric='CocoMetric',
+        classes=80,
+        root='data/coco/'),
+    'voc0712':
+    dict(
+        dataset='VOCDataset',
+        metric='VOCMetric',
+        classes=20,
+        root='data/VOCdevkit/'),
 }
 
 
@@ -77,8 +85,10 @@ def dataset_of(path) -> str:
 
 
 def pruning_hooks(cfg):
-    return [h for h in cfg.get('custom_hooks', [])
-            if h['type'] == 'ChannelPruningHook']
+    return [
+        h for h in cfg.get('custom_hooks', [])
+        if h['type'] == 'ChannelPruningHook'
+    ]
 
 
 def build_hook(hook_cfg):
@@ -122,8 +132,8 @@ def test_config_loads_and_is_consistent(path, mmdet_registry):
     cfg = load(path)
     data = dataset_of(path)
     want = EXPECTED[data]
-    assert cfg.custom_imports == dict(imports=['mmprune'],
-                                      allow_failed_imports=False)
+    assert cfg.custom_imports == dict(
+        imports=['mmprune'], allow_failed_imports=False)
     hooks = pruning_hooks(cfg)
     assert len(hooks) == 1, f'{rel(path)}: {len(hooks)} ChannelPruningHooks'
     hook = build_hook(hooks[0])
@@ -145,8 +155,7 @@ def test_config_loads_and_is_consistent(path, mmdet_registry):
     if 'yolox' in path:
         # mmdet's YOLOX hooks are kept, and pruning ends before the
         # no-augmentation epochs
-        assert types[:3] == ['YOLOXModeSwitchHook', 'SyncNormHook',
-                             'EMAHook']
+        assert types[:3] == ['YOLOXModeSwitchHook', 'SyncNormHook', 'EMAHook']
         # mmdet's YOLOXModeSwitchHook turns Mosaic/MixUp off before
         # (1-based) epoch max_epochs - num_last_epochs, so the last epoch
         # trained with them is one earlier
@@ -159,8 +168,10 @@ def test_config_loads_and_is_consistent(path, mmdet_registry):
 
     # FLOPs are counted at the test image size, (H, W): the test Resize's
     # (w, h) for YOLOX's square images, (short, long) for keep-ratio R-CNN
-    resize = [t for t in cfg.test_dataloader.dataset.pipeline
-              if t['type'] == 'Resize'][0]
+    resize = [
+        t for t in cfg.test_dataloader.dataset.pipeline
+        if t['type'] == 'Resize'
+    ][0]
     assert hook.input_size == tuple(sorted(resize['scale'])), \
         (hook.input_size, resize['scale'])
 
@@ -195,7 +206,7 @@ def test_config_loads_and_is_consistent(path, mmdet_registry):
 
 
 def test_prunable_detector_line_works_when_uncommented(tmp_path,
-                                                     mmdet_registry):
+                                                       mmdet_registry):
     """The block's commented ``model = dict(... 'PrunableDetector' ...)``
     (for DetInferencer) gives a config whose detector is the same one,
     made prunable."""
@@ -204,12 +215,12 @@ def test_prunable_detector_line_works_when_uncommented(tmp_path,
     from mmengine.registry import DefaultScope
     path = _config_path('acp_tp', 'yolox_nano_8xb8-300e', 'coco')
     text = open(path).read()
-    lines = ['# model = dict(',
-             "#     _delete_=True, type='PrunableDetector', "
-             'architecture=_base_.model)']
+    lines = [
+        '# model = dict(', "#     _delete_=True, type='PrunableDetector', "
+        'architecture=_base_.model)'
+    ]
     assert '\n'.join(lines) in text
-    wrapped = text.replace('\n'.join(lines),
-                           '\n'.join(ln[2:] for ln in lines))
+    wrapped = text.replace('\n'.join(lines), '\n'.join(ln[2:] for ln in lines))
     (tmp_path / 'wrapped.py').write_text(wrapped)
     cfg = load(str(tmp_path / 'wrapped.py'))
     assert cfg.model.type == 'PrunableDetector'
@@ -241,8 +252,8 @@ def _config_path(method, model, data):
                     f"{method.replace('_', '-')}_{model}_{data}.py")
 
 
-@pytest.mark.parametrize('model_name,data,scale', FAMILIES,
-                         ids=[f[0] for f in FAMILIES])
+@pytest.mark.parametrize(
+    'model_name,data,scale', FAMILIES, ids=[f[0] for f in FAMILIES])
 def test_model_builds_analyses_and_targets_are_reachable(
         model_name, data, scale, mmdet_registry):
     from mmdet.registry import MODELS
@@ -275,17 +286,21 @@ def test_model_builds_analyses_and_targets_are_reachable(
         assert names, f'{method}: no prunable group on {model_name}'
         if 'resnet' in repr(cfg.model.backbone.type).lower():
             # the frozen stem is pinned (mmdet's frozen_stages=1)
-            stem = [g for g in graph.groups
-                    if any(m.module == 'backbone.conv1'
-                           for m in g.producers())]
+            stem = [
+                g for g in graph.groups
+                if any(m.module == 'backbone.conv1' for m in g.producers())
+            ]
             assert stem and not any(g.prunable for g in stem)
         # the final target, in one allocation from the dense model, with
         # the method's allocator limits and group filter (scores do not
         # change which channels may go, only which do)
-        scores = {k: v for k, v in l1.score(model, graph).items()
-                  if k in names}
-        alloc = build_from(ALLOCATORS, dict(hook.allocator_cfg,
-                                            ratio=hook.target), 'allocator')
+        scores = {
+            k: v
+            for k, v in l1.score(model, graph).items() if k in names
+        }
+        alloc = build_from(ALLOCATORS,
+                           dict(hook.allocator_cfg, ratio=hook.target),
+                           'allocator')
         keep = alloc.allocate(model, graph, scores, cost)
         ratio = cost.flops(graph, keep) / dense
         assert hook.target - 0.05 <= ratio <= hook.target + 1e-9, \
@@ -349,8 +364,12 @@ def _smoke_cfg(path, voc_root, work_dir, size=128):
         if h['type'] == 'YOLOXModeSwitchHook':
             h.num_last_epochs = 0
         if h['type'] == 'ChannelPruningHook':
-            h.update(begin=1, end=1, interval=1, input_size=(size, size),
-                     scoring_batches=1)
+            h.update(
+                begin=1,
+                end=1,
+                interval=1,
+                input_size=(size, size),
+                scoring_batches=1)
         hooks.append(h)
     cfg.custom_hooks = hooks
     cfg.work_dir = str(work_dir)
@@ -370,8 +389,9 @@ def test_shipped_config_trains_prunes_and_evaluates(voc_root, tmp_path,
     dense_params = sum(p.numel() for p in runner.model.parameters())
     runner.train()
     model = runner.model
-    hook = [h for h in runner.hooks
-            if type(h).__name__ == 'ChannelPruningHook'][0]
+    hook = [
+        h for h in runner.hooks if type(h).__name__ == 'ChannelPruningHook'
+    ][0]
     assert hook.method == 'gcp_frs' and hook.state['events_done'] == 1
     ratio = apis.cost_model(model, (128, 128)).flops() / \
         hook.state['dense_cost']
@@ -389,6 +409,8 @@ def test_shipped_config_trains_prunes_and_evaluates(voc_root, tmp_path,
     assert record.metrics is not None
     m = record.metrics['pascal_voc/mAP']
     assert 0.0 <= m <= 1.0 and m == m
-    ckpt = torch.load(osp.join(str(tmp_path), 'epoch_2.pth'),
-                      map_location='cpu', weights_only=True)
+    ckpt = torch.load(
+        osp.join(str(tmp_path), 'epoch_2.pth'),
+        map_location='cpu',
+        weights_only=True)
     assert len(ckpt['meta']['mmprune']['plans']) == 1

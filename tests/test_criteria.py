@@ -11,26 +11,27 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_graph_toy import ToyDetector, randomise_bn
 
 from mmprune.criteria import (BlendedCriterion, BNScaleCriterion,
                               FeatureRelevanceCriterion, FPGMCriterion,
                               HRankCriterion, L1Criterion, L2Criterion,
                               TaylorCriterion, WeightSimilarityCriterion)
-from mmprune.criteria.blended import (BlendLayout, average_ranks,
-                                      blend_scores, cluster_criteria,
-                                      cluster_pool, default_stage, medoid,
-                                      normalize_scores, spearman_matrix)
+from mmprune.criteria.blended import (BlendLayout, average_ranks, blend_scores,
+                                      cluster_criteria, cluster_pool,
+                                      default_stage, medoid, normalize_scores,
+                                      spearman_matrix)
 from mmprune.criteria.gates import gate_sites
 from mmprune.criteria.lrp import lrp_forward
 from mmprune.criteria.relevance import class_weights_from_accuracy
 from mmprune.graph import build_channel_graph
 from mmprune.registry import CRITERIA, build_from
-from test_graph_toy import ToyDetector, randomise_bn
 
 
 def conv_bn(cin, cout, k=1, bias=False):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias),
-                         nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=bias),
+        nn.BatchNorm2d(cout))
 
 
 class Plain(nn.Module):
@@ -91,8 +92,8 @@ def toy_loss(out):
 
 # ------------------------------------------------------ weight criteria
 def test_norm_and_bn_scale_known_ranking():
-    model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4),
-                          nn.Conv2d(4, 1, 1))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
     set_rows(model[0], [[3, 4], [1, 0], [-2, 2], [0, 0.5]])
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([0.1, -2.0, 0.5, 1.0]))
@@ -101,8 +102,8 @@ def test_norm_and_bn_scale_known_ranking():
                           torch.tensor([7., 1., 4., .5]))
     assert torch.allclose(L2Criterion().score(model, graph)['0'],
                           torch.tensor([5., 1., math.sqrt(8), .5]))
-    assert torch.argsort(BNScaleCriterion().score(model, graph)['0']
-                         ).tolist() == [0, 2, 3, 1]
+    assert torch.argsort(BNScaleCriterion().score(
+        model, graph)['0']).tolist() == [0, 2, 3, 1]
 
 
 def test_fpgm_known_ranking_and_manual_distance_sum():
@@ -124,27 +125,37 @@ def test_coupled_groups_concatenate_or_sum_over_producers():
     grp = graph.group('stem.0')
     assert sorted(m.module for m in grp.producers()) == \
         ['c1.0', 'c2.0', 'stem.0']
-    w = [model.get_submodule(n).weight.detach().flatten(1)
-         for n in ('stem.0', 'c1.0', 'c2.0')]
+    w = [
+        model.get_submodule(n).weight.detach().flatten(1)
+        for n in ('stem.0', 'c1.0', 'c2.0')
+    ]
     l1 = L1Criterion().score(model, graph)['stem.0']
     assert torch.allclose(l1, sum(t.abs().sum(1) for t in w))
     v = torch.cat(w, 1)  # FPGM: distances in the joint (concatenated) space
     fpgm = FPGMCriterion().score(model, graph)['stem.0']
     assert torch.allclose(fpgm, torch.cdist(v, v).sum(1), rtol=1e-5)
     bn = BNScaleCriterion().score(model, graph)['stem.0']
-    gammas = [model.get_submodule(n).weight.detach().abs()
-              for n in ('stem.1', 'c1.1', 'c2.1')]
+    gammas = [
+        model.get_submodule(n).weight.detach().abs()
+        for n in ('stem.1', 'c1.1', 'c2.1')
+    ]
     assert torch.allclose(bn, sum(gammas))
 
 
 def test_every_criterion_scores_every_group_at_its_width(toy):
     model, graph, x = toy
-    crits = [L1Criterion(), L2Criterion(), BNScaleCriterion(),
-             FPGMCriterion(), WeightSimilarityCriterion(),
-             WeightSimilarityCriterion(similarity='gram', greedy=False),
-             TaylorCriterion(), FeatureRelevanceCriterion(),
-             HRankCriterion(activation='silu'),
-             BlendedCriterion(alphas={'*': dict(l1=0.5, taylor=1.0)})]
+    crits = [
+        L1Criterion(),
+        L2Criterion(),
+        BNScaleCriterion(),
+        FPGMCriterion(),
+        WeightSimilarityCriterion(),
+        WeightSimilarityCriterion(similarity='gram', greedy=False),
+        TaylorCriterion(),
+        FeatureRelevanceCriterion(),
+        HRankCriterion(activation='silu'),
+        BlendedCriterion(alphas={'*': dict(l1=0.5, taylor=1.0)})
+    ]
     for c in crits:
         if hasattr(c, 'attach'):
             c.attach(model, graph)
@@ -210,13 +221,17 @@ def manual_gate_terms(model, graph, x_batches, loss_fn):
     """sum over batches of (sum_{n,h,w} a * dL/da)^2 per site, from hooks
     on the site *outputs* (the definition), summed per group."""
     sites = gate_sites(graph)
-    scores = {g.name: torch.zeros(g.width, dtype=torch.float64)
-              for g in graph.prunable_groups()}
+    scores = {
+        g.name: torch.zeros(g.width, dtype=torch.float64)
+        for g in graph.prunable_groups()
+    }
     for x in x_batches:
         outs = {}
-        handles = [model.get_submodule(s.module).register_forward_hook(
-            lambda m, i, o, k=k: outs.__setitem__(k, o))
-            for k, s in enumerate(sites)]
+        handles = [
+            model.get_submodule(s.module).register_forward_hook(
+                lambda m, i, o, k=k: outs.__setitem__(k, o))
+            for k, s in enumerate(sites)
+        ]
         out = model(x)
         for h in handles:
             h.remove()
@@ -252,8 +267,10 @@ def out_of_place_twin(model):
 def test_taylor_equals_gate_products_on_outputs(toy):
     model, graph, _ = toy
     model.eval()
-    xs = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(
-        i)) for i in range(3)]
+    xs = [
+        torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+        for i in range(3)
+    ]
     # the definition, read on the outputs of a twin without in-place ops
     # (the toy's `out += idt` would overwrite a saved BN output)
     want = manual_gate_terms(out_of_place_twin(model), graph, xs, toy_loss)
@@ -265,8 +282,8 @@ def test_taylor_equals_gate_products_on_outputs(toy):
     got = crit.score(model, graph)
     assert crit.num_batches == 3
     for name, w in want.items():
-        assert torch.allclose(got[name].double(), w, rtol=1e-4,
-                              atol=1e-12), name
+        assert torch.allclose(
+            got[name].double(), w, rtol=1e-4, atol=1e-12), name
     # the coupled stream sums the terms of its three BN sites
     assert len([s for s in gate_sites(graph) if s.group == 'b1.conv3.0']) \
         == 3
@@ -276,8 +293,9 @@ def test_taylor_known_ranking():
     # a = BN(conv(x)) with zero conv weights is beta_c everywhere (eval);
     # the consumer conv sums channel c with weight k_c, so for L = sum(y)
     # the gate of channel c is k_c * beta_c * N * H * W
-    model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3),
-                          nn.Conv2d(3, 1, 1, bias=False)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3),
+        nn.Conv2d(3, 1, 1, bias=False)).eval()
     k = torch.tensor([1.0, 1.0, 3.0])
     beta = torch.tensor([1.0, -2.0, 0.5])
     with torch.no_grad():
@@ -297,8 +315,10 @@ def test_taylor_known_ranking():
 def test_taylor_is_invariant_to_the_amp_loss_scale(toy):
     model, graph, _ = toy
     model.eval()  # no BN statistic drift between the two runs
-    xs = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(
-        i)) for i in range(2)]
+    xs = [
+        torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+        for i in range(2)
+    ]
 
     def run(scale, getter):
         crit = TaylorCriterion(loss_scale=getter)
@@ -310,19 +330,21 @@ def test_taylor_is_invariant_to_the_amp_loss_scale(toy):
         return crit, crit.score(model, graph)
 
     _, plain = run(1.0, None)
-    scale = 2.0 ** 14
+    scale = 2.0**14
 
     class Scaler:  # GradScaler-like getter
+
         def get_scale(self):
             return scale
 
     crit, scaled = run(scale, Scaler().get_scale)
     _, unscaled = run(scale, None)  # what forgetting the scale gives
     for name in plain:
-        assert torch.allclose(plain[name], scaled[name], rtol=1e-5,
-                              atol=1e-20), name
-        assert torch.allclose(unscaled[name], plain[name] * scale ** 2,
-                              rtol=1e-5, atol=1e-20), name
+        assert torch.allclose(
+            plain[name], scaled[name], rtol=1e-5, atol=1e-20), name
+        assert torch.allclose(
+            unscaled[name], plain[name] * scale**2, rtol=1e-5,
+            atol=1e-20), name
     _, const = run(scale, scale)  # a constant scale works the same
     assert torch.allclose(const['stem.0'], plain['stem.0'], rtol=1e-5)
     # an overflow step (inf gradients, skipped by GradScaler) is skipped
@@ -337,8 +359,10 @@ def test_taylor_is_invariant_to_the_amp_loss_scale(toy):
 def test_taylor_momentum_and_mean_accumulation(toy):
     model, graph, _ = toy
     model.eval()
-    xs = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(
-        i)) for i in range(3)]
+    xs = [
+        torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i))
+        for i in range(3)
+    ]
     per_batch = []
     for x in xs:
         crit = TaylorCriterion()
@@ -355,10 +379,12 @@ def test_taylor_momentum_and_mean_accumulation(toy):
     want = per_batch[0]
     for t in per_batch[1:]:
         want = 0.5 * want + 0.5 * t
-    assert torch.allclose(mom.score(model, graph)['spp_in.0'].double(), want,
-                          rtol=1e-4)
-    assert torch.allclose(mean.score(model, graph)['spp_in.0'].double(),
-                          sum(per_batch) / 3, rtol=1e-4)
+    assert torch.allclose(
+        mom.score(model, graph)['spp_in.0'].double(), want, rtol=1e-4)
+    assert torch.allclose(
+        mean.score(model, graph)['spp_in.0'].double(),
+        sum(per_batch) / 3,
+        rtol=1e-4)
     with pytest.raises(ValueError, match='accumulate'):
         TaylorCriterion(accumulate='ema')
     with pytest.raises(RuntimeError, match='attach'):
@@ -367,8 +393,9 @@ def test_taylor_momentum_and_mean_accumulation(toy):
 
 def _ddp_batches(rank):
     g = torch.Generator().manual_seed(100 + rank)
-    return [(torch.randn(3, 3, 8, 8, generator=g),
-             torch.randint(0, 4, (3, ), generator=g)) for _ in range(2)]
+    return [(torch.randn(3, 3, 8, 8,
+                         generator=g), torch.randint(0, 4, (3, ), generator=g))
+            for _ in range(2)]
 
 
 def _ddp_model():
@@ -385,8 +412,11 @@ def _ddp_worker(rank, world, out_dir):
     # a file store: no port to race for on a shared machine; a timeout
     # turns a stuck collective into an error instead of a hang
     dist.init_process_group(
-        'gloo', init_method='file://' + os.path.join(out_dir, 'store'),
-        rank=rank, world_size=world, timeout=timedelta(seconds=120))
+        'gloo',
+        init_method='file://' + os.path.join(out_dir, 'store'),
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=120))
     try:
         torch.set_num_threads(1)
         scores = _ddp_scores(rank, DDP)
@@ -402,8 +432,9 @@ def _ddp_worker(rank, world, out_dir):
 def _ddp_scores(rank, ddp_cls):
     model = _ddp_model().eval()
     graph = trace(model, torch.randn(1, 3, 8, 8))
-    crits = dict(taylor=TaylorCriterion(),
-                 relevance=FeatureRelevanceCriterion(normalize=False))
+    crits = dict(
+        taylor=TaylorCriterion(),
+        relevance=FeatureRelevanceCriterion(normalize=False))
     for c in crits.values():
         c.attach(model, graph)
     ddp = ddp_cls(model)
@@ -437,26 +468,32 @@ def test_taylor_and_relevance_all_reduce_over_gloo_ranks():
     for name, want in taylor.score(model, graph).items():
         assert torch.allclose(got['taylor'][name], want, rtol=1e-4), name
     for name, want in rel.score(model, graph).items():
-        assert torch.allclose(got['relevance'][name], want, rtol=1e-4,
-                              atol=1e-9), name
+        assert torch.allclose(
+            got['relevance'][name], want, rtol=1e-4, atol=1e-9), name
 
 
 # -------------------------------------------------------------- relevance
 def test_grad_x_input_relevance_equals_manual_computation(toy):
     model, graph, _ = toy
     model.eval()
-    xs = [torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(
-        n)) for n in (2, 3)]
+    xs = [
+        torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
+        for n in (2, 3)
+    ]
     sites = gate_sites(graph)
-    sums = {g.name: torch.zeros(g.width, dtype=torch.float64)
-            for g in graph.prunable_groups()}
+    sums = {
+        g.name: torch.zeros(g.width, dtype=torch.float64)
+        for g in graph.prunable_groups()
+    }
     total_n = 0
     twin = out_of_place_twin(model)  # see test_taylor_equals_gate_products
     for x in xs:
         outs = {}
-        handles = [twin.get_submodule(s.module).register_forward_hook(
-            lambda m, i, o, k=k: outs.__setitem__(k, o))
-            for k, s in enumerate(sites)]
+        handles = [
+            twin.get_submodule(s.module).register_forward_hook(
+                lambda m, i, o, k=k: outs.__setitem__(k, o))
+            for k, s in enumerate(sites)
+        ]
         out = twin(x)
         for h in handles:
             h.remove()
@@ -479,10 +516,11 @@ def test_grad_x_input_relevance_equals_manual_computation(toy):
     got, got_raw = crit.score(model, graph), raw.score(model, graph)
     for name, s in sums.items():
         f = (s / total_n).abs()
-        assert torch.allclose(got_raw[name].double(), f, rtol=1e-4,
-                              atol=1e-12), name
-        assert torch.allclose(got[name].double(), f / (f.norm() + 1e-9),
-                              rtol=1e-4, atol=1e-9), name
+        assert torch.allclose(
+            got_raw[name].double(), f, rtol=1e-4, atol=1e-12), name
+        assert torch.allclose(
+            got[name].double(), f / (f.norm() + 1e-9), rtol=1e-4,
+            atol=1e-9), name
 
 
 class ReLUNet(nn.Module):
@@ -511,12 +549,16 @@ def test_lrp_conserves_relevance_layer_by_layer():
     seen = {}
 
     def keep_relevance(name):
+
         def hook(mod, inputs, out):
             out.register_hook(lambda r: seen.__setitem__(name, r.detach()))
+
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_hook(keep_relevance(n))
-             for n in ('stem.1', 'c1.1', 'c2.1')]
+    hooks = [
+        model.get_submodule(n).register_forward_hook(keep_relevance(n))
+        for n in ('stem.1', 'c1.1', 'c2.1')
+    ]
     with lrp_forward(model):
         out = model(x)
     for h in hooks:
@@ -528,8 +570,10 @@ def test_lrp_conserves_relevance_layer_by_layer():
     assert torch.allclose(per_image_in, torch.ones(4), atol=1e-4)
     # the residual add splits: the branch (c2) and the shortcut (stem)
     # share the unit; the stem map also collects c1's relevance
-    assert torch.allclose(seen['c1.1'].sum(dim=(1, 2, 3)),
-                          seen['c2.1'].sum(dim=(1, 2, 3)), atol=1e-4)
+    assert torch.allclose(
+        seen['c1.1'].sum(dim=(1, 2, 3)),
+        seen['c2.1'].sum(dim=(1, 2, 3)),
+        atol=1e-4)
     # parameter gradients are not touched by the relevance pass
     assert all(p.grad is None for p in model.parameters())
 
@@ -572,7 +616,9 @@ def test_lrp_relevance_criterion_known_ranking_and_class_weights():
 
 
 def test_lrp_rejects_unsupported_ops_with_their_module():
+
     class SiluNet(Plain):
+
         def forward(self, x):
             x = self.b(F.silu(self.a(x)))
             return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
@@ -581,11 +627,11 @@ def test_lrp_rejects_unsupported_ops_with_their_module():
     graph = trace(model, torch.randn(1, 3, 8, 8))
     crit = FeatureRelevanceCriterion(relevance='lrp')
     crit.attach(model, graph)
-    with pytest.raises(NotImplementedError,
-                       match="op 'silu' in module '<root>'"):
+    with pytest.raises(
+            NotImplementedError, match="op 'silu' in module '<root>'"):
         crit.accumulate_lrp(model, torch.rand(1, 3, 8, 8), [0])
-    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SiLU(), nn.Flatten(),
-                          nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.SiLU(), nn.Flatten(), nn.Linear(4, 2))
     with pytest.raises(NotImplementedError, match="module '1'"):
         with lrp_forward(model):
             pass
@@ -599,8 +645,7 @@ def test_lrp_rejects_unsupported_ops_with_their_module():
 def test_hrank_known_ranking():
     # identity 1x1 conv: output channel c is input channel c, whose map has
     # rank 1, 2 and 6 by construction
-    model = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False),
-                          nn.Conv2d(3, 1, 1))
+    model = nn.Sequential(nn.Conv2d(3, 3, 1, bias=False), nn.Conv2d(3, 1, 1))
     with torch.no_grad():
         model[0].weight.copy_(torch.eye(3).view(3, 3, 1, 1))
     graph = trace(model, torch.randn(1, 3, 6, 6))
@@ -612,7 +657,8 @@ def test_hrank_known_ranking():
         return torch.stack([
             torch.rand(6, 1, generator=g) @ torch.rand(1, 6, generator=g),
             torch.rand(6, 2, generator=g) @ torch.rand(2, 6, generator=g),
-            torch.rand(6, 6, generator=g)])
+            torch.rand(6, 6, generator=g)
+        ])
 
     with torch.no_grad():
         model(torch.stack([image(), image()]))
@@ -657,9 +703,14 @@ def test_clustering_medoids_and_stage_vote():
     # base and base+0.5 correlate 1 with each other, slightly less with
     # swap: the medoid is base (first in pool order among the best)
     assert medoid([0, 1, 3], rho) == 0
-    pool = {k: {'backbone.stage1.a': torch.tensor(v), 'neck.x': torch.tensor(
-        v), 'tiny': torch.tensor(v[:2])}
-        for k, v in dict(l1=base, l2=swap, bn=rev, fpgm=base + 0.5).items()}
+    pool = {
+        k: {
+            'backbone.stage1.a': torch.tensor(v),
+            'neck.x': torch.tensor(v),
+            'tiny': torch.tensor(v[:2])
+        }
+        for k, v in dict(l1=base, l2=swap, bn=rev, fpgm=base + 0.5).items()
+    }
     out = cluster_pool(pool, default_stage, 0.9)
     assert out['groups']['neck.x']['representatives'] == ['l1', 'bn']
     assert out['stages']['neck'] == ['l1', 'bn']
@@ -676,8 +727,8 @@ def test_clustering_medoids_and_stage_vote():
 
 
 def test_blended_criterion_known_ranking_and_config_roundtrip():
-    model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4),
-                          nn.Conv2d(4, 1, 1))
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 1, 1))
     set_rows(model[0], [[1, 0], [2, 0], [3, 0], [4, 0]])  # L1: 0<1<2<3
     with torch.no_grad():
         model[1].weight.copy_(torch.tensor([4., 3., 2., 1.]))  # reversed
@@ -686,28 +737,38 @@ def test_blended_criterion_known_ranking_and_config_roundtrip():
     only_l1 = BlendedCriterion(criteria=crits, alphas={'*': dict(l1=1.0)})
     assert torch.argsort(only_l1.score(model, graph)['0']).tolist() == \
         [0, 1, 2, 3]
-    mostly_bn = BlendedCriterion(criteria=crits,
-                                 alphas={'0': dict(l1=0.2, bn=0.9)})
+    mostly_bn = BlendedCriterion(
+        criteria=crits, alphas={'0': dict(l1=0.2, bn=0.9)})
     assert torch.argsort(mostly_bn.score(model, graph)['0']).tolist() == \
         [3, 2, 1, 0]
     s = mostly_bn.score(model, graph)['0']
-    assert torch.allclose(s, 0.2 * torch.tensor([0, 1, 2, 3.]) / 3 +
-                          0.9 * torch.tensor([3, 2, 1, 0.]) / 3)
-    again = build_from(CRITERIA, dict(type='BlendedCriterion',
-                                      **mostly_bn.config()), 'criterion')
+    assert torch.allclose(
+        s, 0.2 * torch.tensor([0, 1, 2, 3.]) / 3 +
+        0.9 * torch.tensor([3, 2, 1, 0.]) / 3)
+    again = build_from(CRITERIA,
+                       dict(type='BlendedCriterion', **mostly_bn.config()),
+                       'criterion')
     assert torch.equal(again.score(model, graph)['0'], s)
     # all-zero alphas fall back to equal weights, never to no ranking
-    flat = blend_scores({'a': {'g': torch.tensor([1., 2., 3.])},
-                         'b': {'g': torch.tensor([3., 2., 1.])}},
-                        {'*': dict(a=0.0, b=0.0)})
+    flat = blend_scores(
+        {
+            'a': {
+                'g': torch.tensor([1., 2., 3.])
+            },
+            'b': {
+                'g': torch.tensor([3., 2., 1.])
+            }
+        }, {'*': dict(a=0.0, b=0.0)})
     assert torch.allclose(flat['g'], torch.ones(3))
     with pytest.raises(ValueError, match=r"alphas\['\*'\]\['l1'\]"):
         BlendedCriterion(criteria=crits, alphas={'*': dict(l1=1.5)})
     with pytest.raises(ValueError, match='not in criteria'):
         BlendedCriterion(criteria=crits, alphas={'*': dict(taylor=1.0)})
     with pytest.raises(KeyError, match='no alphas for stage'):
-        BlendedCriterion(criteria=crits, alphas={'x': dict(l1=1.0)}).score(
-            model, graph)
+        BlendedCriterion(
+            criteria=crits, alphas={
+                'x': dict(l1=1.0)
+            }).score(model, graph)
     with pytest.raises(ValueError, match='unknown criterion'):
-        BlendedCriterion(criteria=dict(a=dict(type='Nope')),
-                         alphas={'*': dict(a=1.0)})
+        BlendedCriterion(
+            criteria=dict(a=dict(type='Nope')), alphas={'*': dict(a=1.0)})

@@ -10,16 +10,29 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    main = runpy.run_path(osp.join(ROOT, 'tools', 'demo.py'),
-                          run_name='demo')['main']
+    main = runpy.run_path(
+        osp.join(ROOT, 'tools', 'demo.py'), run_name='demo')['main']
     work = tmp_path / 'work'
-    summary = main(['--epochs', '2', '--num-train', '16', '--num-val', '8',
-                    '--size', '128', '--batch-size', '8',
-                    # two epochs leave scores tiny: keep every box so that
-                    # CocoMetric has detections to evaluate
-                    '--score-thr', '0',
-                    '--data-dir', str(tmp_path / 'data'),
-                    '--work-dir', str(work)])
+    summary = main([
+        '--epochs',
+        '2',
+        '--num-train',
+        '16',
+        '--num-val',
+        '8',
+        '--size',
+        '128',
+        '--batch-size',
+        '8',
+        # two epochs leave scores tiny: keep every box so that
+        # CocoMetric has detections to evaluate
+        '--score-thr',
+        '0',
+        '--data-dir',
+        str(tmp_path / 'data'),
+        '--work-dir',
+        str(work)
+    ])
     on_disk = json.load(open(work / 'summary.json'))
     assert on_disk['runs'].keys() == {'dense', 'acp_tp'}
     dense, pruned = on_disk['runs']['dense'], on_disk['runs']['acp_tp']
@@ -37,8 +50,8 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         with open(png, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     # the children wrote their own logs; nothing is left half-written
-    assert {'dense.log', 'acp_tp.log', 'summary.json'} <= set(
-        p.name for p in work.iterdir())
+    assert {'dense.log', 'acp_tp.log',
+            'summary.json'} <= set(p.name for p in work.iterdir())
     assert not [p for p in work.rglob('.tmp_*')]
 
     # progress on the console while the children train: every epoch of both
@@ -46,8 +59,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     for run in ('dense', 'acp_tp'):
         for epoch in (1, 2):
-            line = next((ln for ln in out.splitlines() if ln.startswith(
-                f'[demo] {run}: epoch {epoch}/2, ')), None)
+            line = next((ln for ln in out.splitlines()
+                         if ln.startswith(f'[demo] {run}: epoch {epoch}/2, ')),
+                        None)
             assert line and 'loss ' in line and 'ETA ' in line, out
         assert f'[demo] {run}: epoch 2: bbox mAP ' in out, out
     last = next(ln for ln in out.splitlines()

@@ -51,7 +51,8 @@ def pruned(tmp_path_factory, nano_cfg):
         work = str(tmp_path_factory.mktemp(f'pruned_{mode}'))
         report = tool('prune.py')([
             nano_cfg, '--flops-ratio', '0.5', '--residual-mode', mode,
-            '--input-size', *SIZE, '--work-dir', work])
+            '--input-size', *SIZE, '--work-dir', work
+        ])
         out[mode] = (work, report)
     return out
 
@@ -78,17 +79,17 @@ def tensor_out(model, x):
 
 # ------------------------------------------------------------------ export
 @pytest.mark.parametrize('mode', ['coupled', 'fine'])
-def test_export_onnx_matches_torch_and_compact_reloads(pruned, mode,
-                                                       tmp_path):
+def test_export_onnx_matches_torch_and_compact_reloads(pruned, mode, tmp_path):
     import onnx
     import onnxruntime as ort
     work, prune_report = pruned[mode]
     cfg, ckpt = osp.join(work, 'config.py'), osp.join(work, 'pruned.pth')
     out = str(tmp_path / 'export')
     batch = 2 if mode == 'fine' else 1
-    report = tool('export.py')([cfg, ckpt, '--work-dir', out,
-                                '--input-size', *SIZE, '--batch-size',
-                                str(batch), '--opset', '13'])
+    report = tool('export.py')([
+        cfg, ckpt, '--work-dir', out, '--input-size', *SIZE, '--batch-size',
+        str(batch), '--opset', '13'
+    ])
     assert files(out) == ['compact.pth', 'export_report.json',
                           'model.onnx']  # no temporary files left
     assert json.load(open(osp.join(out, 'export_report.json'))) == report
@@ -97,8 +98,8 @@ def test_export_onnx_matches_torch_and_compact_reloads(pruned, mode,
     assert report['passed']
     assert report['versions']['onnxruntime'] == ort.__version__
     # YOLOX: cls, box, obj maps at 3 levels, 3 classes
-    assert [o['name'] for o in report['outputs']] == [
-        f'out{i}_{j}' for i in range(3) for j in range(3)]
+    assert [o['name'] for o in report['outputs']
+            ] == [f'out{i}_{j}' for i in range(3) for j in range(3)]
     assert [o['shape'][1] for o in report['outputs']] == [3] * 3 + [4] * 3 \
         + [1] * 3
     assert all(o['shape'][0] == batch for o in report['outputs'])
@@ -112,8 +113,8 @@ def test_export_onnx_matches_torch_and_compact_reloads(pruned, mode,
     assert report['residual_modes'] == [mode]
 
     # compact.pth: weights + structure only, reloads strictly, same outputs
-    compact = torch.load(osp.join(out, 'compact.pth'), map_location='cpu',
-                         weights_only=True)
+    compact = torch.load(
+        osp.join(out, 'compact.pth'), map_location='cpu', weights_only=True)
     assert set(compact) == {'state_dict', 'meta'}
     src = torch.load(ckpt, map_location='cpu', weights_only=True)
     assert compact['meta']['mmprune']['plans'] == \
@@ -127,17 +128,20 @@ def test_export_onnx_matches_torch_and_compact_reloads(pruned, mode,
         assert np.array_equal(p, q)
 
     # the ONNX file on an input of its own (batch axis is dynamic)
-    sess = ort.InferenceSession(osp.join(out, 'model.onnx'),
-                                providers=['CPUExecutionProvider'])
+    sess = ort.InferenceSession(
+        osp.join(out, 'model.onnx'), providers=['CPUExecutionProvider'])
     for xb in (x, x[:1]):
         got = sess.run(None, {'input': xb.numpy()})
         for g, w in zip(got, tensor_out(b, xb)):
             assert g.shape == w.shape
             assert np.abs(g - w).max() <= 1e-4 * np.abs(w).max()
-    ops = {n.op_type for n in onnx.load(osp.join(out, 'model.onnx'))
-           .graph.node}
-    assert 'Conv' in ops and not ops & {'ScatterND', 'ScatterElements',
-                                        'NonMaxSuppression'}
+    ops = {
+        n.op_type
+        for n in onnx.load(osp.join(out, 'model.onnx')).graph.node
+    }
+    assert 'Conv' in ops and not ops & {
+        'ScatterND', 'ScatterElements', 'NonMaxSuppression'
+    }
     if mode == 'fine':
         assert {'Concat', 'Gather'} <= ops
 
@@ -147,16 +151,20 @@ def test_export_ema_weights_of_a_hook_checkpoint(trained, tmp_path):
     exports the EMA copy, the default the weights the optimizer trained."""
     runner, cfg, ckpt, _ = trained
     ema_hook = [h for h in runner.hooks if type(h).__name__ == 'EMAHook'][0]
-    live = {'ema': ema_hook.ema_model.module.state_dict(),
-            'trained': runner.model.state_dict()}
+    live = {
+        'ema': ema_hook.ema_model.module.state_dict(),
+        'trained': runner.model.state_dict()
+    }
     for flag, which in ((['--use-ema'], 'ema'), ([], 'trained')):
         out = str(tmp_path / which)
-        report = tool('export.py')([cfg, ckpt, '--work-dir', out,
-                                    '--input-size', *SIZE, *flag])
+        report = tool('export.py')(
+            [cfg, ckpt, '--work-dir', out, '--input-size', *SIZE, *flag])
         assert report['weights'] == which and report['passed']
         assert report['num_plans'] == 1
-        compact = torch.load(osp.join(out, 'compact.pth'),
-                             map_location='cpu', weights_only=True)
+        compact = torch.load(
+            osp.join(out, 'compact.pth'),
+            map_location='cpu',
+            weights_only=True)
         assert 'optimizer' not in compact and 'ema_state_dict' not in compact
         assert 'state' not in compact['meta']['mmprune']  # training only
         state = compact['state_dict']
@@ -187,15 +195,18 @@ def test_export_errors_name_the_path_and_leave_no_partial_file(
     fails(['--work-dir', str(blocker / 'out')], str(blocker / 'out'))
     # bad arguments
     fails(['--work-dir', str(tmp_path / 'w'), '--opset', '11'], '--opset')
-    fails(['--work-dir', str(tmp_path / 'w'), '--input-size', '100', '100'],
+    fails(['--work-dir',
+           str(tmp_path / 'w'), '--input-size', '100', '100'],
           'pad_size_divisor')
     fails(['--work-dir', str(tmp_path / 'w'), '--use-ema'],
           'no ema_state_dict')
     fails(['--work-dir', str(tmp_path / 'w')] + ['--atol', '0'], '--atol')
     # a checkpoint pruned from another config
     with pytest.raises(SystemExit, match='does not fit the config'):
-        export(['mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', ckpt,
-                '--work-dir', str(tmp_path / 'w'), '--input-size', *SIZE])
+        export([
+            'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', ckpt, '--work-dir',
+            str(tmp_path / 'w'), '--input-size', *SIZE
+        ])
     assert files(tmp_path / 'w') == []
 
     # the disk fills while the ONNX file is written: no partial file
@@ -236,8 +247,7 @@ def test_export_errors_name_the_path_and_leave_no_partial_file(
     assert report['max_rel_diff'] > 1e-12
 
 
-def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path,
-                                                  capsys):
+def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path, capsys):
     """export.py, test.py, train.py --resume and the analysis tools: a config
     path that does not exist or a checkpoint that is not one ends in one line
     naming the argument and the file, exit status 2, no traceback."""
@@ -251,9 +261,14 @@ def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path,
     work = str(tmp_path / 'w')
 
     # the real command line once (third-party import warnings silenced)
-    r = subprocess.run([sys.executable, osp.join(TOOLS, 'export.py'),
-                        nano_cfg, text, '--work-dir', work],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600,
+    r = subprocess.run([
+        sys.executable,
+        osp.join(TOOLS, 'export.py'), nano_cfg, text, '--work-dir', work
+    ],
+                       capture_output=True,
+                       text=True,
+                       cwd=ROOT,
+                       timeout=600,
                        env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
@@ -262,19 +277,19 @@ def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path,
 
     # (tool, argv with {cfg} and {ckpt}, argument names in the message)
     cases = [
-        (('export.py', ), ['{cfg}', '{ckpt}', '--work-dir', work],
-         'config', 'checkpoint'),
-        (('test.py', ), ['{cfg}', '{ckpt}', '--work-dir', work],
-         'config', 'checkpoint'),
-        (('train.py', ), ['{cfg}', '--resume', '{ckpt}', '--work-dir', work],
-         'config', '--resume'),
-        (('analysis', 'complexity.py'), ['{cfg}', '--checkpoint', '{ckpt}'],
-         'config', '--checkpoint'),
+        (('export.py', ), ['{cfg}', '{ckpt}', '--work-dir',
+                           work], 'config', 'checkpoint'),
+        (('test.py', ), ['{cfg}', '{ckpt}', '--work-dir',
+                         work], 'config', 'checkpoint'),
+        (('train.py', ), ['{cfg}', '--resume', '{ckpt}', '--work-dir',
+                          work], 'config', '--resume'),
+        (('analysis', 'complexity.py'), ['{cfg}', '--checkpoint',
+                                         '{ckpt}'], 'config', '--checkpoint'),
         (('analysis', 'print_groups.py'), ['{cfg}', '--checkpoint', '{ckpt}'],
          'config', '--checkpoint'),
         (('analysis', 'plot_pruning.py'),
-         ['--out-dir', work, '--config', '{cfg}', '--checkpoint', '{ckpt}'],
-         '--config', '--checkpoint'),
+         ['--out-dir', work, '--config', '{cfg}', '--checkpoint',
+          '{ckpt}'], '--config', '--checkpoint'),
     ]
     for path, argv, cfg_arg, ckpt_arg in cases:
         main = tool(*path)
@@ -295,14 +310,14 @@ def test_tools_missing_config_or_not_a_checkpoint(nano_cfg, tmp_path,
 def test_print_groups_lists_the_analysis(nano_cfg, tmp_path, mode, capsys):
     from mmprune.export import build_detector
     out = str(tmp_path / 'groups.json')
-    desc = tool('analysis', 'print_groups.py')([
-        nano_cfg, '--residual-mode', mode, '--json', out])
+    desc = tool('analysis', 'print_groups.py')(
+        [nano_cfg, '--residual-mode', mode, '--json', out])
     text = capsys.readouterr().out
     graph = apis.analyze(build_detector(apis.load_config(nano_cfg)), mode)
     assert desc['num_groups'] == len(graph.groups)
     assert desc['num_prunable'] == len(graph.prunable_groups())
-    assert [g['name'] for g in desc['groups']] == [g.name
-                                                   for g in graph.groups]
+    assert [g['name']
+            for g in desc['groups']] == [g.name for g in graph.groups]
     assert json.load(open(out)) == desc
     assert text.startswith(f'{len(graph.groups)} channel groups')
     by_name = {g['name']: g for g in desc['groups']}
@@ -314,8 +329,10 @@ def test_print_groups_lists_the_analysis(nano_cfg, tmp_path, mode, capsys):
     assert ('backbone.stem.conv.conv', 'producer') in roles
     assert ('backbone.stem.conv.bn', 'norm') in roles
     assert any(r == 'consumer' for _, r in roles)
-    scattered = [m for g in desc['groups'] for m in g['members']
-                 if 'scattered' in m['role']]
+    scattered = [
+        m for g in desc['groups'] for m in g['members']
+        if 'scattered' in m['role']
+    ]
     assert bool(scattered) == (mode == 'fine')
 
 
@@ -324,12 +341,12 @@ def test_complexity_dense_vs_pruned(nano_cfg, pruned, tmp_path):
     ckpt = osp.join(work, 'pruned.pth')
     out = str(tmp_path / 'cx.json')
     res = tool('analysis', 'complexity.py')([
-        nano_cfg, '--checkpoint', ckpt, '--input-size', *SIZE, '--runs',
-        '3', '--warmup', '1', '--json', out])
+        nano_cfg, '--checkpoint', ckpt, '--input-size', *SIZE, '--runs', '3',
+        '--warmup', '1', '--json', out
+    ])
     assert json.load(open(out)) == res
     model = apis.init_pruned_detector(nano_cfg, ckpt)
-    assert res['pruned']['flops'] == apis.cost_model(model,
-                                                     (128, 128)).flops()
+    assert res['pruned']['flops'] == apis.cost_model(model, (128, 128)).flops()
     assert res['pruned']['params'] == sum(p.numel()
                                           for p in model.parameters())
     assert res['dense']['flops'] == prune_report['flops_before']
@@ -338,8 +355,8 @@ def test_complexity_dense_vs_pruned(nano_cfg, pruned, tmp_path):
         assert res[k]['latency_ms'] > 0
         # the per-stage table adds up to the model's FLOPs
         assert sum(s['flops'] for s in res[k]['stages']) == res[k]['flops']
-    assert res['speedup'] == pytest.approx(
-        res['dense']['latency_ms'] / res['pruned']['latency_ms'])
+    assert res['speedup'] == pytest.approx(res['dense']['latency_ms'] /
+                                           res['pruned']['latency_ms'])
     assert res['speedup_over_flops_speedup'] == pytest.approx(
         res['speedup'] * res['flops_ratio'])
     assert res['threads'] == 1 and res['input_shape'] == [1, 3, 128, 128]
@@ -361,8 +378,11 @@ def test_plot_pruning_channels_and_training(nano_cfg, pruned, trained,
     plot = tool('analysis', 'plot_pruning.py')
     # (a) from the checkpoint, and from prune.py's report: the same rows
     out = tmp_path / 'ckpt'
-    written = plot(['--out-dir', str(out), '--config', nano_cfg,
-                    '--checkpoint', osp.join(work, 'pruned.pth')])
+    written = plot([
+        '--out-dir',
+        str(out), '--config', nano_cfg, '--checkpoint',
+        osp.join(work, 'pruned.pth')
+    ])
     assert files(out) == ['channels.png']
     check_png(written['channels'])
     out2 = tmp_path / 'report'
@@ -384,8 +404,8 @@ def test_plot_pruning_channels_and_training(nano_cfg, pruned, trained,
     assert budget['key'] == 'prune_flops_ratio' and budget['y'][0] == 1.0
     assert 0.45 <= budget['y'][-1] <= 0.5
     # dense through epoch 1, smaller after the first cut (end of epoch 1)
-    assert all((y == 1.0) == (x <= 1.0)
-               for x, y in zip(budget['x'], budget['y']))
+    assert all(
+        (y == 1.0) == (x <= 1.0) for x, y in zip(budget['x'], budget['y']))
     assert curves['params']['y'][-1] == pytest.approx(
         sum(p.numel() for p in runner.model.parameters()) / 1e6)
     assert metric['key'] == 'coco/bbox_mAP' and metric['x'] == [1, 2]
@@ -407,21 +427,31 @@ def test_training_curves_iteration_based_and_voc(tmp_path):
     new = tmp_path / '20240102_000000' / 'vis_data'
     for folder, ratio in ((old, 0.9), (new, 0.7)):
         folder.mkdir(parents=True)
-        lines = [dict(iter=i, step=i, loss=1.0, prune_flops_ratio=1.0 if
-                      i <= 20 else ratio) for i in (10, 20, 30, 40)]
+        lines = [
+            dict(
+                iter=i,
+                step=i,
+                loss=1.0,
+                prune_flops_ratio=1.0 if i <= 20 else ratio)
+            for i in (10, 20, 30, 40)
+        ]
         lines.insert(2, {'pascal_voc/mAP': 0.25, 'step': 20})
         lines.append({'pascal_voc/mAP': 0.5, 'step': 40})
-        (folder / 'scalars.json').write_text(
-            '\n'.join(json.dumps(r) for r in lines) + '\n')
+        (folder /
+         'scalars.json').write_text('\n'.join(json.dumps(r)
+                                              for r in lines) + '\n')
     curves = plots.training_curves(plots.read_scalars(str(tmp_path)))
     assert curves['xlabel'] == 'iteration'
     assert curves['budget']['x'] == [10, 20, 30, 40]
     assert curves['budget']['y'] == [1.0, 1.0, 0.7, 0.7]
-    assert curves['metric'] == dict(key='pascal_voc/mAP', x=[20, 40],
-                                    y=[0.25, 0.5])
+    assert curves['metric'] == dict(
+        key='pascal_voc/mAP', x=[20, 40], y=[0.25, 0.5])
     assert curves['params'] is None
     check_png(plots.plot_training(curves, str(tmp_path / 't.png')))
     with pytest.raises(ValueError, match='no pruning budget'):
-        plots.plot_training(plots.training_curves([{'iter': 1, 'loss': 1}]),
-                            str(tmp_path / 'empty.png'))
+        plots.plot_training(
+            plots.training_curves([{
+                'iter': 1,
+                'loss': 1
+            }]), str(tmp_path / 'empty.png'))
     assert not (tmp_path / 'empty.png').exists()

@@ -48,6 +48,9 @@ from mmengine.hooks import Hook
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS, DefaultScope
 from mmengine.runner import Runner, load_checkpoint
+from test_graph_toy import ToyDetector, conv_bn, randomise_bn
+from test_hook_training import pruning_cfg, shapes
+from test_stack_e2e import yolox_coco_cfg
 
 from mmprune import apis
 from mmprune.allocators import BudgetAllocator, UniformAllocator
@@ -55,9 +58,6 @@ from mmprune.criteria import L1Criterion
 from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
 from mmprune.runtime.atomic_checkpoint import AtomicLocalBackend
 from mmprune.structures import StructureError, read_meta
-from test_graph_toy import ToyDetector, conv_bn, randomise_bn
-from test_hook_training import pruning_cfg, shapes
-from test_stack_e2e import yolox_coco_cfg
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 YOLOX_S = 'yolox/yolox_s_8xb8-300e_coco.py'
@@ -73,8 +73,7 @@ def run_cfg(mmdet_config, synth, work, max_epochs=1, **hook):
     ``end`` says otherwise; no validation (not what these tests are
     about)."""
     hook.setdefault('end', hook.get('begin', 1))
-    cfg = pruning_cfg(mmdet_config, synth, work, max_epochs=max_epochs,
-                      **hook)
+    cfg = pruning_cfg(mmdet_config, synth, work, max_epochs=max_epochs, **hook)
     cfg.train_cfg.val_interval = 1000
     return plain_text(cfg)
 
@@ -97,8 +96,9 @@ def sha(path) -> str:
 
 def leftovers(folder):
     """Checkpoints and temporary files in ``folder``."""
-    return sorted(f for f in os.listdir(folder)
-                  if f.endswith('.pth') or f.startswith('.tmp'))
+    return sorted(
+        f for f in os.listdir(folder)
+        if f.endswith('.pth') or f.startswith('.tmp'))
 
 
 @contextlib.contextmanager
@@ -125,8 +125,10 @@ class ScoreLog:
 
         def spy(hook, runner, model, graph):
             out = orig(hook, runner, model, graph)
-            self.scores.append({k: v.detach().double().clone()
-                                for k, v in out.items()})
+            self.scores.append({
+                k: v.detach().double().clone()
+                for k, v in out.items()
+            })
             return out
 
         monkeypatch.setattr(ChannelPruningHook, '_scores', spy)
@@ -188,29 +190,36 @@ def test_min_keep_larger_than_a_group_keeps_it_whole():
 
 
 # --------------------------------------------- refused before training
-@pytest.mark.parametrize('hook, max_epochs, needle', [
-    (dict(begin=1, end=2), 1,
-     r'schedule ends at epoch 2, after training ends \(1 epochs\)'),
-    (dict(begin=1, end=1, soft=True), 1,  # the soft cut lands at epoch 2
-     r'schedule ends at epoch 2, after training ends'),
-    (dict(ignored_layers=('backbone.stem.conv', 'neck.nope')), 1,
-     r"ignored_layers names modules that do not exist: \['neck.nope'\]"),
-    (dict(min_keep=1000), 1,
-     r'target=0.5 \(flops\) cannot be reached: with min_keep=1000'),
-    # frozen stem/stage1 (below) and every other group excluded: nothing
-    # may be pruned, which is said before training, never "solved" by
-    # pruning the frozen modules
-    (dict(exclude_groups=dict(exclude=(r'^(?!backbone\.(stem|stage1))', ))),
-     1, r'smallest model keeps 1.000 of the dense flops \(0 group\(s\) '
-     r'may be pruned; frozen modules'),
-    (dict(trace_size=(100, 100)), 1,
-     r"op 'cat' in module 'neck' raised RuntimeError: Sizes of tensors "
-     r'must match.*\(traced on a \(100, 100\) dummy image'),
-], ids=['end_after_training', 'soft_cut_after_training', 'ignored_layers',
-        'unreachable_target', 'only_frozen_left', 'untraceable_op'])
-def test_refused_before_the_first_iteration(hook, max_epochs, needle,
-                                            tmp_path, mmdet_config,
-                                            synth_data):
+@pytest.mark.parametrize(
+    'hook, max_epochs, needle',
+    [
+        (dict(begin=1, end=2), 1,
+         r'schedule ends at epoch 2, after training ends \(1 epochs\)'),
+        (
+            dict(begin=1, end=1, soft=True),
+            1,  # the soft cut lands at epoch 2
+            r'schedule ends at epoch 2, after training ends'),
+        (dict(ignored_layers=('backbone.stem.conv', 'neck.nope')), 1,
+         r"ignored_layers names modules that do not exist: \['neck.nope'\]"),
+        (dict(min_keep=1000), 1,
+         r'target=0.5 \(flops\) cannot be reached: with min_keep=1000'),
+        # frozen stem/stage1 (below) and every other group excluded: nothing
+        # may be pruned, which is said before training, never "solved" by
+        # pruning the frozen modules
+        (dict(
+            exclude_groups=dict(exclude=(r'^(?!backbone\.(stem|stage1))', ))),
+         1, r'smallest model keeps 1.000 of the dense flops \(0 group\(s\) '
+         r'may be pruned; frozen modules'),
+        (dict(trace_size=(100, 100)), 1,
+         r"op 'cat' in module 'neck' raised RuntimeError: Sizes of tensors "
+         r'must match.*\(traced on a \(100, 100\) dummy image'),
+    ],
+    ids=[
+        'end_after_training', 'soft_cut_after_training', 'ignored_layers',
+        'unreachable_target', 'only_frozen_left', 'untraceable_op'
+    ])
+def test_refused_before_the_first_iteration(hook, max_epochs, needle, tmp_path,
+                                            mmdet_config, synth_data):
     cfg = run_cfg(mmdet_config, synth_data, tmp_path, max_epochs, **hook)
     cfg.model.backbone.frozen_stages = 1
     runner = Runner.from_cfg(cfg)
@@ -240,8 +249,10 @@ def test_ops_the_graph_cannot_prune_are_pinned_and_named(caplog):
         def forward(self, x):
             y = self.b(self.a(x))
             # (N, HW, C) tokens at two lengths through one shared Linear
-            t = [self.tok(z.flatten(2).transpose(1, 2)).mean()
-                 for z in (y, F.max_pool2d(y, 2))]
+            t = [
+                self.tok(z.flatten(2).transpose(1, 2)).mean()
+                for z in (y, F.max_pool2d(y, 2))
+            ]
             # c's weight also used outside c, only through a scalar
             z = self.c(y) * F.conv2d(y, self.c[0].weight).mean()
             u = self.e(z) * t[0] * t[1]
@@ -259,8 +270,7 @@ def test_ops_the_graph_cannot_prune_are_pinned_and_named(caplog):
     assert "op 'numpy' in <root>" in log and "op 'transpose' in <root>" in log
 
     from mmprune.pruners.masking import build_mask
-    keep = {g.name: np.arange(0, g.width, 2)
-            for g in graph.prunable_groups()}
+    keep = {g.name: np.arange(0, g.width, 2) for g in graph.prunable_groups()}
     masked = randomise_bn(Net()).eval()
     masked.load_state_dict(model.state_dict())
     build_mask(masked, graph, keep).apply(masked)
@@ -278,6 +288,7 @@ def test_frozen_stages_are_never_pruned(tmp_path, mmdet_config, synth_data,
     cfg.model.backbone.frozen_stages = 1  # stem and stage1 frozen
 
     class Shapes(Hook):
+
         def before_train(self, runner):
             self.dense = shapes(runner.model)
 
@@ -288,10 +299,11 @@ def test_frozen_stages_are_never_pruned(tmp_path, mmdet_config, synth_data,
         runner.train()
     assert len(apis.model_plans(runner.model)) == 1
     now = shapes(runner.model)
-    frozen = [n for n, p in runner.model.named_parameters()
-              if not p.requires_grad]
-    assert frozen and all(n.startswith(('backbone.stem', 'backbone.stage1'))
-                          for n in frozen)
+    frozen = [
+        n for n, p in runner.model.named_parameters() if not p.requires_grad
+    ]
+    assert frozen and all(
+        n.startswith(('backbone.stem', 'backbone.stage1')) for n in frozen)
     for n in frozen:
         assert now[n] == probe.dense[n], n
     # their outputs keep their width for the consumers too
@@ -332,8 +344,10 @@ def test_non_finite_weights_stop_the_event_or_skip_the_group(
     runner = Runner.from_cfg(cfg)
     poison = Poison(float('nan'))
     runner.register_hook(poison)
-    with pytest.raises(ValueError, match=r'non-finite scores \(NaN/Inf\) in '
-                       r"group '(.+)'; set nan_policy='skip'") as e:
+    with pytest.raises(
+            ValueError,
+            match=r'non-finite scores \(NaN/Inf\) in '
+            r"group '(.+)'; set nan_policy='skip'") as e:
         runner.train()
     assert poison.group in str(e.value)
     assert leftovers(tmp_path / 'raise') == []
@@ -341,8 +355,11 @@ def test_non_finite_weights_stop_the_event_or_skip_the_group(
 
     # nan_policy='skip': the group is kept whole with a warning, the others
     # are cut as usual and no group is emptied
-    cfg = run_cfg(mmdet_config, synth_data, tmp_path / 'skip',
-                  allocator=dict(type='BudgetAllocator', nan_policy='skip'))
+    cfg = run_cfg(
+        mmdet_config,
+        synth_data,
+        tmp_path / 'skip',
+        allocator=dict(type='BudgetAllocator', nan_policy='skip'))
     runner = Runner.from_cfg(cfg)
     poison = Poison(float('inf'))
     runner.register_hook(poison)
@@ -369,24 +386,29 @@ def pruned_tiny(tmp_path_factory, mmdet_config, synth_data):
     register_all_modules(init_default_scope=False)
     work = tmp_path_factory.mktemp('pruned_tiny')
     tiny = plain_text(yolox_coco_cfg(mmdet_config, synth_data, work / 'w'))
-    small = plain_text(yolox_coco_cfg(lambda _: mmdet_config(YOLOX_S),
-                                      synth_data, work / 'w'))
-    files = dict(tiny=str(work / 'tiny.py'), s=str(work / 's.py'),
-                 ckpt=str(work / 'pruned.pth'))
+    small = plain_text(
+        yolox_coco_cfg(lambda _: mmdet_config(YOLOX_S), synth_data,
+                       work / 'w'))
+    files = dict(
+        tiny=str(work / 'tiny.py'),
+        s=str(work / 's.py'),
+        ckpt=str(work / 'pruned.pth'))
     tiny.dump(files['tiny'])
     small.dump(files['s'])
     with DefaultScope.overwrite_default_scope('mmdet'):
         model = MODELS.build(tiny.model)
     graph = apis.analyze(model)
-    keep = BudgetAllocator(0.6, min_keep=4).allocate(
-        model, graph, L1Criterion().score(model, graph),
-        apis.cost_model(model, (128, 128)))
+    keep = BudgetAllocator(
+        0.6, min_keep=4).allocate(model, graph,
+                                  L1Criterion().score(model, graph),
+                                  apis.cost_model(model, (128, 128)))
     apis.prune(model, apis.make_plan(graph, keep), graph)
     meta = apis.make_meta(apis.model_plans(model), apis.TRACE_SIZE)
-    torch.save(dict(state_dict=model.state_dict(),
-                    meta={'mmprune': meta}), files['ckpt'])
-    files.update(cfg_tiny=tiny, cfg_s=small, meta=meta,
-                 state_dict=model.state_dict())
+    torch.save(
+        dict(state_dict=model.state_dict(), meta={'mmprune': meta}),
+        files['ckpt'])
+    files.update(
+        cfg_tiny=tiny, cfg_s=small, meta=meta, state_dict=model.state_dict())
     return files
 
 
@@ -407,18 +429,23 @@ def test_checkpoint_of_another_model_is_reported_clearly(
     # the state dict alone (mmdet's DetInferencer) through PrunableDetector
     from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(dict(type='PrunableDetector',
-                                  architecture=pruned_tiny['cfg_s'].model))
-    with pytest.raises(StructureError, match="'mmprune_structure' buffer .* "
-                       'the PrunableYOLOX built from the config cannot '
-                       'take'):
+        model = MODELS.build(
+            dict(
+                type='PrunableDetector',
+                architecture=pruned_tiny['cfg_s'].model))
+    with pytest.raises(
+            StructureError,
+            match="'mmprune_structure' buffer .* "
+            'the PrunableYOLOX built from the config cannot '
+            'take'):
         load_checkpoint(model, ckpt, map_location='cpu', strict=True)
 
     # the Runner's load_from (tools/test.py), with the hook in the config
     cfg = copy.deepcopy(pruned_tiny['cfg_s'])
     cfg.work_dir = str(tmp_path)
     cfg.custom_hooks = list(cfg.custom_hooks) + [
-        dict(type='ChannelPruningHook', input_size=(128, 128))]
+        dict(type='ChannelPruningHook', input_size=(128, 128))
+    ]
     cfg.load_from = ckpt
     runner = Runner.from_cfg(cfg)
     with pytest.raises(StructureError) as e:
@@ -448,9 +475,13 @@ TAMPERED = [
 ]
 
 
-@pytest.mark.parametrize('edit, needle', TAMPERED, ids=[
-    'version', 'trace_size', 'plans', 'negative_index', 'empty_group',
-    'repeated_index', 'widths', 'residual_mode', 'state'])
+@pytest.mark.parametrize(
+    'edit, needle',
+    TAMPERED,
+    ids=[
+        'version', 'trace_size', 'plans', 'negative_index', 'empty_group',
+        'repeated_index', 'widths', 'residual_mode', 'state'
+    ])
 def test_tampered_structure_record_is_refused(pruned_tiny, edit, needle):
     meta = json.loads(json.dumps(pruned_tiny['meta']))
     edit(meta)
@@ -460,8 +491,8 @@ def test_tampered_structure_record_is_refused(pruned_tiny, edit, needle):
 
 def test_tampered_checkpoints_fail_naming_file_and_field(
         pruned_tiny, tmp_path, mmdet_config, synth_data):
-    ckpt = torch.load(pruned_tiny['ckpt'], map_location='cpu',
-                      weights_only=True)
+    ckpt = torch.load(
+        pruned_tiny['ckpt'], map_location='cpu', weights_only=True)
 
     # a plan index beyond the group: init_pruned_detector names the file
     bad = json.loads(json.dumps(ckpt['meta']['mmprune']))
@@ -469,26 +500,32 @@ def test_tampered_checkpoints_fail_naming_file_and_field(
     bad['plans'][0]['keep'][name] = [0, 10_000]
     path = str(tmp_path / 'bad_plan.pth')
     torch.save(dict(ckpt, meta={'mmprune': bad}), path)
-    with pytest.raises(StructureError, match='(?s)' + re.escape(path) +
-                       '.*' + re.escape(f"group '{name}': index 10000 out "
-                                        'of range')):
+    with pytest.raises(
+            StructureError,
+            match='(?s)' + re.escape(path) + '.*' +
+            re.escape(f"group '{name}': index 10000 out "
+                      'of range')):
         apis.init_pruned_detector(pruned_tiny['tiny'], path)
 
     # the structure buffer in the state dict: bytes that are not JSON
     sd = dict(ckpt['state_dict'])
-    sd['mmprune_structure'] = torch.tensor(list(b'\xff{not json'),
-                                           dtype=torch.uint8)
+    sd['mmprune_structure'] = torch.tensor(
+        list(b'\xff{not json'), dtype=torch.uint8)
     from mmdet.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmdet'):
-        model = MODELS.build(dict(type='PrunableDetector',
-                                  architecture=pruned_tiny['cfg_tiny'].model))
-    with pytest.raises(StructureError,
-                       match='mmprune_structure buffer is not valid JSON'):
+        model = MODELS.build(
+            dict(
+                type='PrunableDetector',
+                architecture=pruned_tiny['cfg_tiny'].model))
+    with pytest.raises(
+            StructureError,
+            match='mmprune_structure buffer is not valid JSON'):
         model.load_state_dict(sd)
 
     # a foreign pickled object is never unpickled (weights_only=True):
     # torch refuses the global before any of its code can run
     class Payload:
+
         def __reduce__(self):
             return (print, ('this must never run', ))
 
@@ -507,9 +544,11 @@ def test_tampered_checkpoints_fail_naming_file_and_field(
     cfg = run_cfg(mmdet_config, synth_data, tmp_path / 'w')
     cfg.load_from = path
     runner = Runner.from_cfg(cfg)
-    with pytest.raises(StructureError, match=re.escape(path) +
-                       r": mmprune training state: 'events_done' must be an "
-                       r"int >= 0, got '2'"):
+    with pytest.raises(
+            StructureError,
+            match=re.escape(path) +
+            r": mmprune training state: 'events_done' must be an "
+            r"int >= 0, got '2'"):
         runner.train()
     assert runner.iter == 0
 
@@ -522,8 +561,8 @@ def test_atomic_backend_never_replaces_a_good_checkpoint(tmp_path):
     from mmengine.fileio import LocalBackend
     good = os.urandom(1 << 16)
     data = os.urandom(3 << 20)
-    for backend, survives in ((AtomicLocalBackend(), True),
-                              (LocalBackend(), False)):
+    for backend, survives in ((AtomicLocalBackend(), True), (LocalBackend(),
+                                                             False)):
         path = tmp_path / f'{type(backend).__name__}.pth'
         path.write_bytes(good)
         with file_size_limit(1 << 20) as limit:
@@ -533,8 +572,9 @@ def test_atomic_backend_never_replaces_a_good_checkpoint(tmp_path):
         assert (path.read_bytes() == good) == survives
         if survives:
             assert e.value.errno == 27 and str(path) in str(e.value)
-    assert sorted(os.listdir(tmp_path)) == ['AtomicLocalBackend.pth',
-                                            'LocalBackend.pth']
+    assert sorted(os.listdir(tmp_path)) == [
+        'AtomicLocalBackend.pth', 'LocalBackend.pth'
+    ]
 
 
 def test_prune_tool_on_a_full_disk_or_an_unwritable_work_dir(tmp_path):
@@ -547,8 +587,10 @@ def test_prune_tool_on_a_full_disk_or_an_unwritable_work_dir(tmp_path):
         'prune_cli', osp.join(ROOT, 'tools', 'prune.py'))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    args = ['mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', '--flops-ratio',
-            '0.5', '--input-size', '128', '128', '--work-dir']
+    args = [
+        'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py', '--flops-ratio', '0.5',
+        '--input-size', '128', '128', '--work-dir'
+    ]
     work = tmp_path / 'full'
     work.mkdir()
     (work / 'pruned.pth').write_bytes(b'an older, good result')
@@ -580,12 +622,13 @@ def test_prune_tool_on_a_full_disk_or_an_unwritable_work_dir(tmp_path):
 def reference(tmp_path_factory, mmdet_config, synth_data):
     """An uninterrupted run: events after epochs 1 and 2."""
     work = tmp_path_factory.mktemp('reference')
-    cfg = run_cfg(mmdet_config, synth_data, work, max_epochs=2, begin=1,
-                  end=2)
+    cfg = run_cfg(mmdet_config, synth_data, work, max_epochs=2, begin=1, end=2)
     runner = Runner.from_cfg(cfg)
     runner.train()
-    return dict(work=work, shapes=shapes(runner.model),
-                plans=[p.to_dict() for p in apis.model_plans(runner.model)])
+    return dict(
+        work=work,
+        shapes=shapes(runner.model),
+        plans=[p.to_dict() for p in apis.model_plans(runner.model)])
 
 
 class FullDiskAtSave(Hook):
@@ -601,9 +644,8 @@ class FullDiskAtSave(Hook):
             self.limit()
 
 
-def test_crashes_inside_an_event_then_resume(reference, tmp_path,
-                                             mmdet_config, synth_data,
-                                             monkeypatch):
+def test_crashes_inside_an_event_then_resume(reference, tmp_path, mmdet_config,
+                                             synth_data, monkeypatch):
     """Epoch 2's event is interrupted three times in a row, each run
     resuming from what the previous one left: after scoring, halfway
     through the surgery (model cut, optimizer and EMA not), and while its
@@ -630,8 +672,8 @@ def test_crashes_inside_an_event_then_resume(reference, tmp_path,
         raise Crash
 
     def resumed_runner():
-        cfg = run_cfg(mmdet_config, synth_data, tmp_path, max_epochs=2,
-                      begin=1, end=2)
+        cfg = run_cfg(
+            mmdet_config, synth_data, tmp_path, max_epochs=2, begin=1, end=2)
         cfg.resume = True
         return Runner.from_cfg(cfg)
 
@@ -663,8 +705,7 @@ def test_crashes_inside_an_event_then_resume(reference, tmp_path,
         reference['plans']
     assert shapes(resumed.model) == reference['shapes']
     assert sha(tmp_path / 'epoch_2.pth') != good  # rewritten, completely
-    torch.load(tmp_path / 'epoch_2.pth', map_location='cpu',
-               weights_only=True)
+    torch.load(tmp_path / 'epoch_2.pth', map_location='cpu', weights_only=True)
 
 
 # ------------------------------------------------------ DDP disagreement
@@ -725,12 +766,15 @@ DISAGREE = (r'mmprune: ranks disagree on the model structure before the '
 NAN = r"non-finite scores \(NaN/Inf\) in group '[\w.]+'"
 
 
-@pytest.mark.parametrize('probe, errors', [
-    ('DivergeOnRankOneHook', (DISAGREE, DISAGREE)),
-    ('NaNWeightHook', (r'ValueError: ' + NAN,
-                       r'ValueError: mmprune: prune event 1 failed on rank '
-                       r'0: ' + NAN)),
-], ids=['structure_differs', 'rank0_allocation_fails'])
+@pytest.mark.parametrize(
+    'probe, errors', [
+        ('DivergeOnRankOneHook', (DISAGREE, DISAGREE)),
+        ('NaNWeightHook',
+         (r'ValueError: ' + NAN,
+          r'ValueError: mmprune: prune event 1 failed on rank '
+          r'0: ' + NAN)),
+    ],
+    ids=['structure_differs', 'rank0_allocation_fails'])
 def test_ddp_ranks_fail_together(probe, errors, tmp_path, mmdet_config,
                                  synth_data):
     """Two gloo ranks through tools/train.py. ``DivergeOnRankOneHook``:
@@ -743,8 +787,8 @@ def test_ddp_ranks_fail_together(probe, errors, tmp_path, mmdet_config,
     why instead of waiting in the broadcast."""
     (tmp_path / 'fault_probe.py').write_text(PROBE)
     cfg = run_cfg(mmdet_config, synth_data, tmp_path / 'work', max_epochs=2)
-    cfg.custom_imports = dict(imports=['mmprune', 'fault_probe'],
-                              allow_failed_imports=False)
+    cfg.custom_imports = dict(
+        imports=['mmprune', 'fault_probe'], allow_failed_imports=False)
     cfg.custom_hooks = list(cfg.custom_hooks) + [dict(type=probe)]
     cfg.train_dataloader.batch_size = 2
     cfg.default_hooks.checkpoint.interval = 100
@@ -753,15 +797,28 @@ def test_ddp_ranks_fail_together(probe, errors, tmp_path, mmdet_config,
     port = free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-                   WORLD_SIZE='2', RANK=str(rank), LOCAL_RANK=str(rank),
-                   OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='',
-                   PYTHONPATH=f'{ROOT}:{tmp_path}')
-        procs.append(subprocess.Popen(
-            [sys.executable, osp.join(ROOT, 'tools', 'train.py'), path,
-             '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work')],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            MASTER_ADDR='127.0.0.1',
+            MASTER_PORT=str(port),
+            WORLD_SIZE='2',
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            OMP_NUM_THREADS='1',
+            CUDA_VISIBLE_DEVICES='',
+            PYTHONPATH=f'{ROOT}:{tmp_path}')
+        procs.append(
+            subprocess.Popen([
+                sys.executable,
+                osp.join(ROOT, 'tools', 'train.py'), path, '--launcher',
+                'pytorch', '--work-dir',
+                str(tmp_path / 'work')
+            ],
+                             cwd=ROOT,
+                             env=env,
+                             stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT,
+                             text=True))
     t0 = time.time()
     try:
         outs = [p.communicate(timeout=300)[0] for p in procs]
@@ -788,15 +845,21 @@ def test_scoring_subset_of_unannotated_and_blank_images(
     ann = json.load(open(ann_file))
     first = sorted(ann['images'], key=lambda i: i['id'])[:4]  # batch 1
     ids = {i['id'] for i in first}
-    ann['annotations'] = [a for a in ann['annotations']
-                          if a['image_id'] not in ids]
+    ann['annotations'] = [
+        a for a in ann['annotations'] if a['image_id'] not in ids
+    ]
     json.dump(ann, open(ann_file, 'w'))
     for img in first[:2]:
-        cv2.imwrite(str(root / 'train2017' / img['file_name']),
-                    np.full((img['height'], img['width'], 3), 114, np.uint8))
+        cv2.imwrite(
+            str(root / 'train2017' / img['file_name']),
+            np.full((img['height'], img['width'], 3), 114, np.uint8))
     synth = dict(synth_data, coco_root=str(root))
-    cfg = run_cfg(mmdet_config, synth, tmp_path / 'work',
-                  criterion='FeatureRelevanceCriterion', scoring_batches=1)
+    cfg = run_cfg(
+        mmdet_config,
+        synth,
+        tmp_path / 'work',
+        criterion='FeatureRelevanceCriterion',
+        scoring_batches=1)
     log = ScoreLog(monkeypatch)
     runner = Runner.from_cfg(cfg)
     runner.train()
@@ -834,8 +897,11 @@ def test_amp_training_with_taylor_unscales_the_gradients(
     ratio would be 2**24 if the scale were not divided out)."""
     log = ScoreLog(monkeypatch)
     for amp in (False, True):
-        cfg = run_cfg(mmdet_config, synth_data, tmp_path / str(amp),
-                      criterion='TaylorCriterion')
+        cfg = run_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path / str(amp),
+            criterion='TaylorCriterion')
         if amp:
             cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
         runner = Runner.from_cfg(cfg)

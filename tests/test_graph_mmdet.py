@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from test_graph_toy import random_keep, randomise_bn
 
 from mmprune import apis
 from mmprune.adapters import (fixed_output_module, tensor_forward,
                               tensor_outputs)
 from mmprune.pruners import apply_compact, build_mask, scatter_index
-from test_graph_toy import random_keep, randomise_bn
 
 CONFIGS = {
     'yolox_nano': 'mmdet::yolox/yolox_nano_8xb8-300e_coco.py',
@@ -33,10 +33,12 @@ CONFIGS = {
 
 
 def build(name, **backbone):
+    import warnings
+
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+
     from mmprune.utils.offline import check_offline_weights
-    import warnings
     register_all_modules()
     cfg = apis.load_config(CONFIGS[name])
     with warnings.catch_warnings():
@@ -82,8 +84,11 @@ def check_equivalence(model, graph, keep):
 
 
 def prediction_layers(model):
-    return {n: m.weight.shape for n, m in model.named_modules()
-            if fixed_output_module(n, m) and hasattr(m, 'weight')}
+    return {
+        n: m.weight.shape
+        for n, m in model.named_modules()
+        if fixed_output_module(n, m) and hasattr(m, 'weight')
+    }
 
 
 @pytest.mark.parametrize('mode', ['coupled', 'fine'])
@@ -106,8 +111,8 @@ def test_masked_equals_compact(name, mode):
 @pytest.mark.parametrize('name', ['yolox_tiny', 'retinanet_r18'])
 def test_cost_model_matches_mmengine_counter(name):
     from mmengine.analysis import get_model_complexity_info
-    model = build(name, **({} if name.startswith('yolox') else
-                           dict(frozen_stages=-1)))
+    model = build(
+        name, **({} if name.startswith('yolox') else dict(frozen_stages=-1)))
     graph = apis.analyze(model)
     keep = random_keep(graph, 0.5, seed=1)
     size = (256, 256)
@@ -116,8 +121,8 @@ def test_cost_model_matches_mmengine_counter(name):
     apply_compact(compact, graph, keep)
     ours = apis.cost_model(compact, size).flops()
     assert ours == predicted
-    info = get_model_complexity_info(compact, input_shape=(3, ) + size,
-                                     show_table=False, show_arch=False)
+    info = get_model_complexity_info(
+        compact, input_shape=(3, ) + size, show_table=False, show_arch=False)
     theirs = info['flops']
     assert abs(ours - theirs) / theirs < 0.01, (ours, theirs)
 
@@ -145,12 +150,19 @@ def test_fine_mode_resnet_stream_stays_full_width():
 
 
 def _snapshot(graph):
-    return {g.name: dict(width=g.width, prunable=g.prunable,
-                         producers=sorted(m.module for m in g.producers()),
-                         consumers=sorted({m.module for m in g.members
-                                           if m.axis == 'in' and
-                                           m.kind in ('conv', 'linear')}))
-            for g in graph.groups}
+    return {
+        g.name:
+        dict(
+            width=g.width,
+            prunable=g.prunable,
+            producers=sorted(m.module for m in g.producers()),
+            consumers=sorted({
+                m.module
+                for m in g.members
+                if m.axis == 'in' and m.kind in ('conv', 'linear')
+            }))
+        for g in graph.groups
+    }
 
 
 def test_yolox_tiny_groups_are_pinned():
@@ -167,30 +179,36 @@ def test_yolox_tiny_groups_are_pinned():
         [b.format(2) + f'blocks.{i}.conv2.conv' for i in range(3)])
     # stage 4 (after SPP, add_identity=False): every conv is its own group
     assert snap['backbone.stage4.2.blocks.0.conv2.conv']['producers'] == [
-        'backbone.stage4.2.blocks.0.conv2.conv']
+        'backbone.stage4.2.blocks.0.conv2.conv'
+    ]
     # SPP: conv1 -> conv2 only (the 4 concatenated slices, see toy test)
     assert snap['backbone.stage4.1.conv1.conv']['consumers'] == [
-        'backbone.stage4.1.conv2.conv']
+        'backbone.stage4.1.conv2.conv'
+    ]
     # reduce_layers feed a top-down and a bottom-up block
-    assert snap['neck.reduce_layers.0.conv']['consumers'] == sorted(
-        [f'neck.{p}.{m}.conv' for p in ('bottom_up_blocks.1',
-                                        'top_down_blocks.0')
-         for m in ('main_conv', 'short_conv')])
+    assert snap['neck.reduce_layers.0.conv']['consumers'] == sorted([
+        f'neck.{p}.{m}.conv'
+        for p in ('bottom_up_blocks.1', 'top_down_blocks.0')
+        for m in ('main_conv', 'short_conv')
+    ])
     # out_convs feed both decoupled head branches
     assert snap['neck.out_convs.0.conv']['consumers'] == [
         'bbox_head.multi_level_cls_convs.0.0.conv',
-        'bbox_head.multi_level_reg_convs.0.0.conv']
+        'bbox_head.multi_level_reg_convs.0.0.conv'
+    ]
     # the last reg conv feeds conv_reg and conv_obj
-    assert snap['bbox_head.multi_level_reg_convs.0.1.conv'][
-        'consumers'] == ['bbox_head.multi_level_conv_obj.0',
-                         'bbox_head.multi_level_conv_reg.0']
+    assert snap['bbox_head.multi_level_reg_convs.0.1.conv']['consumers'] == [
+        'bbox_head.multi_level_conv_obj.0', 'bbox_head.multi_level_conv_reg.0'
+    ]
     for lvl in range(3):  # prediction convs never prune
         for k in ('cls', 'reg', 'obj'):
             assert snap[f'bbox_head.multi_level_conv_{k}.{lvl}'][
                 'prunable'] == 0
-    want = json.load(open(osp.join(osp.dirname(__file__), 'data',
-                                   'expected_groups',
-                                   'yolox_tiny_coupled.json')))
+    want = json.load(
+        open(
+            osp.join(
+                osp.dirname(__file__), 'data', 'expected_groups',
+                'yolox_tiny_coupled.json')))
     assert snap == want
 
 
@@ -202,7 +220,8 @@ def test_retinanet_r18_groups_are_pinned():
     # stage stream: downsample + every BasicBlock conv2 in the stage
     assert snap['backbone.layer3.0.conv2']['producers'] == [
         'backbone.layer3.0.conv2', 'backbone.layer3.0.downsample.0',
-        'backbone.layer3.1.conv2']
+        'backbone.layer3.1.conv2'
+    ]
     assert 'neck.lateral_convs.1.conv' in \
         snap['backbone.layer3.0.conv2']['consumers']
     # stem couples with layer1's stream (no downsample); frozen_stages=1
@@ -210,17 +229,22 @@ def test_retinanet_r18_groups_are_pinned():
     # FPN: laterals summed top-down are one group; fpn outputs feed a head
     # shared across levels, so they are one group too (P6 reads C5, P7 P6)
     assert snap['neck.lateral_convs.0.conv']['producers'] == [
-        f'neck.lateral_convs.{i}.conv' for i in range(3)]
+        f'neck.lateral_convs.{i}.conv' for i in range(3)
+    ]
     assert snap['neck.fpn_convs.0.conv']['producers'] == [
-        f'neck.fpn_convs.{i}.conv' for i in range(5)]
+        f'neck.fpn_convs.{i}.conv' for i in range(5)
+    ]
     assert snap['neck.fpn_convs.0.conv']['consumers'] == [
         'bbox_head.cls_convs.0.conv', 'bbox_head.reg_convs.0.conv',
-        'neck.fpn_convs.4.conv']
+        'neck.fpn_convs.4.conv'
+    ]
     assert snap['bbox_head.retina_cls']['prunable'] == 0
     assert snap['bbox_head.retina_reg']['prunable'] == 0
-    want = json.load(open(osp.join(osp.dirname(__file__), 'data',
-                                   'expected_groups',
-                                   'retinanet_r18_coupled.json')))
+    want = json.load(
+        open(
+            osp.join(
+                osp.dirname(__file__), 'data', 'expected_groups',
+                'retinanet_r18_coupled.json')))
     assert snap == want
 
 
@@ -229,8 +253,10 @@ def test_faster_rcnn_roi_flatten_maps_channels_to_fc_columns():
     [49c, 49c + 49)."""
     graph = apis.analyze(build('faster_rcnn_r50'))
     grp = graph.group('neck.fpn_convs.0.conv')
-    fc = [m for m in grp.members if m.module == 'roi_head.bbox_head.'
-          'shared_fcs.0' and m.axis == 'in']
+    fc = [
+        m for m in grp.members if m.module == 'roi_head.bbox_head.'
+        'shared_fcs.0' and m.axis == 'in'
+    ]
     assert len(fc) == 1
     for c in (0, 5, 255):
         assert sorted(fc[0].positions[fc[0].group_index == c]) == list(
@@ -259,15 +285,15 @@ def test_yolox_fine_mode_onnx(tmp_path):
             self.m = m
 
         def forward(self, t):
-            return tuple(o for lvl in self.m(t, None, mode='tensor')
-                         for o in lvl)
+            return tuple(
+                o for lvl in self.m(t, None, mode='tensor') for o in lvl)
 
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         # eval() first: the exporter restores the wrapper's train flag
         # onto the detector afterwards
-        torch.onnx.export(Wrap(model).eval(), (x[0], ), path, dynamo=False,
-                          opset_version=17)
+        torch.onnx.export(
+            Wrap(model).eval(), (x[0], ), path, dynamo=False, opset_version=17)
     sess = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     got = sess.run(None, {sess.get_inputs()[0].name: x[0].numpy()})
     want = outputs(model)
@@ -290,8 +316,10 @@ def test_bpc_scores_only_the_groups_it_prunes_on_faster_rcnn():
     fn, x = tensor_forward(model, (128, 128))
     with torch.no_grad():
         fn(*x)
-    roi = [g.name for g in graph.prunable_groups()
-           if g.name.startswith('roi_head')]
+    roi = [
+        g.name for g in graph.prunable_groups()
+        if g.name.startswith('roi_head')
+    ]
     assert roi  # the RoI head's fc groups are prunable in general...
     with pytest.raises(RuntimeError, match='no spatial output'):
         crit.score(model, graph)  # ...and HRank cannot score them
@@ -302,8 +330,8 @@ def test_bpc_scores_only_the_groups_it_prunes_on_faster_rcnn():
     assert all(torch.isfinite(s).all() for s in scores.values())
 
 
-@pytest.mark.parametrize('name', ['yolox_tiny', 'retinanet_r50',
-                                  'faster_rcnn_r50'])
+@pytest.mark.parametrize('name',
+                         ['yolox_tiny', 'retinanet_r50', 'faster_rcnn_r50'])
 def test_fine_mode_has_no_fallbacks(name):
     """Every writer into a residual sum of YOLOX and ResNet detectors is
     scattered in fine mode: nothing falls back to coupling or pinning
@@ -318,6 +346,7 @@ def test_gcp_frs_leaves_yolox_csp_stream_sources_alone():
     and leaves the CSP stream sources (``main_conv``, the identity side of
     the first bottleneck's add) alone, found from the graph structure."""
     import re
+
     from mmprune.methods import filter_groups, get_method
     graph = apis.analyze(build('yolox_tiny'), 'fine')
     names = set(filter_groups(graph, **get_method('gcp_frs').groups))
@@ -325,11 +354,14 @@ def test_gcp_frs_leaves_yolox_csp_stream_sources_alone():
         'main_conv' in p or 'downsample' in p
         for p in get_method('gcp_frs').groups['exclude'])
     # backbone CSP layers add their bottlenecks (add_identity=True)
-    sources = [g.name for g in graph.prunable_groups()
-               if re.match(r'backbone\.stage\d\.\d\.main_conv\.conv$', g.name)]
-    writers = [g.name for g in graph.prunable_groups()
-               if re.match(r'backbone\.stage\d\.\d\.blocks\.\d\.conv2\.conv$',
-                           g.name)]
+    sources = [
+        g.name for g in graph.prunable_groups()
+        if re.match(r'backbone\.stage\d\.\d\.main_conv\.conv$', g.name)
+    ]
+    writers = [
+        g.name for g in graph.prunable_groups()
+        if re.match(r'backbone\.stage\d\.\d\.blocks\.\d\.conv2\.conv$', g.name)
+    ]
     assert len(sources) == 4 and len(writers) >= 3
     # stages 1-3 add their bottlenecks; stage 4 (after SPP) does not
     adding = [n for n in sources if not n.startswith('backbone.stage4')]

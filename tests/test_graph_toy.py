@@ -14,17 +14,17 @@ import torch.nn.functional as F
 
 from mmprune.allocators import BudgetAllocator
 from mmprune.apis import make_plan
+from mmprune.costs.flops import CostModel
 from mmprune.criteria import BNScaleCriterion, L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.pruners import apply_compact, build_mask, scatter_index
 from mmprune.structures import PruningPlan
-from mmprune.costs.flops import CostModel
 
 
 def conv_bn(cin, cout, k=1, groups=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2,
-                                   groups=groups, bias=False),
-                         nn.BatchNorm2d(cout))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout))
 
 
 class Bottleneck(nn.Module):
@@ -66,8 +66,10 @@ class ToyDetector(nn.Module):
 
     def forward(self, x):
         # Focus: (N,3,H,W) -> (N,12,H/2,W/2)
-        x = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2],
-                       x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+        x = torch.cat([
+            x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2],
+            x[..., 1::2, 1::2]
+        ], 1)
         x = F.silu(self.stem(x))
         x = F.silu(self.dw(x))
         lo = F.silu(self.pw(x))
@@ -117,8 +119,10 @@ def assert_masked_equals_compact(model, graph, keep, x, tol=1e-4):
 
 
 def producers(graph):
-    return {g.name: sorted(m.module for m in g.producers())
-            for g in graph.groups}
+    return {
+        g.name: sorted(m.module for m in g.producers())
+        for g in graph.groups
+    }
 
 
 @pytest.fixture
@@ -157,8 +161,10 @@ def test_coupled_groups(toy):
     assert graph.group('cls').prunable == 0
     assert graph.group('fc').prunable == 0
     # SPP: one channel of spp_in spans 4 input slices of spp_out
-    spp = [m for m in graph.group('spp_in.0').members
-           if m.module == 'spp_out.0' and m.axis == 'in']
+    spp = [
+        m for m in graph.group('spp_in.0').members
+        if m.module == 'spp_out.0' and m.axis == 'in'
+    ]
     assert len(spp) == 1
     for c in range(16):
         assert sorted(spp[0].positions[spp[0].group_index == c]) == \
@@ -166,13 +172,17 @@ def test_coupled_groups(toy):
     # chunk(2) couples channel j of both halves, so the halves stay equal
     assert graph.group('fuse.0').width == 10
     # flatten -> Linear: class c of `fuse` owns fc columns [4c, 4c+4)
-    fc_cols = [m for m in graph.group('fuse.0').members
-               if m.module == 'fc' and m.axis == 'in'][0]
+    fc_cols = [
+        m for m in graph.group('fuse.0').members
+        if m.module == 'fc' and m.axis == 'in'
+    ][0]
     for c in range(10):
         assert sorted(fc_cols.positions[fc_cols.group_index == c]) == \
             list(range(4 * c, 4 * c + 4))
-    cls_in = [m for m in graph.group('fuse.0').members
-              if m.module == 'cls' and m.axis == 'in'][0]
+    cls_in = [
+        m for m in graph.group('fuse.0').members
+        if m.module == 'cls' and m.axis == 'in'
+    ][0]
     assert list(cls_in.group_index) == list(range(10))
 
 
@@ -182,8 +192,9 @@ def test_fine_mode_writers_are_independent(toy):
     prods = producers(graph)
     for w in ('b1.conv3.0', 'b1.down.0', 'b2.conv3.0', 'lat_hi', 'lat_lo'):
         assert prods[w] == [w]
-    assert graph.scatter >= {'b1.conv3.1', 'b1.down.1', 'b2.conv3.1',
-                             'lat_hi', 'lat_lo'}
+    assert graph.scatter >= {
+        'b1.conv3.1', 'b1.down.1', 'b2.conv3.1', 'lat_hi', 'lat_lo'
+    }
     keep = random_keep(graph, 0.5, 1)
     compact = assert_masked_equals_compact(model, graph, keep, x)
     # the stream stays at full width, the writer is smaller
@@ -200,11 +211,11 @@ def test_fine_mode_prunes_twice(toy):
     graph = build_channel_graph(model, model, [x], residual_mode='fine')
     apply_compact(model, graph, random_keep(graph, 0.75, 2))
     graph2 = build_channel_graph(model, model, [x], residual_mode='fine')
-    assert_masked_equals_compact(model, graph2, random_keep(graph2, 0.5, 3),
-                                 x)
+    assert_masked_equals_compact(model, graph2, random_keep(graph2, 0.5, 3), x)
 
 
 def test_unsupported_ops_pin_channels():
+
     class Net(nn.Module):
 
         def __init__(self):
@@ -237,6 +248,7 @@ def test_unsupported_ops_pin_channels():
 
 
 def test_frozen_and_opaque_modules_are_pinned():
+
     class Hidden(torch.autograd.Function):
         """A custom op the tracer cannot see inside (like DCN)."""
 
@@ -258,8 +270,8 @@ def test_frozen_and_opaque_modules_are_pinned():
         def forward(self, x):
             return Hidden.apply(x, self.w)
 
-    model = nn.Sequential(conv_bn(3, 6), conv_bn(6, 6), Opaque(),
-                          conv_bn(5, 4)).eval()
+    model = nn.Sequential(
+        conv_bn(3, 6), conv_bn(6, 6), Opaque(), conv_bn(5, 4)).eval()
     for p in model[0].parameters():
         p.requires_grad = False
     graph = build_channel_graph(model, model, [torch.randn(1, 3, 8, 8)])
@@ -276,8 +288,10 @@ def test_budget_allocator_meets_target(toy, ratio, crit):
     model, x = toy
     graph = build_channel_graph(model, model, [x])
     cost = CostModel(model, model, [x])
-    keep = BudgetAllocator(ratio, min_keep=2, max_prune_ratio=0.9).allocate(
-        model, graph, crit().score(model, graph), cost)
+    keep = BudgetAllocator(
+        ratio, min_keep=2,
+        max_prune_ratio=0.9).allocate(model, graph,
+                                      crit().score(model, graph), cost)
     for g in graph.prunable_groups():
         assert len(keep[g.name]) >= min(g.width, 2)  # never empties a group
     predicted = cost.flops(graph, keep)
@@ -294,8 +308,10 @@ def test_round_to_and_plan_roundtrip(toy):
     model, x = toy
     graph = build_channel_graph(model, model, [x])
     cost = CostModel(model, model, [x])
-    keep = BudgetAllocator(0.6, min_keep=4, round_to=4).allocate(
-        model, graph, L1Criterion().score(model, graph), cost)
+    keep = BudgetAllocator(
+        0.6, min_keep=4,
+        round_to=4).allocate(model, graph,
+                             L1Criterion().score(model, graph), cost)
     for g in graph.prunable_groups():
         assert len(keep[g.name]) % 4 == 0 or len(keep[g.name]) == g.width
     plan = make_plan(graph, keep)
@@ -311,9 +327,9 @@ def test_round_to_and_plan_roundtrip(toy):
 def test_l1_criterion_known_ranking():
     model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.Conv2d(4, 1, 1))
     with torch.no_grad():
-        model[0].weight.copy_(torch.tensor([1., 3., 0.5, 2.]).view(4, 1, 1,
-                                                                  1) *
-                              torch.tensor([1., -1.]).view(1, 2, 1, 1))
+        model[0].weight.copy_(
+            torch.tensor([1., 3., 0.5, 2.]).view(4, 1, 1, 1) *
+            torch.tensor([1., -1.]).view(1, 2, 1, 1))
     graph = build_channel_graph(model, model, [torch.randn(1, 2, 4, 4)])
     s = L1Criterion().score(model, graph)['0']
     assert torch.allclose(s, torch.tensor([2., 6., 1., 4.]))

@@ -13,21 +13,22 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_graph_toy import assert_masked_equals_compact, random_keep
 
 from mmprune import apis
 from mmprune.allocators import (AdaptiveAllocator, BudgetAllocator,
                                 GlobalThresholdAllocator, UniformAllocator)
+from mmprune.costs.flops import CostModel
 from mmprune.criteria import L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.pruners import apply_compact, prune_module
 from mmprune.pruners.surgery import check_groupnorms
-from mmprune.costs.flops import CostModel
-from test_graph_toy import assert_masked_equals_compact, random_keep
 
 
 def conv_gn(cin, cout, groups, k=3):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2),
-                         nn.GroupNorm(groups, cout), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2), nn.GroupNorm(groups, cout),
+        nn.ReLU())
 
 
 class GNHead(nn.Module):
@@ -40,8 +41,8 @@ class GNHead(nn.Module):
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.c1 = conv_gn(8, 16, 4)
         self.c2 = conv_gn(16, 12, 3)
-        self.c3 = nn.Sequential(nn.Conv2d(12, 8, 1),
-                                nn.GroupNorm(2, 8, affine=False))
+        self.c3 = nn.Sequential(
+            nn.Conv2d(12, 8, 1), nn.GroupNorm(2, 8, affine=False))
         self.cls = nn.Conv2d(8, 5, 1)
 
     def forward(self, x):
@@ -80,8 +81,7 @@ def test_groupnorm_groups_are_units_and_compact_equals_masked(head, mode):
         sorted(np.repeat(np.arange(4), 4).tolist())
     for seed in range(3):
         keep = random_keep(graph, 0.5, seed)
-        compact = assert_masked_equals_compact(model, graph, keep, x,
-                                               tol=1e-5)
+        compact = assert_masked_equals_compact(model, graph, keep, x, tol=1e-5)
         gn = compact.c1[1]
         assert gn.num_channels == 4 * len(keep['c1.0'])
         assert gn.num_groups == len(keep['c1.0'])
@@ -93,8 +93,10 @@ def test_groupnorm_groups_are_units_and_compact_equals_masked(head, mode):
 def test_groupnorm_split_mid_group_is_refused(head):
     model, x = head
     gn = copy.deepcopy(model.c1[1])
-    with pytest.raises(ValueError, match=r'c1\.1.*keeps 2 of the 4 '
-                       r'channels of GroupNorm group 1'):
+    with pytest.raises(
+            ValueError,
+            match=r'c1\.1.*keeps 2 of the 4 '
+            r'channels of GroupNorm group 1'):
         prune_module(gn, 'gn', np.array([0, 1, 2, 3, 4, 5]), None, 'c1.1')
     assert gn.num_channels == 16  # untouched
     assert prune_module(gn, 'gn', np.arange(4, 12), None, 'c1.1')
@@ -115,11 +117,12 @@ def test_groupnorm_fed_from_two_groups_by_a_straddling_block_stays_whole():
     mid-group split); a block holding a pinned channel stays whole."""
 
     class Net(nn.Module):
+
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 6, 1)
             self.b = nn.Conv2d(3, 6, 1)
-            self.gn = nn.GroupNorm(3, 12)   # blocks of 4 straddle a|b
+            self.gn = nn.GroupNorm(3, 12)  # blocks of 4 straddle a|b
             self.out = nn.Conv2d(12, 2, 1)
 
         def forward(self, x):
@@ -142,7 +145,8 @@ def test_groupnorm_fed_from_two_groups_by_a_straddling_block_stays_whole():
 
 @pytest.mark.parametrize('make', [
     lambda **kw: BudgetAllocator(fill=True, **kw), UniformAllocator,
-    GlobalThresholdAllocator, AdaptiveAllocator])
+    GlobalThresholdAllocator, AdaptiveAllocator
+])
 def test_allocators_keep_whole_groups_and_count_caps_in_channels(head, make):
     model, x = head
     graph = build_channel_graph(model, model, [x])
@@ -150,8 +154,9 @@ def test_allocators_keep_whole_groups_and_count_caps_in_channels(head, make):
     scores = L1Criterion().score(model, graph)
     # min_keep=5 channels -> 2 GroupNorm groups of 4; round_to=8 channels
     # -> multiples of 2 groups of 4
-    keep = make(ratio=0.6, min_keep=5, max_prune_ratio=0.9,
-                round_to=8).allocate(model, graph, scores, cost)
+    keep = make(
+        ratio=0.6, min_keep=5, max_prune_ratio=0.9,
+        round_to=8).allocate(model, graph, scores, cost)
     g1 = graph.group('c1.0')
     assert len(keep['c1.0']) >= 2 and (4 * len(keep['c1.0'])) % 8 == 0 or \
         len(keep['c1.0']) == g1.width
@@ -172,9 +177,8 @@ def test_cost_model_counts_groupnorm_like_mmengine(head):
     apply_compact(compact, graph, keep)
     ours = CostModel(compact, compact, [x[:1]]).flops()
     assert ours == cost.flops(graph, keep)
-    theirs = get_model_complexity_info(compact, inputs=(x[:1], ),
-                                       show_table=False,
-                                       show_arch=False)['flops']
+    theirs = get_model_complexity_info(
+        compact, inputs=(x[:1], ), show_table=False, show_arch=False)['flops']
     assert ours == theirs, (ours, theirs)
 
 
@@ -186,15 +190,18 @@ def _atss(**backbone):
 
 
 def test_atss_groupnorm_head_prunes_whole_groups():
-    mode = 'coupled'  # both modes: test_graph_mmdet::test_masked_equals_compact
+    # both modes: test_graph_mmdet::test_masked_equals_compact
+    mode = 'coupled'
     from test_graph_mmdet import check_equivalence
     model = _atss(frozen_stages=-1)
     for m in model.modules():  # GN gamma/beta away from 1/0
         if isinstance(m, nn.GroupNorm):
             _randomise_gn(m)
     graph = apis.analyze(model, mode)
-    head = [g for g in graph.prunable_groups()
-            if g.name.startswith('bbox_head.cls_convs.')]
+    head = [
+        g for g in graph.prunable_groups()
+        if g.name.startswith('bbox_head.cls_convs.')
+    ]
     assert head and all(g.unit == 8 and g.width == 32 for g in head)
     keep = random_keep(graph, 0.5, seed=0)
     compact = check_equivalence(model, graph, keep)

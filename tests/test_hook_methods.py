@@ -13,19 +13,20 @@ import pytest
 import torch
 from mmengine.hooks import Hook
 from mmengine.runner import Runner
+from test_hook_training import KillAfterEpoch, _Stop, pruning_cfg
+from test_stack_e2e import retinanet_voc_cfg
 
 from mmprune import apis
 from mmprune.allocators.schedule import PruningSchedule
 from mmprune.criteria.scoring import batch_statistics
 from mmprune.methods import get_method
 from mmprune.runtime.rebind import unwrap
-from test_hook_training import KillAfterEpoch, _Stop, pruning_cfg
-from test_stack_e2e import retinanet_voc_cfg
 
 
 def pruning_hook(runner):
-    return [h for h in runner.hooks
-            if type(h).__name__ == 'ChannelPruningHook'][0]
+    return [
+        h for h in runner.hooks if type(h).__name__ == 'ChannelPruningHook'
+    ][0]
 
 
 def flops_ratio(runner) -> float:
@@ -57,22 +58,23 @@ def test_schedule_targets_and_preset_rescaling():
     linear = PruningSchedule.from_range(1, 3, 1, target=0.5, ramp='linear')
     assert linear.targets() == pytest.approx([1 - 0.5 / 3, 1 - 1 / 3, 0.5])
     acp = get_method('acp_tp').schedule
-    full = PruningSchedule.from_preset(acp, 300, 'acp', target=0.5,
-                                       soft=True)
+    full = PruningSchedule.from_preset(acp, 300, 'acp', target=0.5, soft=True)
     assert full.positions == tuple(range(30, 201, 10))  # the paper's 18
     assert full.cut_positions()[-1] == 210
-    assert PruningSchedule.from_preset(acp, 3, 'acp', target=0.5,
-                                       soft=True).positions == (1, 2)
-    gcp = PruningSchedule.from_preset(get_method('gcp_frs').schedule, 30,
-                                      'gcp', target=0.5)
+    assert PruningSchedule.from_preset(
+        acp, 3, 'acp', target=0.5, soft=True).positions == (1, 2)
+    gcp = PruningSchedule.from_preset(
+        get_method('gcp_frs').schedule, 30, 'gcp', target=0.5)
     # begin 30 -> 3, interval 15 -> 2 (rounded), last 195 -> 20 (rounded)
     assert gcp.positions == (3, 5, 7, 9, 11, 13, 15, 17, 19)
     with pytest.raises(ValueError, match='set begin=, end= and interval='):
-        PruningSchedule.from_preset(get_method('bpc').schedule, 10, 'bpc',
-                                    target=0.5)
+        PruningSchedule.from_preset(
+            get_method('bpc').schedule, 10, 'bpc', target=0.5)
     with pytest.raises(ValueError, match='set begin='):
         PruningSchedule.from_preset(
-            get_method('acp_tp', family='rcnn_1x').schedule, 12, 'acp',
+            get_method('acp_tp', family='rcnn_1x').schedule,
+            12,
+            'acp',
             target=0.5)
 
 
@@ -84,16 +86,27 @@ def test_per_event_flops_follow_the_preset_ramp(method, ramp, tmp_path,
     value (written out here, not read from the hook), within the
     allocator's one-unit tolerance; the other ramp is far off."""
     soft = method == 'acp_tp'  # TPP: removal one epoch after selection
-    cfg = quiet(pruning_cfg(mmdet_config, synth_data, tmp_path,
-                            max_epochs=4, method=method, target=0.5,
-                            begin=1, end=3, interval=1, scoring_batches=1))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=4,
+            method=method,
+            target=0.5,
+            begin=1,
+            end=3,
+            interval=1,
+            scoring_batches=1))
     runner = Runner.from_cfg(cfg)
     rec = RecordAfterEpoch()
     runner.register_hook(rec)
     runner.train()
     x = [1 / 3, 2 / 3, 1.0]
-    want = {'cubic': [1 - 0.5 * (1 - (1 - k)**3) for k in x],
-            'linear': [1 - 0.5 * k for k in x]}
+    want = {
+        'cubic': [1 - 0.5 * (1 - (1 - k)**3) for k in x],
+        'linear': [1 - 0.5 * k for k in x]
+    }
     got = rec.ratios[1:] if soft else rec.ratios[:3]
     other = 'linear' if ramp == 'cubic' else 'cubic'
     for k, (g, w, o) in enumerate(zip(got, want[ramp], want[other])):
@@ -112,7 +125,10 @@ class GradientProbe(Hook):
     def __init__(self):
         self.result = None
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         model = unwrap(runner.model)
         ph = pruning_hook(runner)
@@ -128,8 +144,10 @@ class GradientProbe(Hook):
             with batch_statistics(model):
                 loss, _ = model.parse_losses(model(**data, mode='loss'))
                 loss.backward()
-            grads.append({n: p.grad.clone() for n, p in
-                          model.named_parameters() if p.grad is not None})
+            grads.append({
+                n: p.grad.clone()
+                for n, p in model.named_parameters() if p.grad is not None
+            })
         model._mmprune_loss_terms = terms
         model.zero_grad(set_to_none=True)
         self.result = grads
@@ -140,9 +158,17 @@ def test_regularizer_term_is_logged_and_moves_its_gradients(
         method, tmp_path, mmdet_config, synth_data):
     # batch 1: 8 iterations per epoch, so TPP's lambda (+delta every 10
     # steps, reaching 1 at the cut two epochs after the selection) rises
-    cfg = quiet(pruning_cfg(mmdet_config, synth_data, tmp_path,
-                            max_epochs=3, method=method, target=0.7,
-                            begin=1, end=1, interval=2))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=3,
+            method=method,
+            target=0.7,
+            begin=1,
+            end=1,
+            interval=2))
     cfg.train_dataloader.batch_size = 1
     # NOTE: lambda jumps 0 -> 0.625 -> 1 in this 16-iteration window, and
     # lw_opp=1000 then diverges at the config's lr 0.01: a small lr keeps
@@ -159,47 +185,58 @@ def test_regularizer_term_is_logged_and_moves_its_gradients(
 
         def spy(graph, selection, **kw):
             orig(graph, selection, **kw)
-            penalised.extend(name for name, _ in reg._producers +
-                             reg._norms)
+            penalised.extend(name for name, _ in reg._producers + reg._norms)
+
         reg.set_selection = spy
     runner.train()
     if method == 'fcp':
         penalised = [name for name, _ in reg._norms]
-    rows = [json.loads(line) for line in open(osp.join(
-        runner.log_dir, 'vis_data', 'scalars.json'))]
+    rows = [
+        json.loads(line)
+        for line in open(osp.join(runner.log_dir, 'vis_data', 'scalars.json'))
+    ]
     logged = [r['loss_prune_0'] for r in rows if 'loss_prune_0' in r]
     assert len(logged) == 24 and max(logged) > 0
     assert probe.result is not None, 'the term never became non-zero'
     with_term, without = probe.result
     assert penalised
-    moved = [n for n in with_term if not torch.equal(with_term[n],
-                                                     without[n])]
-    assert moved and all(any(n.startswith(m + '.') for m in penalised)
-                         for n in moved), moved
+    moved = [n for n in with_term if not torch.equal(with_term[n], without[n])]
+    assert moved and all(
+        any(n.startswith(m + '.') for m in penalised) for n in moved), moved
     assert any(n.startswith(penalised[0] + '.') for n in moved)
 
 
 # ------------------------------------------------------------- criterion
 @pytest.mark.parametrize('method', ['acp_tp', 'gcp_frs', 'fcp'])
-def test_preset_criterion_decides_the_kept_set(method, tmp_path,
-                                               mmdet_config, synth_data):
+def test_preset_criterion_decides_the_kept_set(method, tmp_path, mmdet_config,
+                                               synth_data):
     """The same run with the criterion swapped for L1 keeps other
     channels: the preset's criterion is the one the events use."""
     plans = {}
     for crit in (None, 'L1Criterion'):
-        hook = dict(method=method, target=0.7, begin=1, end=2,
-                    interval=1, soft=False, scoring_batches=1)
+        hook = dict(
+            method=method,
+            target=0.7,
+            begin=1,
+            end=2,
+            interval=1,
+            soft=False,
+            scoring_batches=1)
         if crit:
             hook['criterion'] = crit
-        cfg = quiet(pruning_cfg(mmdet_config, synth_data,
-                                tmp_path / str(crit), max_epochs=2, **hook))
+        cfg = quiet(
+            pruning_cfg(
+                mmdet_config,
+                synth_data,
+                tmp_path / str(crit),
+                max_epochs=2,
+                **hook))
         runner = Runner.from_cfg(cfg)
         runner.train()
         ph = pruning_hook(runner)
         want = crit or get_method(method).criterion['type']
         assert type(ph.criterion).__name__ == want
-        plans[crit] = [p.keep for p in apis.model_plans(unwrap(
-            runner.model))]
+        plans[crit] = [p.keep for p in apis.model_plans(unwrap(runner.model))]
         assert len(plans[crit]) == 2
     for k in range(2):  # each event
         assert plans[None][k] != plans['L1Criterion'][k], k
@@ -212,7 +249,10 @@ class LambdaTrace(Hook):
     def __init__(self):
         self.trace = {}
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         (tpp, ) = pruning_hook(runner).regularizers
         self.trace[runner.iter] = tpp.lambda_
@@ -223,9 +263,17 @@ def test_resumed_acp_tp_continues_the_same_lambda_trajectory(
     """Issue 14 item 4: the window's delta must come back on --resume."""
 
     def cfg_for(work):
-        cfg = quiet(pruning_cfg(mmdet_config, synth_data, work,
-                                max_epochs=3, method='acp_tp', target=0.7,
-                                begin=1, end=1, interval=2))
+        cfg = quiet(
+            pruning_cfg(
+                mmdet_config,
+                synth_data,
+                work,
+                max_epochs=3,
+                method='acp_tp',
+                target=0.7,
+                begin=1,
+                end=1,
+                interval=2))
         cfg.train_dataloader.batch_size = 1  # 8 iterations per epoch
         cfg.optim_wrapper.optimizer.lr = 1e-4  # see the test above
         return cfg
@@ -260,9 +308,17 @@ def test_method_without_begin_uses_the_preset_schedule_rescaled(
     """ACP-TP's 18 events after epochs 30..200 of 300 become events after
     epochs 1 and 2 of a 3-epoch run (removal after 2 and 3), not a single
     event after epoch 1."""
-    cfg = quiet(pruning_cfg(mmdet_config, synth_data, tmp_path,
-                            max_epochs=3, method='acp_tp', target=0.6,
-                            begin=None, end=None, interval=None))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=3,
+            method='acp_tp',
+            target=0.6,
+            begin=None,
+            end=None,
+            interval=None))
     runner = Runner.from_cfg(cfg)
     ph = pruning_hook(runner)
     assert ph.schedule is None  # resolved against max_epochs
@@ -275,9 +331,16 @@ def test_method_without_begin_uses_the_preset_schedule_rescaled(
 
 def test_preset_without_an_epoch_schedule_asks_for_begin(
         tmp_path, mmdet_config, synth_data):
-    cfg = quiet(pruning_cfg(mmdet_config, synth_data, tmp_path,
-                            max_epochs=2, method='bpc', begin=None,
-                            end=None, interval=None))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=2,
+            method='bpc',
+            begin=None,
+            end=None,
+            interval=None))
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match=r"method='bpc'.*set begin="):
         runner.train()
@@ -293,9 +356,18 @@ def test_data_driven_scoring_after_one_short_epoch(method, tmp_path,
     before BN's running statistics mean anything. The scoring pass uses
     batch statistics, and leaves the running ones untouched."""
     from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
-    cfg = quiet(pruning_cfg(mmdet_config, synth_data, tmp_path,
-                            max_epochs=1, method=method, target=0.7,
-                            begin=1, end=1, interval=1, scoring_batches=2))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=1,
+            method=method,
+            target=0.7,
+            begin=1,
+            end=1,
+            interval=1,
+            scoring_batches=2))
     # full learning rate from the first step (no warm-up): two steps move
     # the weights, and the running statistics (momentum 0.03) lag far
     # behind; an eval-mode scoring pass then overflows
@@ -325,15 +397,21 @@ def test_lrp_relevance_prunes_a_relu_retinanet_in_training(
         tmp_path, mmdet_config, voc_root):
     cfg = retinanet_voc_cfg(mmdet_config, voc_root, tmp_path, max_epochs=1)
     cfg.train_cfg.val_interval = 100
-    cfg.custom_hooks = [dict(
-        type='ChannelPruningHook', method='gcp_frs', target=0.9, begin=1,
-        criterion=dict(type='FeatureRelevanceCriterion', relevance='lrp'),
-        # the backbone, as the paper prunes ResNets (the shared head's
-        # regression branch gets no classification relevance)
-        exclude_groups=dict(exclude_coupled=True,
-                            exclude=(r'^neck', r'^bbox_head',
-                                     r'\.downsample\.')),
-        scoring_batches=1, input_size=(160, 160))]
+    cfg.custom_hooks = [
+        dict(
+            type='ChannelPruningHook',
+            method='gcp_frs',
+            target=0.9,
+            begin=1,
+            criterion=dict(type='FeatureRelevanceCriterion', relevance='lrp'),
+            # the backbone, as the paper prunes ResNets (the shared head's
+            # regression branch gets no classification relevance)
+            exclude_groups=dict(
+                exclude_coupled=True,
+                exclude=(r'^neck', r'^bbox_head', r'\.downsample\.')),
+            scoring_batches=1,
+            input_size=(160, 160))
+    ]
     runner = Runner.from_cfg(cfg)
     ph = pruning_hook(runner)
     calls = []
@@ -342,6 +420,7 @@ def test_lrp_relevance_prunes_a_relu_retinanet_in_training(
     def spy(model, inputs, data_samples):
         orig(model, inputs, data_samples)
         calls.append(len(data_samples))
+
     ph.criterion.accumulate_lrp_detection = spy
     runner.train()
     assert len(calls) == 1 and calls[0] >= 1  # one scoring batch
@@ -354,13 +433,20 @@ def test_lrp_relevance_prunes_a_relu_retinanet_in_training(
 
 def test_lrp_relevance_refuses_silu_yolox_before_training(
         tmp_path, mmdet_config, synth_data):
-    cfg = quiet(pruning_cfg(
-        mmdet_config, synth_data, tmp_path, max_epochs=1, method='gcp_frs',
-        begin=1, end=1, criterion=dict(type='FeatureRelevanceCriterion',
-                                       relevance='lrp')))
+    cfg = quiet(
+        pruning_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path,
+            max_epochs=1,
+            method='gcp_frs',
+            begin=1,
+            end=1,
+            criterion=dict(type='FeatureRelevanceCriterion', relevance='lrp')))
     runner = Runner.from_cfg(cfg)
-    with pytest.raises(NotImplementedError,
-                       match=r"LRP relevance does not support module "
-                       r"'backbone\.stem.*\((Swish|SiLU)\)"):
+    with pytest.raises(
+            NotImplementedError,
+            match=r"LRP relevance does not support module "
+            r"'backbone\.stem.*\((Swish|SiLU)\)"):
         runner.train()
     assert runner.iter == 0

@@ -20,12 +20,12 @@ import torch.nn as nn
 
 from mmprune import apis
 from mmprune.allocators import BudgetAllocator
-from mmprune.graph import build_channel_graph
 from mmprune.costs.flops import CostModel
 from mmprune.costs.latency_backends import (CudaBackend, OnnxRuntimeBackend,
                                             TorchBackend)
 from mmprune.costs.latency_grid import (LatencyGrid, LatencyTableMismatch,
                                         curve_ms)
+from mmprune.graph import build_channel_graph
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 YOLOX = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
@@ -56,6 +56,7 @@ class FakeClock:
 
     @contextlib.contextmanager
     def ticking(self):
+
         def hook(mod, args, out):
             if isinstance(mod, nn.Conv2d):
                 t = conv_seconds(mod.in_channels, mod.out_channels)
@@ -84,8 +85,8 @@ class Net(nn.Module):
         self.c = nn.Conv2d(w2, 40, 3, padding=1)
 
     def forward(self, x):
-        return self.c(self.act2(self.bn2(self.b(self.act1(self.bn1(
-            self.a(x)))))))
+        return self.c(
+            self.act2(self.bn2(self.b(self.act1(self.bn1(self.a(x)))))))
 
 
 def fake_grid(model, graph=None, points=5):
@@ -93,29 +94,35 @@ def fake_grid(model, graph=None, points=5):
     backend = TorchBackend(runs=1, warmup=0, clock=clock)
     x = torch.randn(1, 3, 8, 8)
     with clock.ticking():
-        grid = LatencyGrid.measure(model.eval(), model, [x], backend, graph,
-                                   points=points, progress=False)
+        grid = LatencyGrid.measure(
+            model.eval(),
+            model, [x],
+            backend,
+            graph,
+            points=points,
+            progress=False)
     return grid, backend, clock
 
 
 def call_ms(grid, name, widths):
-    curve = grid.data['curves'][grid.data['modules'][name]['calls'][0][
-        'curve']]
+    curve = grid.data['curves'][grid.data['modules'][name]['calls'][0]
+                                ['curve']]
     return grid.data['leaf_scale'] * curve_ms(curve, widths)
 
 
 def direct_ms(backend, clock, c_in, c_out):
     with clock.ticking():
-        return backend.time(nn.Conv2d(c_in, c_out, 3, padding=1),
-                            (torch.randn(1, c_in, 8, 8), ))
+        return backend.time(
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            (torch.randn(1, c_in, 8, 8), ))
 
 
 def test_grid_reproduces_direct_measurements_and_the_cliff():
     torch.manual_seed(0)
     grid, backend, clock = fake_grid(Net())
     assert grid.data['leaf_scale'] == pytest.approx(1.0)
-    axes = grid.data['curves'][grid.data['modules']['b']['calls'][0][
-        'curve']]['axes']
+    axes = grid.data['curves'][grid.data['modules']['b']['calls'][0]
+                               ['curve']]['axes']
     xs_out, xs_in = axes[0]['xs'], axes[1]['xs']
     # bounded grid: <= 5 points per axis, dense width and multiples of 8
     assert xs_out[-1] == 48 and xs_in[-1] == 64
@@ -130,19 +137,21 @@ def test_grid_reproduces_direct_measurements_and_the_cliff():
     # of a direct measurement; the linear model misses the cliff by > 20 %
     dense = direct_ms(backend, clock, 64, 48)
     for co, ci in ((20, 36), (45, 57), (27, 64), (48, 13), (33, 50)):
-        got, want = call_ms(grid, 'b', (co, ci)), direct_ms(
-            backend, clock, ci, co)
+        got, want = call_ms(grid, 'b',
+                            (co, ci)), direct_ms(backend, clock, ci, co)
         assert got == pytest.approx(want, rel=0.02), (co, ci)
         if ci % 8 or co % 8:
             linear = dense * (co / 48) * (ci / 64)
             assert abs(linear - want) / want > 0.2
     # the dense prediction is the measured whole forward
-    assert grid.total_ms == pytest.approx(grid.data['meta']['dense_ms'],
-                                          rel=1e-4)
+    assert grid.total_ms == pytest.approx(
+        grid.data['meta']['dense_ms'], rel=1e-4)
 
 
 def test_duplicate_layers_are_timed_once():
+
     class Twice(nn.Module):
+
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 16, 3, padding=1)
@@ -157,8 +166,12 @@ def test_duplicate_layers_are_timed_once():
     backend = TorchBackend(runs=1, warmup=0)
     orig = backend.time
     backend.time = lambda m, a: timed.append(m) or orig(m, a)
-    grid = LatencyGrid.measure(model.eval(), model, [torch.randn(1, 3, 8, 8)],
-                               backend, points=3, progress=False)
+    grid = LatencyGrid.measure(
+        model.eval(),
+        model, [torch.randn(1, 3, 8, 8)],
+        backend,
+        points=3,
+        progress=False)
     mods = grid.data['modules']
     assert mods['b1']['calls'][0]['curve'] == mods['b2']['calls'][0]['curve']
     # a: (C_out 8, 16) x (C_in 1, 2, 3) + 1 probe; b1 = b2: (8, 16) x
@@ -175,14 +188,16 @@ def test_latency_budget_met_on_a_toy_net():
     cost = CostModel(model, model, [x])
     scores = {g.name: torch.rand(g.width) for g in graph.prunable_groups()}
     limits = dict(min_keep=1, max_prune_ratio=0.95)
-    with pytest.raises(ValueError, match=r"budget='latency'\) needs a "
-                       r'latency table'):
-        BudgetAllocator(0.5, budget='latency', **limits).allocate(
-            model, graph, scores, cost)
+    with pytest.raises(
+            ValueError, match=r"budget='latency'\) needs a "
+            r'latency table'):
+        BudgetAllocator(
+            0.5, budget='latency', **limits).allocate(model, graph, scores,
+                                                      cost)
     cost.latency = grid
     dense = grid.predict(graph)
-    keep = BudgetAllocator(0.5, budget='latency', **limits).allocate(
-        model, graph, scores, cost)
+    keep = BudgetAllocator(
+        0.5, budget='latency', **limits).allocate(model, graph, scores, cost)
     assert grid.predict(graph, keep) <= 0.5 * dense
     # odd widths: the cliff is in the prediction, not ignored
     assert any(len(k) % 8 for k in keep.values())
@@ -194,8 +209,7 @@ def test_latency_budget_met_on_a_toy_net():
     model2 = Net().eval()
     g2 = build_channel_graph(model2, model2, [x])
     cost2 = CostModel(model2, model2, [x])
-    keep2 = BudgetAllocator(0.5, **limits).allocate(model2, g2, scores,
-                                                    cost2)
+    keep2 = BudgetAllocator(0.5, **limits).allocate(model2, g2, scores, cost2)
     assert cost2.flops(g2, keep2) <= 0.5 * cost2.flops()
 
 
@@ -205,31 +219,34 @@ def test_tables_that_do_not_fit_are_refused_by_name(tmp_path):
     path = str(tmp_path / 'table.json')
     grid.save(path)
     grid = LatencyGrid.load(path)
-    grid.check(model, input_size=(8, 8), batch=1, backend='torch',
-               device='cpu')  # fits
+    grid.check(
+        model, input_size=(8, 8), batch=1, backend='torch',
+        device='cpu')  # fits
     for kwargs, needle in (
-            (dict(backend='onnxruntime'),
-             "backend 'torch', but backend 'onnxruntime'"),
-            (dict(device='cuda'), "device 'cpu'.*'cuda' was asked"),
-            (dict(device='H200'), "but device 'H200' was asked"),
-            (dict(input_size=(640, 640)),
-             r'input size \[8, 8\], but \[640, 640\]'),
-            (dict(batch=8), 'batch 1, but batch 8'),
-            (dict(model=Net(k=1)), r"module 'b' is .*kernel.*\[1, 1\]"),
-            (dict(model=Net(widths=(32, 48))),
-             r"module 'a' has widths \[32, 3\] but the table's dense "
-             r'model has \[64, 3\]')):
+        (dict(backend='onnxruntime'),
+         "backend 'torch', but backend 'onnxruntime'"),
+        (dict(device='cuda'),
+         "device 'cpu'.*'cuda' was asked"), (dict(device='H200'),
+                                             "but device 'H200' was asked"),
+        (dict(input_size=(640, 640)),
+         r'input size \[8, 8\], but \[640, 640\]'), (dict(batch=8),
+                                                     'batch 1, but batch 8'),
+        (dict(model=Net(k=1)), r"module 'b' is .*kernel.*\[1, 1\]"),
+        (dict(model=Net(widths=(32, 48))),
+         r"module 'a' has widths \[32, 3\] but the table's dense "
+         r'model has \[64, 3\]')):
         with pytest.raises(LatencyTableMismatch, match=needle):
             grid.check(**kwargs)
     other = Net()
     del other.c
-    with pytest.raises(LatencyTableMismatch,
-                       match="module 'c' of the table is missing"):
+    with pytest.raises(
+            LatencyTableMismatch, match="module 'c' of the table is missing"):
         grid.check(other)
     extra = Net()
     extra.d = nn.Conv2d(40, 8, 1)
-    with pytest.raises(LatencyTableMismatch,
-                       match="module 'd' .* is missing from the table"):
+    with pytest.raises(
+            LatencyTableMismatch,
+            match="module 'd' .* is missing from the table"):
         grid.check(extra)
     # a model pruned from the table's dense model fits
     x = torch.randn(1, 3, 8, 8)
@@ -251,8 +268,7 @@ def test_cuda_timing_path_synchronises():
     stream (time passes only at sync) it measures the work exactly, and
     an unsynchronised timer would measure nothing."""
     clock = FakeClock(queued=True)
-    cuda = CudaBackend('cpu', runs=3, warmup=1, clock=clock,
-                       sync=clock.sync)
+    cuda = CudaBackend('cpu', runs=3, warmup=1, clock=clock, sync=clock.sync)
     conv, x = nn.Conv2d(24, 40, 3, padding=1), torch.randn(1, 24, 8, 8)
     with clock.ticking():
         ms = cuda.time(conv, (x, ))
@@ -270,8 +286,12 @@ def test_cuda_timing_path_synchronises():
 def test_cuda_backend_on_a_gpu():
     model = Net().eval()
     backend = CudaBackend(runs=3, warmup=2)
-    grid = LatencyGrid.measure(model, model, [torch.randn(1, 3, 32, 32)],
-                               backend, points=2, progress=False)
+    grid = LatencyGrid.measure(
+        model,
+        model, [torch.randn(1, 3, 32, 32)],
+        backend,
+        points=2,
+        progress=False)
     assert grid.key['device'] == 'cuda' and grid.total_ms > 0
     assert next(model.parameters()).device.type == 'cpu'  # put back
 
@@ -295,18 +315,24 @@ def load_tool(path, name):
 
 
 def test_latency_table_tool_end_to_end(tmp_path, capsys):
-    tool = load_tool(osp.join(ROOT, 'tools', 'analysis', 'latency_table.py'),
-                     'latency_table_tool')
+    tool = load_tool(
+        osp.join(ROOT, 'tools', 'analysis', 'latency_table.py'),
+        'latency_table_tool')
     out = str(tmp_path / 'table.json')
-    tool.main([YOLOX, '--input-size', '64', '64', '--points', '2',
-               '--runs', '1', '--warmup', '0', '--out', out,
-               '--no-progress'])
+    tool.main([
+        YOLOX, '--input-size', '64', '64', '--points', '2', '--runs', '1',
+        '--warmup', '0', '--out', out, '--no-progress'
+    ])
     grid = LatencyGrid.load(out)
     assert grid.key['input_size'] == [64, 64] and grid.key['batch'] == 1
     assert grid.key['backend'] == 'torch' and grid.key['threads'] == 1
     from mmprune.export import build_detector
-    grid.check(build_detector(apis.load_config(YOLOX)), input_size=(64, 64),
-               batch=1, backend='torch', device='cpu')
+    grid.check(
+        build_detector(apis.load_config(YOLOX)),
+        input_size=(64, 64),
+        batch=1,
+        backend='torch',
+        device='cpu')
     assert grid.data['meta']['points_timed'] < 4 * grid.data['meta']['calls']
     # a missing config: one line, exit 2
     capsys.readouterr()
@@ -318,15 +344,19 @@ def test_latency_table_tool_end_to_end(tmp_path, capsys):
 
 def test_prune_cli_latency_ratio(tmp_path):
     table = str(tmp_path / 'table.json')
-    load_tool(osp.join(ROOT, 'tools', 'analysis', 'latency_table.py'),
-              'latency_table_tool').main(
-        [YOLOX, '--input-size', '96', '96', '--points', '2', '--runs', '1',
-         '--warmup', '1', '--out', table, '--no-progress'])
+    load_tool(
+        osp.join(ROOT, 'tools', 'analysis', 'latency_table.py'),
+        'latency_table_tool').main([
+            YOLOX, '--input-size', '96', '96', '--points', '2', '--runs', '1',
+            '--warmup', '1', '--out', table, '--no-progress'
+        ])
     cli = load_tool(osp.join(ROOT, 'tools', 'prune.py'), 'prune_cli_lat')
     work = str(tmp_path / 'w')
-    report = cli.main([YOLOX, '--latency-ratio', '0.8', '--latency-table',
-                       table, '--input-size', '96', '96', '--round-to', '8',
-                       '--latency-runs', '2', '--work-dir', work])
+    report = cli.main([
+        YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
+        '--input-size', '96', '96', '--round-to', '8', '--latency-runs', '2',
+        '--work-dir', work
+    ])
     lat = report['latency']
     assert report['budget'] == 'latency' and lat['ratio_target'] == 0.8
     assert lat['predicted_ms'] <= lat['target_ms'] + 1e-9
@@ -335,12 +365,18 @@ def test_prune_cli_latency_ratio(tmp_path):
     assert report['flops_after'] < report['flops_before']
     assert report['max_rel_diff'] <= 1e-4
     # a table of another input size is refused by name
-    with pytest.raises(SystemExit, match=r'input size \[96, 96\], but '
-                       r'\[128, 128\]'):
-        cli.main([YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
-                  '--input-size', '128', '128', '--work-dir', work])
-    with pytest.raises(SystemExit, match="backend 'torch', but backend "
-                       "'onnxruntime'"):
-        cli.main([YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
-                  '--backend', 'onnxruntime', '--input-size', '96', '96',
-                  '--work-dir', work])
+    with pytest.raises(
+            SystemExit, match=r'input size \[96, 96\], but '
+            r'\[128, 128\]'):
+        cli.main([
+            YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
+            '--input-size', '128', '128', '--work-dir', work
+        ])
+    with pytest.raises(
+            SystemExit, match="backend 'torch', but backend "
+            "'onnxruntime'"):
+        cli.main([
+            YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
+            '--backend', 'onnxruntime', '--input-size', '96', '96',
+            '--work-dir', work
+        ])

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from mmprune.allocators import AdaptiveAllocator
-from mmprune.graph import build_channel_graph
 from mmprune.costs.flops import CostModel
 from mmprune.costs.latency_table import LatencyTable
+from mmprune.graph import build_channel_graph
 
 
 class SPPNet(nn.Module):
@@ -30,8 +30,8 @@ class SPPNet(nn.Module):
         self.a = nn.Conv2d(3, 16, 3, padding=1)
         self.bn = nn.BatchNorm2d(16)
         self.act = nn.SiLU()
-        self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2)
-                                   for k in (3, 5, 7))
+        self.pools = nn.ModuleList(
+            nn.MaxPool2d(k, 1, k // 2) for k in (3, 5, 7))
         self.b = nn.Conv2d(64, 8, 1)
         self.c = nn.Conv2d(3, 16, 1)
         self.d = nn.Conv2d(16, 8, 5, padding=2)
@@ -53,26 +53,36 @@ def spp():
 
 def hand_table(graph, ms):
     """A table over SPPNet with the given ms per module (dense widths)."""
-    kinds = dict(a=('conv', 16, 3), bn=('follow', 16, 16),
-                 act=('pass', 16, 16), b=('conv', 8, 64),
-                 c=('conv', 16, 3), d=('conv', 8, 16),
-                 **{f'pools.{i}': ('pass', 16, 16) for i in range(3)})
-    entries = {n: {'kind': k, 'ms': ms.get(n, 1.0), 'out': o, 'in': i}
-               for n, (k, o, i) in kinds.items()}
+    kinds = dict(
+        a=('conv', 16, 3),
+        bn=('follow', 16, 16),
+        act=('pass', 16, 16),
+        b=('conv', 8, 64),
+        c=('conv', 16, 3),
+        d=('conv', 8, 16),
+        **{f'pools.{i}': ('pass', 16, 16)
+           for i in range(3)})
+    entries = {
+        n: {
+            'kind': k,
+            'ms': ms.get(n, 1.0),
+            'out': o,
+            'in': i
+        }
+        for n, (k, o, i) in kinds.items()
+    }
     return LatencyTable(entries, other_ms=2.0)
 
 
 def test_pools_and_activations_are_traced_to_their_channels(spp):
     model, x, graph = spp
-    assert set(graph.passthrough) == {'act', 'pools.0', 'pools.1',
-                                      'pools.2'}
+    assert set(graph.passthrough) == {'act', 'pools.0', 'pools.1', 'pools.2'}
     g = graph.group('a')
     keep = {g.name: np.arange(0, 16, 2)}  # half of a's channels
     widths = graph.passthrough_widths(keep)
     assert widths == {'act': 8, 'pools.0': 8, 'pools.1': 8, 'pools.2': 8}
     # another group's cut does not touch them
-    assert set(graph.passthrough_widths(
-        {'c': np.arange(4)}).values()) == {16}
+    assert set(graph.passthrough_widths({'c': np.arange(4)}).values()) == {16}
 
 
 def test_prediction_follows_the_model_exactly(spp):
@@ -84,18 +94,20 @@ def test_prediction_follows_the_model_exactly(spp):
     kc = np.arange(8)
     got = table.predict(graph, {'a': ka, 'c': kc})
     q, h = 4 / 16, 8 / 16
-    want = (2.0 + 10.0 * q + 1.0 * q + 1.0 * q  # other, a, bn, act
-            + 1.0 * q + 1.0 * q + 6.0 * q       # three pools
-            + 4.0 * q                           # b reads 4 * 16 of 64
-            + 1.0 * h + 3.0 * h)                # c out, d in
+    want = (
+        2.0 + 10.0 * q + 1.0 * q + 1.0 * q  # other, a, bn, act
+        + 1.0 * q + 1.0 * q + 6.0 * q  # three pools
+        + 4.0 * q  # b reads 4 * 16 of 64
+        + 1.0 * h + 3.0 * h)  # c out, d in
     assert got == pytest.approx(want)
 
 
 def test_measured_table_is_complete_and_round_trips(spp, tmp_path):
     model, x, graph = spp
     table = LatencyTable.measure(model, model, [x], runs=2, warmup=1)
-    assert set(table.entries) == {'a', 'bn', 'act', 'pools.0', 'pools.1',
-                                  'pools.2', 'b', 'c', 'd'}
+    assert set(table.entries) == {
+        'a', 'bn', 'act', 'pools.0', 'pools.1', 'pools.2', 'b', 'c', 'd'
+    }
     assert table.entries['pools.1'] == dict(
         kind='pass', ms=table.entries['pools.1']['ms'], out=16, **{'in': 16})
     assert table.entries['b']['in'] == 64 and table.entries['bn'][
@@ -107,19 +119,39 @@ def test_measured_table_is_complete_and_round_trips(spp, tmp_path):
     path.write_text(json.dumps(table.to_dict()))
     back = LatencyTable.from_dict(json.loads(path.read_text()))
     keep = {'a': np.arange(8)}
-    assert back.predict(graph, keep) == pytest.approx(
-        table.predict(graph, keep))
+    assert back.predict(graph,
+                        keep) == pytest.approx(table.predict(graph, keep))
 
 
 @pytest.mark.parametrize('bad, match', [
-    ({'version': 99}, 'version 1'),
+    ({
+        'version': 99
+    }, 'version 1'),
     ('not a dict', 'expected a dict'),
-    ({'version': 1, 'other_ms': 0.0,
-      'entries': {'backbone.x': {'kind': 'conv', 'ms': 1.0, 'out': 0,
-                                 'in': 3}}}, "'backbone.x'"),
-    ({'version': 1, 'other_ms': 0.0,
-      'entries': {'neck.y': {'kind': 'warp', 'ms': 1.0, 'out': 2,
-                             'in': 3}}}, "'neck.y'"),
+    ({
+        'version': 1,
+        'other_ms': 0.0,
+        'entries': {
+            'backbone.x': {
+                'kind': 'conv',
+                'ms': 1.0,
+                'out': 0,
+                'in': 3
+            }
+        }
+    }, "'backbone.x'"),
+    ({
+        'version': 1,
+        'other_ms': 0.0,
+        'entries': {
+            'neck.y': {
+                'kind': 'warp',
+                'ms': 1.0,
+                'out': 2,
+                'in': 3
+            }
+        }
+    }, "'neck.y'"),
 ])
 def test_bad_tables_are_refused_by_name(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -156,8 +188,9 @@ def test_cost_measure_is_validated():
 def test_yolox_spp_pools_are_charged_to_their_group():
     """On a real YOLOX-tiny, the SPP max-pools read exactly the channels
     of the SPP input conv's group, so the latency model can see them."""
-    from mmprune import apis
     from test_graph_mmdet import build
+
+    from mmprune import apis
     model = build('yolox_tiny')
     graph = apis.analyze(model)
     pools = [n for n in graph.passthrough if '.poolings.' in n]
@@ -170,9 +203,13 @@ def test_yolox_spp_pools_are_charged_to_their_group():
 def test_hook_state_with_a_bad_table_is_refused():
     from mmprune.hooks.state import check_state
     from mmprune.structures import StructureError
-    bad = dict(version=1, other_ms=0.0, entries={
-        'backbone.stem.conv.conv': dict(kind='conv', ms=1.0, out=-3,
-                                        **{'in': 3})})
+    bad = dict(
+        version=1,
+        other_ms=0.0,
+        entries={
+            'backbone.stem.conv.conv':
+            dict(kind='conv', ms=1.0, out=-3, **{'in': 3})
+        })
     with pytest.raises(StructureError, match='backbone.stem.conv.conv'):
         check_state(dict(latency=bad))
 
@@ -182,11 +219,19 @@ def test_configs_readme_latency_setting_builds():
     allocator, keeps the hook's round_to, and asks for a table."""
     from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
     hook = ChannelPruningHook(
-        method='acp_tp', target=0.5, begin=30, end=200, interval=10,
-        input_size=(640, 640), round_to=16,
-        allocator=dict(type='AdaptiveAllocator', ramp='cubic',
-                       cost_weight=1.0, cost_measure='latency',
-                       max_prune_ratio=0.7))
+        method='acp_tp',
+        target=0.5,
+        begin=30,
+        end=200,
+        interval=10,
+        input_size=(640, 640),
+        round_to=16,
+        allocator=dict(
+            type='AdaptiveAllocator',
+            ramp='cubic',
+            cost_weight=1.0,
+            cost_measure='latency',
+            max_prune_ratio=0.7))
     assert hook._wants_latency()
     assert hook.allocator_cfg['round_to'] == 16
     assert hook.allocator_cfg['max_prune_ratio'] == 0.7

@@ -21,22 +21,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from test_graph_toy import randomise_bn
 
 from mmprune import apis
 from mmprune.allocators import BudgetAllocator
 from mmprune.allocators.base import SliceGuard
 from mmprune.criteria import L1Criterion
 from mmprune.pruners.masking import build_mask
-from test_graph_toy import randomise_bn
 
 SIZE = (16, 16)
-BLOCKS = ('conv', 'conv_nobn', 'dw', 'res', 'res_long', 'cat', 'gate',
-          'pool')
+BLOCKS = ('conv', 'conv_nobn', 'dw', 'res', 'res_long', 'cat', 'gate', 'pool')
 
 
 def conv_bn(cin, cout, k=1, groups=1, bn=True):
-    conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups,
-                     bias=not bn)
+    conv = nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=not bn)
     return nn.Sequential(conv, nn.BatchNorm2d(cout)) if bn else conv
 
 
@@ -64,8 +62,8 @@ class RandomNet(nn.Module):
             elif kind == 'dw':
                 mod = conv_bn(w, w, 3, groups=w)
             elif kind == 'res':
-                mod = nn.Sequential(conv_bn(w, a['w'], 1), nn.ReLU(),
-                                    conv_bn(a['w'], w, 3))
+                mod = nn.Sequential(
+                    conv_bn(w, a['w'], 1), nn.ReLU(), conv_bn(a['w'], w, 3))
             elif kind in ('res_long', 'cat'):
                 same = [i for i, (_, s) in enumerate(feats) if s == scale]
                 ref = same[a['pick'] % len(same)]
@@ -118,9 +116,11 @@ def nets(draw):
     spec = []
     for _ in range(n):
         kind = draw(st.sampled_from(BLOCKS))
-        spec.append((kind, dict(w=draw(st.integers(2, 12)),
-                                k=draw(st.sampled_from([1, 3])),
-                                pick=draw(st.integers(0, 7)))))
+        spec.append((kind,
+                     dict(
+                         w=draw(st.integers(2, 12)),
+                         k=draw(st.sampled_from([1, 3])),
+                         pick=draw(st.integers(0, 7)))))
     stem = draw(st.integers(2, 12))
     head = draw(st.sampled_from(['conv', 'linear']))
     return spec, stem, head
@@ -132,22 +132,21 @@ def draw_keep(graph, model, cost, how, ratio, seed):
     if how == 'budget':
         scores = L1Criterion().score(model, graph)
         try:
-            return BudgetAllocator(ratio, min_keep=1, max_prune_ratio=0.9,
-                                   fill=True).allocate(model, graph, scores,
-                                                       cost)
+            return BudgetAllocator(
+                ratio, min_keep=1, max_prune_ratio=0.9,
+                fill=True).allocate(model, graph, scores, cost)
         except ValueError as e:
             assert 'cannot be met' in str(e)
     rng = np.random.default_rng(seed)
     keep = {}
     for g in graph.prunable_groups():
         free = np.nonzero(~g.pinned)[0]
-        k = rng.choice(free, size=int(rng.integers(1, len(free) + 1)),
-                       replace=False)
+        k = rng.choice(
+            free, size=int(rng.integers(1,
+                                        len(free) + 1)), replace=False)
         # one channel of every producer's slice (see SliceGuard)
-        k = [k] + [rng.choice(sorted(s), size=1)
-                   for s in SliceGuard(g).slices]
-        keep[g.name] = np.unique(np.concatenate(
-            k + [np.nonzero(g.pinned)[0]]))
+        k = [k] + [rng.choice(sorted(s), size=1) for s in SliceGuard(g).slices]
+        keep[g.name] = np.unique(np.concatenate(k + [np.nonzero(g.pinned)[0]]))
     return keep
 
 
@@ -169,24 +168,31 @@ FOUND = [
     ((chain('res', 'conv', 'conv', 'cat', 'dw'), 2, 'conv'), 'fine'),
     ((chain('res', 'conv', 'conv', 'cat', 'res'), 2, 'conv'), 'fine'),
     ((chain('gate', 'conv', 'conv', 'conv', 'res_long'), 6, 'conv'), 'fine'),
-    ((chain('pool', 'dw', 'gate', 'conv', 'conv', 'conv', 'res_long'), 6,
-      'conv'), 'fine'),
+    ((chain('pool', 'dw', 'gate', 'conv', 'conv', 'conv',
+            'res_long'), 6, 'conv'), 'fine'),
 ]
 
 
 def with_found_examples(test):
     for net, mode in FOUND:
-        test = example(net=net, how='budget', ratio=0.5, seed=0,
-                       mode=mode)(test)
+        test = example(
+            net=net, how='budget', ratio=0.5, seed=0, mode=mode)(
+                test)
     return test
 
 
-@settings(max_examples=30, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow])
 @with_found_examples
-@given(net=nets(), how=st.sampled_from(['budget', 'random']),
-       ratio=st.floats(0.2, 0.95), seed=st.integers(0, 2**16),
-       mode=st.sampled_from(['coupled', 'fine']))
+@given(
+    net=nets(),
+    how=st.sampled_from(['budget', 'random']),
+    ratio=st.floats(0.2, 0.95),
+    seed=st.integers(0, 2**16),
+    mode=st.sampled_from(['coupled', 'fine']))
 def test_random_nets_prune_exactly(net, how, ratio, seed, mode):
     spec, stem, head = net
     torch.manual_seed(seed)
@@ -238,8 +244,8 @@ def test_a_group_with_producer_slices_is_never_half_emptied():
     slice of it. No allocator may keep only one slice (the other conv
     would have zero outputs), and a hand-made plan doing so is refused
     with the module's name instead of failing inside surgery."""
-    model = randomise_bn(RandomNet(chain('conv', 'cat', 'res', w=4), 4,
-                                   'conv')).eval()
+    model = randomise_bn(
+        RandomNet(chain('conv', 'cat', 'res', w=4), 4, 'conv')).eval()
     with torch.no_grad():  # make the stem's slice score highest
         model.stem[0].weight.mul_(100)
     graph = apis.analyze(model, 'coupled', SIZE)
@@ -248,19 +254,20 @@ def test_a_group_with_producer_slices_is_never_half_emptied():
     cost = apis.cost_model(model, SIZE)
     scores = L1Criterion().score(model, graph)
     from mmprune.allocators import (AdaptiveAllocator,
-                                    GlobalThresholdAllocator,
-                                    UniformAllocator)
-    for alloc in (BudgetAllocator, UniformAllocator,
-                  GlobalThresholdAllocator, AdaptiveAllocator):
-        keep = alloc(0.3, min_keep=1, max_prune_ratio=0.95).allocate(
-            model, graph, scores, cost)
+                                    GlobalThresholdAllocator, UniformAllocator)
+    for alloc in (BudgetAllocator, UniformAllocator, GlobalThresholdAllocator,
+                  AdaptiveAllocator):
+        keep = alloc(
+            0.3, min_keep=1,
+            max_prune_ratio=0.95).allocate(model, graph, scores, cost)
         kept = set(keep['stem.0'].tolist())
         for s in SliceGuard(group).slices:
             assert kept & s, (alloc.__name__, kept)
         apis.make_plan(graph, keep)
     writes = {m.module: np.unique(m.group_index) for m in group.producers()}
-    with pytest.raises(ValueError, match=r"every output channel of module "
-                       r"'layers\.0\.0'"):
+    with pytest.raises(
+            ValueError, match=r"every output channel of module "
+            r"'layers\.0\.0'"):
         apis.make_plan(graph, {'stem.0': writes['stem.0']})
 
 

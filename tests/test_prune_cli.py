@@ -16,8 +16,12 @@ CFG = 'mmdet::yolox/yolox_tiny_8xb8-300e_coco.py'
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, CLI, *args], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, env=env)
+    return subprocess.run([sys.executable, CLI, *args],
+                          capture_output=True,
+                          text=True,
+                          cwd=ROOT,
+                          timeout=600,
+                          env=env)
 
 
 def load_cli():
@@ -32,8 +36,8 @@ def load_cli():
 def test_prune_cli_meets_target_and_reloads(tmp_path, mode):
     work = str(tmp_path / mode)
     args = (CFG, '--flops-ratio', '0.5', '--criterion', 'l1',
-            '--residual-mode', mode, '--round-to', '4', '--input-size',
-            '320', '320', '--work-dir', work)
+            '--residual-mode', mode, '--round-to', '4', '--input-size', '320',
+            '320', '--work-dir', work)
     if mode == 'coupled':  # the real command line once, in-process after
         r = run_cli(*args)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -42,9 +46,9 @@ def test_prune_cli_meets_target_and_reloads(tmp_path, mode):
     report = json.load(open(osp.join(work, 'report.json')))
     assert 0.45 <= report['flops_ratio'] <= 0.5
     assert report['pruned']['params'] < report['dense']['params']
-    assert sorted(os.listdir(work)) == ['config.py', 'plan.json',
-                                        'pruned.pth',
-                                        'report.json']  # no temp files
+    assert sorted(os.listdir(work)) == [
+        'config.py', 'plan.json', 'pruned.pth', 'report.json'
+    ]  # no temp files
     # the contract's report fields
     assert report['flops_before'] == report['dense']['flops']
     assert report['flops_after'] <= 0.5 * report['flops_before']
@@ -73,9 +77,10 @@ def test_prune_cli_latency_order(tmp_path):
     max-pools the FLOPs order never sees) is thinned, and the report
     carries the table's prediction."""
     work = str(tmp_path / 'lat')
-    report = load_cli().main([CFG, '--flops-ratio', '0.5', '--order',
-                              'latency', '--round-to', '8', '--input-size',
-                              '320', '320', '--work-dir', work])
+    report = load_cli().main([
+        CFG, '--flops-ratio', '0.5', '--order', 'latency', '--round-to', '8',
+        '--input-size', '320', '320', '--work-dir', work
+    ])
     assert report['order'] == 'latency'
     assert 0.45 <= report['flops_ratio'] <= 0.5
     assert report['max_rel_diff'] <= 1e-4
@@ -94,9 +99,9 @@ def test_prune_cli_bad_arguments(tmp_path, capsys):
                          (('--flops-ratio', '0.5', '--criterion', 'nope'),
                           'unknown criterion'),
                          (('--flops-ratio', '0.5', '--residual-mode', 'x'),
-                          '--residual-mode'),
-                         (('--flops-ratio', '0.5', '--order', 'speed'),
-                          '--order')):
+                          '--residual-mode'), (('--flops-ratio', '0.5',
+                                                '--order', 'speed'),
+                                               '--order')):
         with pytest.raises(SystemExit) as exc:
             cli.main([CFG, *args, '--work-dir', str(tmp_path / 'w')])
         msg = str(exc.value.code) + capsys.readouterr().err
@@ -128,9 +133,8 @@ def not_checkpoints(folder):
     torch.save(torch.zeros(3), str(tensor))
     empty = folder / 'empty.pth'
     empty.write_bytes(b'')
-    return [(str(text), 'not written by torch.save'),
-            (str(model), 'Conv2d'), (str(tensor), 'Tensor'),
-            (str(empty), 'empty'),
+    return [(str(text), 'not written by torch.save'), (str(model), 'Conv2d'),
+            (str(tensor), 'Tensor'), (str(empty), 'empty'),
             (str(folder / 'missing.pth'), 'no such file'),
             (str(folder), 'folder')]
 
@@ -143,8 +147,13 @@ def test_prune_cli_missing_config_or_not_a_checkpoint(tmp_path, capsys):
     missing = str(tmp_path / 'no_such_config.py')
     # the real command line once: no traceback on stderr (third-party
     # import warnings, e.g. setuptools' about pkg_resources, silenced)
-    r = run_cli(missing, '--flops-ratio', '0.5', '--work-dir', str(work),
-                env=dict(os.environ, PYTHONWARNINGS='ignore'))
+    r = run_cli(
+        missing,
+        '--flops-ratio',
+        '0.5',
+        '--work-dir',
+        str(work),
+        env=dict(os.environ, PYTHONWARNINGS='ignore'))
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr
@@ -152,13 +161,16 @@ def test_prune_cli_missing_config_or_not_a_checkpoint(tmp_path, capsys):
 
     cli = load_cli()
     for path in ('mmdet::yolox/no_such_config.py', str(tmp_path)):
-        line = one_line_exit(capsys, cli.main, [
-            path, '--flops-ratio', '0.5', '--work-dir', str(work)])
+        line = one_line_exit(
+            capsys, cli.main,
+            [path, '--flops-ratio', '0.5', '--work-dir',
+             str(work)])
         assert 'argument config' in line and path in line, line
     for path, needle in not_checkpoints(tmp_path / 'files'):
         line = one_line_exit(capsys, cli.main, [
-            CFG, '--checkpoint', path, '--flops-ratio', '0.5',
-            '--work-dir', str(work)])
+            CFG, '--checkpoint', path, '--flops-ratio', '0.5', '--work-dir',
+            str(work)
+        ])
         assert 'argument --checkpoint' in line and path in line, line
         assert needle in line and 'weights_only=False' not in line, line
     assert not work.exists()
@@ -175,8 +187,11 @@ def test_prune_cli_output_evaluates_with_test_tools(mmdet_config, synth_data,
     base = str(tmp_path / 'yolox_synth.py')
     yolox_coco_cfg(mmdet_config, synth_data, tmp_path / 'w0').dump(base)
     work = tmp_path / 'pruned'
-    report = load_cli().main([base, '--flops-ratio', '0.5', '--input-size',
-                              '128', '128', '--work-dir', str(work)])
+    report = load_cli().main([
+        base, '--flops-ratio', '0.5', '--input-size', '128', '128',
+        '--work-dir',
+        str(work)
+    ])
     assert report['flops_after'] <= 0.5 * report['flops_before']
     cfg_file, ckpt = str(work / 'config.py'), str(work / 'pruned.pth')
 
@@ -187,9 +202,14 @@ def test_prune_cli_output_evaluates_with_test_tools(mmdet_config, synth_data,
     # mmdet's stock script loads with strict=False: without the structure
     # replay it would fail on shapes, or silently keep random weights
     stock = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'test.py')
-    r = subprocess.run([sys.executable, stock, cfg_file, ckpt, '--work-dir',
-                        str(tmp_path / 't2')], capture_output=True, text=True,
-                       cwd=ROOT, timeout=600,
+    r = subprocess.run([
+        sys.executable, stock, cfg_file, ckpt, '--work-dir',
+        str(tmp_path / 't2')
+    ],
+                       capture_output=True,
+                       text=True,
+                       cwd=ROOT,
+                       timeout=600,
                        env=dict(os.environ, PYTHONPATH=ROOT))
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr

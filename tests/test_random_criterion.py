@@ -3,11 +3,11 @@ the group, independent of the scoring order and the global torch RNG,
 different across seeds and groups, and usable through the registry."""
 import pytest
 import torch
+from test_graph_toy import ToyDetector
 
 from mmprune.criteria import RandomCriterion
 from mmprune.graph import build_channel_graph
 from mmprune.registry import CRITERIA, build_from
-from test_graph_toy import ToyDetector
 
 
 @pytest.fixture(scope='module')
@@ -45,13 +45,15 @@ def test_other_seed_or_group_other_draw(toy):
     crit = RandomCriterion(seed=0)
 
     class G:
+
         def __init__(self, name):
             self.name, self.width = name, 16
 
-    assert not torch.equal(crit.score_group(None, G('x')),
-                           crit.score_group(None, G('y')))
-    assert torch.equal(crit.score_group(None, G('x')),
-                       RandomCriterion(0).score_group(None, G('x')))
+    assert not torch.equal(
+        crit.score_group(None, G('x')), crit.score_group(None, G('y')))
+    assert torch.equal(
+        crit.score_group(None, G('x')),
+        RandomCriterion(0).score_group(None, G('x')))
 
 
 def test_registered_and_validated():

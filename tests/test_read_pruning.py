@@ -25,12 +25,12 @@ import torch.nn.functional as F
 
 from mmprune import apis
 from mmprune.allocators import BudgetAllocator
+from mmprune.costs.flops import CostModel
 from mmprune.criteria import BNScaleCriterion, L1Criterion
 from mmprune.graph import build_channel_graph
 from mmprune.graph.channel_graph import READ_SUFFIX
 from mmprune.pruners import apply_compact, build_mask, read_gather
 from mmprune.structures import PruningPlan
-from mmprune.costs.flops import CostModel
 
 
 # --------------------------------------------------------------- a ResNet
@@ -44,9 +44,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.down = None
         if stride != 1 or cin != c:  # option B shortcut (1x1 conv + BN)
-            self.down = nn.Sequential(nn.Conv2d(cin, c, 1, stride,
-                                                bias=False),
-                                      nn.BatchNorm2d(c))
+            self.down = nn.Sequential(
+                nn.Conv2d(cin, c, 1, stride, bias=False), nn.BatchNorm2d(c))
 
     def forward(self, x):
         idt = x if self.down is None else self.down(x)
@@ -96,9 +95,11 @@ def resnet(n=1, seed=0):
 
 
 def trace(model, mode, read=False, size=32):
-    return build_channel_graph(model, lambda t: model(t),
-                               [torch.randn(1, 3, size, size)], mode,
-                               read_pruning=read)
+    return build_channel_graph(
+        model,
+        lambda t: model(t), [torch.randn(1, 3, size, size)],
+        mode,
+        read_pruning=read)
 
 
 def random_keep(graph, frac=0.5, seed=0):
@@ -107,8 +108,10 @@ def random_keep(graph, frac=0.5, seed=0):
     for g in graph.prunable_groups():
         free = np.nonzero(~g.pinned)[0]
         n = max(1, int(round(len(free) * frac)))
-        keep[g.name] = np.sort(np.concatenate(
-            [np.nonzero(g.pinned)[0], rng.choice(free, n, replace=False)]))
+        keep[g.name] = np.sort(
+            np.concatenate(
+                [np.nonzero(g.pinned)[0],
+                 rng.choice(free, n, replace=False)]))
     return keep
 
 
@@ -155,8 +158,10 @@ def test_reader_groups_only_with_read_pruning():
     readers = {g.reader for g in read.groups if g.reader}
     # each stream's readers: the next block's conv1 (and its shortcut
     # conv at a stage change) and the classifier
-    assert {'blocks.1.conv1', 'blocks.1.down.0', 'blocks.2.conv1',
-            'blocks.2.down.0', 'fc'} <= readers, readers
+    assert {
+        'blocks.1.conv1', 'blocks.1.down.0', 'blocks.2.conv1',
+        'blocks.2.down.0', 'fc'
+    } <= readers, readers
     assert all(g.name == g.reader + READ_SUFFIX for g in read.groups
                if g.reader)
     # the ordinary groups keep their names and widths
@@ -175,8 +180,9 @@ def test_masked_equals_compact_with_reader_gathers(seed):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert close(compact(x), masked(x))
-    gathers = [n for n, m in compact.named_modules()
-               if read_gather(m) is not None]
+    gathers = [
+        n for n, m in compact.named_modules() if read_gather(m) is not None
+    ]
     assert 'fc' in gathers and 'blocks.2.conv1' in gathers
     # the cost model counts the readers' reduced in-channels
     cost = CostModel(model, lambda t: model(t), [torch.randn(1, 3, 32, 32)])
@@ -223,8 +229,11 @@ def test_every_coupled_plan_is_a_fine_plan(seed):
     # without reader pruning the same writers cost more: readers read the
     # whole stream
     plain = trace(model, 'fine')
-    keep_p = {k: v for k, v in keep_f.items() if k in
-              {g.name for g in plain.groups}}
+    keep_p = {
+        k: v
+        for k, v in keep_f.items() if k in {g.name
+                                            for g in plain.groups}
+    }
     assert cost.flops(plain, keep_p) > cost.flops(fine, keep_f)
 
 
@@ -258,11 +267,14 @@ def test_budget_allocator_uses_the_readers():
     model = resnet(n=2)
     cost = CostModel(model, lambda t: model(t), [torch.randn(1, 3, 32, 32)])
     graph = trace(model, 'fine', read=True)
-    keep = BudgetAllocator(0.5, min_keep=2).allocate(
-        model, graph, L1Criterion().score(model, graph), cost)
+    keep = BudgetAllocator(
+        0.5, min_keep=2).allocate(model, graph,
+                                  L1Criterion().score(model, graph), cost)
     assert cost.flops(graph, keep) <= 0.5 * cost.flops()
-    cut = [n for n in keep if n.endswith(READ_SUFFIX) and
-           len(keep[n]) < graph.group(n).width]
+    cut = [
+        n for n in keep
+        if n.endswith(READ_SUFFIX) and len(keep[n]) < graph.group(n).width
+    ]
     assert cut, 'no reader group was cut'
 
 
@@ -363,8 +375,9 @@ def test_retinanet_reader_onnx_and_round_trip(tmp_path):
     plan = apis.make_plan(graph, random_keep(graph, 0.5, 2))
     pruned = copy.deepcopy(model)
     apis.prune(pruned, plan, graph)
-    readers = [n for n, m in pruned.named_modules()
-               if read_gather(m) is not None]
+    readers = [
+        n for n, m in pruned.named_modules() if read_gather(m) is not None
+    ]
     assert any(n.startswith('backbone.layer') for n in readers)
     assert any(n.startswith('neck.lateral_convs') for n in readers)
     x = random_batch(pruned, 1, (128, 128))
@@ -414,10 +427,16 @@ def test_random_nets_with_reader_pruning():
     from hypothesis import strategies as st
     from test_property_graph import FOUND, nets
 
-    @settings(max_examples=25, deadline=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow])
-    @given(net=nets(), how=st.sampled_from(['budget', 'random']),
-           ratio=st.floats(0.2, 0.95), seed=st.integers(0, 2**16))
+    @settings(
+        max_examples=25,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        net=nets(),
+        how=st.sampled_from(['budget', 'random']),
+        ratio=st.floats(0.2, 0.95),
+        seed=st.integers(0, 2**16))
     def run(net, how, ratio, seed):
         _random_nets_read_pruning(net, how, ratio, seed)
 
@@ -439,21 +458,21 @@ def measure_resnet20(ratio=0.5):
     dense = cost.flops()
     rows = []
     for label, mode, read in (('coupled', 'coupled', False),
-                              ('fine', 'fine', False),
-                              ('fine+readers', 'fine', True)):
+                              ('fine', 'fine', False), ('fine+readers', 'fine',
+                                                        True)):
         graph = trace(model, mode, read)
         alloc = BudgetAllocator(ratio, min_keep=2, max_prune_ratio=0.9)
-        keep = alloc.allocate(model, graph, L1Criterion().score(model, graph),
-                              cost)
+        keep = alloc.allocate(model, graph,
+                              L1Criterion().score(model, graph), cost)
         compact = copy.deepcopy(model)
         apply_compact(compact, graph, keep)
         widths = []
         for b in compact.blocks:
             widths.append(f'{b.conv1.in_channels}>{b.conv1.out_channels}>'
                           f'{b.conv2.out_channels}')
-        rows.append((label, cost.flops(graph, keep) / dense,
-                     CostModel.params(compact) / CostModel.params(model),
-                     widths))
+        rows.append(
+            (label, cost.flops(graph, keep) / dense,
+             CostModel.params(compact) / CostModel.params(model), widths))
     return dense, rows
 
 

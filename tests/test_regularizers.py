@@ -62,10 +62,10 @@ def test_tpp_gradients_match_the_closed_form():
         mask = 1 - keep[:, None] * keep[None, :]  # 1 where i or j selected
         gram = w @ w.t()
         # d/dW mean((G * M)^2) = (4 / N^2) (M * G) W, plus lambda * W_P
-        want = lw * lam * 4 / n ** 2 * (mask * gram) @ w
+        want = lw * lam * 4 / n**2 * (mask * gram) @ w
         want[sel] += lam * w[sel]
-        assert torch.allclose(conv.weight.grad.reshape(n, -1), want,
-                              rtol=1e-5, atol=1e-7), name
+        assert torch.allclose(
+            conv.weight.grad.reshape(n, -1), want, rtol=1e-5, atol=1e-7), name
     # growing L2 on the selected bias; nothing on kept rows' bias
     want_b = torch.zeros(5)
     want_b[0] = lam * model.c2.bias[0].item()
@@ -87,6 +87,7 @@ def test_tpp_and_bn_l1_pass_gradcheck_in_double():
     bn_l1.attach(graph)
 
     class Term(nn.Module):
+
         def __init__(self, reg):
             super().__init__()
             self.model, self.reg = model, reg
@@ -116,8 +117,8 @@ def test_bn_l1_gradient_is_lambda_sign_gamma_on_prunable_channels():
     model.zero_grad()
     loss = reg.loss(model)
     free = [0, 1, 3, 4, 5]
-    assert torch.isclose(loss, 0.01 * model.bn1.weight.detach()[free].abs()
-                         .sum())
+    assert torch.isclose(loss,
+                         0.01 * model.bn1.weight.detach()[free].abs().sum())
     loss.backward()
     want = 0.01 * torch.sign(model.bn1.weight.detach())
     want[2] = 0
@@ -141,11 +142,11 @@ def test_tpp_lambda_ramp():
     for _ in range(12):
         seen.append(reg.lambda_)
         reg.step()
-    assert seen == pytest.approx([0, 0, 0, .1, .1, .1, .2, .2, .2, .25, .25,
-                                  .25])
+    assert seen == pytest.approx(
+        [0, 0, 0, .1, .1, .1, .2, .2, .2, .25, .25, .25])
     # TPP's paper values: +1e-4 every K=10 iterations reaches 1 after 1e5
     tpp = TPPRegularizer()
-    tpp.step(10 ** 5 - 1)
+    tpp.step(10**5 - 1)
     assert tpp.lambda_ == pytest.approx(0.9999)
     tpp.step(1)
     assert tpp.lambda_ == 1.0
@@ -157,17 +158,17 @@ def test_tpp_lambda_ramp():
     model, graph = make()
     acp.set_selection(graph, SELECTION, reset_lambda=True)
     assert acp.lambda_ == 0 and float(acp.loss(model)) == 0
-    for kwargs, arg in ((dict(delta=-1), 'delta'), (dict(interval=0),
-                                                    'interval'),
-                        (dict(lambda_init=2.0), 'lambda_init')):
+    for kwargs, arg in ((dict(delta=-1), 'delta'),
+                        (dict(interval=0), 'interval'), (dict(lambda_init=2.0),
+                                                         'lambda_init')):
         with pytest.raises(ValueError, match=arg):
             TPPRegularizer(**kwargs)
 
 
 def test_tpp_drives_selected_filters_to_zero_relative_to_kept():
     model, graph = make(seed=1)
-    reg = TPPRegularizer(lw_opp=100.0, lambda_init=0.5, delta=0.5,
-                         interval=5, lambda_max=5.0)
+    reg = TPPRegularizer(
+        lw_opp=100.0, lambda_init=0.5, delta=0.5, interval=5, lambda_max=5.0)
     reg.set_selection(graph, SELECTION)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     g = torch.Generator().manual_seed(0)
@@ -220,7 +221,9 @@ def test_tpp_state_dict_roundtrips_through_json():
 
 
 def test_tpp_on_a_coupled_group_regularises_every_producer():
+
     class Res(nn.Module):
+
         def __init__(self):
             super().__init__()
             self.a = nn.Conv2d(3, 4, 1)

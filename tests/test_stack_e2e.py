@@ -52,7 +52,10 @@ class RecordHook(Hook):
             runner.optim_wrapper.state_dict())
         self.start_sched_steps = [s.last_step for s in runner.param_schedulers]
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None):
         self.losses.append(float(outputs['loss'].detach()))
 
@@ -345,8 +348,8 @@ def test_resume_continues_from_saved_iteration(yolox_run, mmdet_config,
 
     # A new Runner in the same work_dir, two more epochs, resume=True: it
     # finds epoch_1.pth through the work dir's `last_checkpoint` file.
-    cfg = yolox_coco_cfg(mmdet_config, synth_data, yolox_run['work_dir'],
-                         max_epochs=3)
+    cfg = yolox_coco_cfg(
+        mmdet_config, synth_data, yolox_run['work_dir'], max_epochs=3)
     cfg.resume = True
     record = RecordHook()
     runner = _train(cfg, record)
@@ -509,8 +512,8 @@ def test_train_resume_test_tools(mmdet_config, synth_data, tmp_path):
 
     work_dir = tmp_path / 'work'
     cfg_file = str(tmp_path / 'yolox_synth.py')
-    yolox_coco_cfg(mmdet_config, synth_data, work_dir, max_epochs=1).dump(
-        cfg_file)
+    yolox_coco_cfg(
+        mmdet_config, synth_data, work_dir, max_epochs=1).dump(cfg_file)
 
     runner = train([cfg_file, '--work-dir', str(work_dir)])
     assert runner.iter == 2 and osp.isfile(work_dir / 'epoch_1.pth')

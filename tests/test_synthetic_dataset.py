@@ -7,7 +7,6 @@ written. (3) is checked end to end: feeding the ground truth back as
 predictions must give a perfect COCO and VOC mAP, and shifted boxes must not.
 """
 import hashlib
-from collections import Counter
 import importlib.util
 import json
 import os
@@ -15,13 +14,13 @@ import os.path as osp
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mmprune.datasets import SYNTH_CLASSES, make_synthetic_dataset
-from mmprune.datasets import synthetic
+from mmprune.datasets import SYNTH_CLASSES, make_synthetic_dataset, synthetic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLI = REPO_ROOT / 'tools' / 'make_dataset.py'
@@ -33,7 +32,11 @@ NUM_TRAIN, NUM_VAL, SIZE, NUM_CLASSES = 30, 8, 128, 12
 def data(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp('synthetic') / 'data'
     return make_synthetic_dataset(
-        str(out), num_train=NUM_TRAIN, num_val=NUM_VAL, size=SIZE, seed=3,
+        str(out),
+        num_train=NUM_TRAIN,
+        num_val=NUM_VAL,
+        size=SIZE,
+        seed=3,
         num_classes=NUM_CLASSES)
 
 
@@ -83,8 +86,8 @@ def test_easy_profile(tmp_path):
     assert all(ha[k] != hh[k] for k in ha if k.endswith('.jpg'))
     meta = json.load(open(osp.join(a['out_dir'], 'synthetic_meta.json')))
     assert meta['difficulty'] == 'easy' and a['difficulty'] == 'easy'
-    coco = json.load(open(osp.join(a['coco_root'],
-                                   a['coco_ann_files']['train'])))
+    coco = json.load(
+        open(osp.join(a['coco_root'], a['coco_ann_files']['train'])))
     per_image = Counter(ann['image_id'] for ann in coco['annotations'])
     assert max(per_image.values()) <= 6
     # visible boxes may be clipped by occlusion, but most keep their size
@@ -96,10 +99,16 @@ def test_images_do_not_depend_on_generation_order(tmp_path):
     # An image is a function of (seed, split, index) only: fewer train
     # images or more val images leave the common ones untouched.
     a = make_synthetic_dataset(
-        str(tmp_path / 'a'), num_train=3, num_val=1, size=64,
+        str(tmp_path / 'a'),
+        num_train=3,
+        num_val=1,
+        size=64,
         formats=('coco', ))
     b = make_synthetic_dataset(
-        str(tmp_path / 'b'), num_train=2, num_val=2, size=64,
+        str(tmp_path / 'b'),
+        num_train=2,
+        num_val=2,
+        size=64,
         formats=('coco', ))
     ha, hb = _tree_hashes(a['coco_root']), _tree_hashes(b['coco_root'])
     for name in ('train2017/train_000001.jpg', 'train2017/train_000002.jpg',
@@ -161,8 +170,8 @@ def test_return_value(data):
 def test_coco_json_is_valid(data, split):
     coco = _coco(data, split)
     n = NUM_TRAIN if split == 'train' else NUM_VAL
-    assert [c['id'] for c in coco['categories']] == list(
-        range(1, NUM_CLASSES + 1))
+    assert [c['id']
+            for c in coco['categories']] == list(range(1, NUM_CLASSES + 1))
     assert [c['name'] for c in coco['categories']] == data['classes']
     assert len(coco['images']) == n
     assert len({im['id'] for im in coco['images']}) == n
@@ -227,9 +236,9 @@ def test_voc_xml_matches_coco(data):
                 assert obj.findtext('difficult') == '0'
                 assert obj.findtext('pose') == 'Unspecified'
                 assert obj.findtext('truncated') in ('0', '1')
-                objs.append((obj.findtext('name'), *(
-                    int(obj.findtext(f'bndbox/{k}'))
-                    for k in ('xmin', 'ymin', 'xmax', 'ymax'))))
+                objs.append((obj.findtext('name'),
+                             *(int(obj.findtext(f'bndbox/{k}'))
+                               for k in ('xmin', 'ymin', 'xmax', 'ymax'))))
             assert objs == by_image[im['id']]
 
 
@@ -306,8 +315,8 @@ def test_mmdet_loads_both_layouts(data, mmdet_scope, split):
         v = np.array([d['bbox'] for d in voc_inst[i]])
         np.testing.assert_array_equal(v[:, :2], c[:, :2])
         np.testing.assert_array_equal(v[:, 2:], c[:, 2:] - 1)
-        assert [d['bbox_label'] for d in coco_inst[i]] == [
-            d['bbox_label'] for d in voc_inst[i]]
+        assert [d['bbox_label'] for d in coco_inst[i]
+                ] == [d['bbox_label'] for d in voc_inst[i]]
         assert all(d['ignore_flag'] == 0 for d in voc_inst[i])
 
 
@@ -326,9 +335,10 @@ def test_coco_metric_on_ground_truth(data, mmdet_scope, shift):
         info = ds.get_data_info(i)
         boxes = torch.tensor([d['bbox'] for d in info['instances']],
                              dtype=torch.float32)
-        sample = DetDataSample(metainfo=dict(
-            img_id=info['img_id'],
-            ori_shape=(info['height'], info['width'])))
+        sample = DetDataSample(
+            metainfo=dict(
+                img_id=info['img_id'],
+                ori_shape=(info['height'], info['width'])))
         sample.pred_instances = InstanceData(
             bboxes=_shifted(boxes) if shift else boxes,
             scores=torch.ones(len(boxes)),
@@ -428,9 +438,12 @@ def test_cli_reports_non_empty_out_dir_as_out(tmp_path, capsys):
 
 def test_cli_end_to_end(tmp_path):
     """One real process: success prints a summary; failure exits non-zero."""
-    cmd = [sys.executable, str(CLI), '--out', str(tmp_path / 'out'),
-           '--num-train', '2', '--num-val', '1', '--size', '64', '--seed',
-           '5', '--num-classes', '10', '--formats', 'voc']
+    cmd = [
+        sys.executable,
+        str(CLI), '--out',
+        str(tmp_path / 'out'), '--num-train', '2', '--num-val', '1', '--size',
+        '64', '--seed', '5', '--num-classes', '10', '--formats', 'voc'
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
@@ -439,7 +452,10 @@ def test_cli_end_to_end(tmp_path):
             'train_000001.jpg').is_file()
     assert not (tmp_path / 'out' / 'coco').exists()
 
-    bad = subprocess.run(cmd[:-2] + ['--size', '10'], capture_output=True,
-                         text=True, cwd=REPO_ROOT)
+    bad = subprocess.run(
+        cmd[:-2] + ['--size', '10'],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT)
     assert bad.returncode != 0
     assert '--size' in bad.stderr

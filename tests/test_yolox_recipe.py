@@ -3,10 +3,10 @@ MultiImageMixDataset, BatchSyncRandomResize, SyncNormHook, EMAHook and
 YOLOXModeSwitchHook switching off the strong augmentation after the cut."""
 import pytest
 from mmengine.runner import Runner
-
-from mmprune import apis
 from test_hook_training import shapes
 from test_stack_e2e import yolox_coco_cfg
+
+from mmprune import apis
 
 
 def recipe_cfg(mmdet_config, synth, work, max_epochs=3, **hook):
@@ -25,26 +25,40 @@ def recipe_cfg(mmdet_config, synth, work, max_epochs=3, **hook):
             t['scale'] = size
     cfg.train_dataloader.dataset = train
     cfg.train_dataloader.batch_size = 4
-    cfg.model.data_preprocessor.batch_augments = [dict(
-        type='BatchSyncRandomResize', random_size_range=(96, 160),
-        size_divisor=32, interval=1)]
+    cfg.model.data_preprocessor.batch_augments = [
+        dict(
+            type='BatchSyncRandomResize',
+            random_size_range=(96, 160),
+            size_divisor=32,
+            interval=1)
+    ]
     cfg.train_cfg.val_interval = 100
     cfg.custom_hooks = [
         dict(type='YOLOXModeSwitchHook', num_last_epochs=1, priority=48),
         dict(type='SyncNormHook', priority=48),
-        dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0001,
-             update_buffers=True, priority=49),
-        dict(type='ChannelPruningHook', input_size=size, min_keep=4, **hook)]
+        dict(
+            type='EMAHook',
+            ema_type='ExpMomentumEMA',
+            momentum=0.0001,
+            update_buffers=True,
+            priority=49),
+        dict(type='ChannelPruningHook', input_size=size, min_keep=4, **hook)
+    ]
     return cfg
 
 
-def test_yolox_recipe_with_mosaic_resize_and_mode_switch(tmp_path,
-                                                          mmdet_config,
-                                                          synth_data):
+def test_yolox_recipe_with_mosaic_resize_and_mode_switch(
+        tmp_path, mmdet_config, synth_data):
     # 4 epochs, the last 1 + 1 without Mosaic: mmdet switches at the start of
     # epoch 3 (4 - num_last_epochs), so cuts after epochs 1 and 2 are allowed
-    cfg = recipe_cfg(mmdet_config, synth_data, tmp_path, max_epochs=4,
-                     target=0.5, begin=1, end=2)
+    cfg = recipe_cfg(
+        mmdet_config,
+        synth_data,
+        tmp_path,
+        max_epochs=4,
+        target=0.5,
+        begin=1,
+        end=2)
     runner = Runner.from_cfg(cfg)
     runner.train()
     assert runner.epoch == 4
@@ -55,14 +69,18 @@ def test_yolox_recipe_with_mosaic_resize_and_mode_switch(tmp_path,
     assert shapes(ema.ema_model.module) == shapes(runner.model)
 
 
-def test_schedule_into_no_augmentation_epochs_is_refused(tmp_path,
-                                                         mmdet_config,
-                                                         synth_data):
+def test_schedule_into_no_augmentation_epochs_is_refused(
+        tmp_path, mmdet_config, synth_data):
     # 3 epochs: epochs 2 and 3 are trained without Mosaic, so a cut after
     # epoch 2 is already inside them (the boundary), as is one after 3
     for end in (2, 3):
-        cfg = recipe_cfg(mmdet_config, synth_data, tmp_path / str(end),
-                         target=0.5, begin=1, end=end)
+        cfg = recipe_cfg(
+            mmdet_config,
+            synth_data,
+            tmp_path / str(end),
+            target=0.5,
+            begin=1,
+            end=end)
         runner = Runner.from_cfg(cfg)
         with pytest.raises(ValueError, match='no-augmentation'):
             runner.train()

@@ -40,15 +40,15 @@ import warnings
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import mmprune  # noqa: E402,F401  (first: torch.load safe globals, registries)
 import mmcv  # noqa: E402
 import mmdet  # noqa: E402
 import mmengine  # noqa: E402
 import torch  # noqa: E402
+from mmdet.utils import register_all_modules  # noqa: E402
 from mmengine.hooks import Hook  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from mmdet.utils import register_all_modules  # noqa: E402
+import mmprune  # noqa: E402,F401  (first: torch.load safe globals, registries)
 from mmprune.datasets.short_recipe import short_cpu_config  # noqa: E402
 from mmprune.datasets.synthetic import make_synthetic_dataset  # noqa: E402
 from mmprune.utils.io import write_json_atomic  # noqa: E402
@@ -70,7 +70,9 @@ PRUNING = dict(
     type='ChannelPruningHook',
     method='acp_tp',
     target=0.5,  # keep 50 % of the dense FLOPs
-    begin=3, end=15, interval=2)
+    begin=3,
+    end=15,
+    interval=2)
 RUNS = ('dense', 'acp_tp')
 # -----------------------------------------------------------------------------
 
@@ -85,19 +87,29 @@ def parse_args(argv=None):
     parser.add_argument('--num-val', type=int, default=NUM_VAL)
     parser.add_argument('--batch-size', type=int, default=BATCH_SIZE)
     parser.add_argument('--lr', type=float, default=BASE_LR)
-    parser.add_argument('--target', type=float, default=PRUNING['target'],
-                        help='FLOPs fraction the pruned run keeps')
+    parser.add_argument(
+        '--target',
+        type=float,
+        default=PRUNING['target'],
+        help='FLOPs fraction the pruned run keeps')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--score-thr', type=float, default=0.001,
-                        help='test score threshold (CocoMetric reports '
-                        'nothing when no box passes it)')
-    parser.add_argument('--sequential', action='store_true',
-                        help='train the two runs one after the other')
-    parser.add_argument('--reuse', action='store_true',
-                        help='keep runs that already finished (their '
-                        'run.json exists) instead of training them again')
-    parser.add_argument('--only', choices=RUNS,
-                        help='(internal) train this one run and exit')
+    parser.add_argument(
+        '--score-thr',
+        type=float,
+        default=0.001,
+        help='test score threshold (CocoMetric reports '
+        'nothing when no box passes it)')
+    parser.add_argument(
+        '--sequential',
+        action='store_true',
+        help='train the two runs one after the other')
+    parser.add_argument(
+        '--reuse',
+        action='store_true',
+        help='keep runs that already finished (their '
+        'run.json exists) instead of training them again')
+    parser.add_argument(
+        '--only', choices=RUNS, help='(internal) train this one run and exit')
     args = parser.parse_args(argv)
     # the children get the same arguments (main(argv) from code, or the CLI)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -118,30 +130,36 @@ def schedule(epochs: int) -> dict:
     if epochs < EPOCHS:
         s['begin'] = max(1, round(PRUNING['begin'] * epochs / EPOCHS))
         s['interval'] = max(1, round(PRUNING['interval'] * epochs / EPOCHS))
-        s['end'] = max(s['begin'],
-                       min(round(PRUNING['end'] * epochs / EPOCHS),
-                           epochs - 1 - s['interval']))
+        s['end'] = max(
+            s['begin'],
+            min(
+                round(PRUNING['end'] * epochs / EPOCHS),
+                epochs - 1 - s['interval']))
     return s
 
 
 def prepare_data(args) -> dict:
     """Generate the dataset once; later runs reuse it."""
     meta_file = osp.join(args.data_dir, 'synthetic_meta.json')
-    want = dict(size=args.size, num_train=args.num_train,
-                num_val=args.num_val, num_classes=NUM_CLASSES,
-                difficulty='easy', seed=0)
+    want = dict(
+        size=args.size,
+        num_train=args.num_train,
+        num_val=args.num_val,
+        num_classes=NUM_CLASSES,
+        difficulty='easy',
+        seed=0)
     if osp.isfile(meta_file):
         with open(meta_file) as f:
             meta = json.load(f)
         if all(meta.get(k) == v for k, v in want.items()):
             print(f'[demo] using the existing dataset in {args.data_dir}')
-            return dict(coco_root=osp.join(osp.abspath(args.data_dir),
-                                           'coco', ''),
-                        classes=list(meta['classes']))
+            return dict(
+                coco_root=osp.join(osp.abspath(args.data_dir), 'coco', ''),
+                classes=list(meta['classes']))
         print(f'[demo] {args.data_dir} holds another dataset; regenerating')
     print(f'[demo] generating the synthetic dataset into {args.data_dir}')
-    return make_synthetic_dataset(args.data_dir, formats=('coco', ),
-                                  overwrite=True, **want)
+    return make_synthetic_dataset(
+        args.data_dir, formats=('coco', ), overwrite=True, **want)
 
 
 def build_config(args, data: dict, run: str):
@@ -155,11 +173,18 @@ def build_config(args, data: dict, run: str):
         hooks.append(hook)
     # validations every VAL_INTERVAL epochs give the mAP curve; the last
     # epoch's checkpoint is what the demo evaluates and exports
-    cfg = short_cpu_config(BASE_CONFIG, data, args.size, args.epochs,
-                           args.batch_size, args.lr, args.seed,
-                           osp.join(args.work_dir, run), hooks,
-                           val_interval=VAL_INTERVAL,
-                           checkpoint_interval=args.epochs)
+    cfg = short_cpu_config(
+        BASE_CONFIG,
+        data,
+        args.size,
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.seed,
+        osp.join(args.work_dir, run),
+        hooks,
+        val_interval=VAL_INTERVAL,
+        checkpoint_interval=args.epochs)
     cfg.model.test_cfg.score_thr = args.score_thr
     return cfg
 
@@ -210,11 +235,11 @@ class _Progress(Hook):
         eta = elapsed / done * (total - done)
         parts = [f'epoch {done}/{total}']
         scalars = runner.message_hub.log_scalars
-        for key, fmt in (('train/loss', 'loss {:.3f}'),
-                         # the model this epoch trained (a cut at its end
-                         # shows from the next epoch on)
-                         ('train/prune_flops_ratio',
-                          'ran at {:.2f} of dense FLOPs')):
+        # prune_flops_ratio: the model this epoch trained (a cut at its end
+        # shows from the next epoch on)
+        fields = (('train/loss', 'loss {:.3f}'),
+                  ('train/prune_flops_ratio', 'ran at {:.2f} of dense FLOPs'))
+        for key, fmt in fields:
             buf = scalars.get(key)
             if buf is not None:
                 parts.append(fmt.format(float(buf.current())))
@@ -238,23 +263,29 @@ def train_one(args, run: str) -> dict:
     runner = Runner.from_cfg(cfg)
     val = _ValMetrics()
     runner.register_hook(val, priority='LOWEST')
-    runner.register_hook(_Progress(progress_file(args, run)),
-                         priority='LOWEST')
+    runner.register_hook(
+        _Progress(progress_file(args, run)), priority='LOWEST')
     t0 = time.perf_counter()
     runner.train()  # ends with the validation of the last epoch
     wall = time.perf_counter() - t0
-    metrics = {k: float(v) for k, v in (val.metrics or {}).items()
-               if isinstance(v, (int, float))}
-    result = dict(run=run, train_wall_s=round(wall, 1), iterations=runner.iter,
-                  metrics=metrics, timestamp=runner.timestamp,
-                  work_dir=cfg.work_dir,
-                  checkpoint=osp.join(cfg.work_dir,
-                                      f'epoch_{args.epochs}.pth'),
-                  config=osp.join(cfg.work_dir, 'config.py'),
-                  pruning=next((h for h in cfg.custom_hooks
-                                if h['type'] == 'ChannelPruningHook'), None),
-                  num_train=len(runner.train_dataloader.dataset),
-                  num_val=len(runner.val_dataloader.dataset))
+    metrics = {
+        k: float(v)
+        for k, v in (val.metrics or {}).items() if isinstance(v, (int, float))
+    }
+    result = dict(
+        run=run,
+        train_wall_s=round(wall, 1),
+        iterations=runner.iter,
+        metrics=metrics,
+        timestamp=runner.timestamp,
+        work_dir=cfg.work_dir,
+        checkpoint=osp.join(cfg.work_dir, f'epoch_{args.epochs}.pth'),
+        config=osp.join(cfg.work_dir, 'config.py'),
+        pruning=next(
+            (h for h in cfg.custom_hooks if h['type'] == 'ChannelPruningHook'),
+            None),
+        num_train=len(runner.train_dataloader.dataset),
+        num_val=len(runner.val_dataloader.dataset))
     cfg.dump(result['config'])
     write_json_atomic(result, osp.join(cfg.work_dir, 'run.json'))
     return result
@@ -316,8 +347,7 @@ def train_all(args) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1')
     procs = {}
     for run in RUNS:
-        if args.reuse and osp.isfile(osp.join(args.work_dir, run,
-                                              'run.json')):
+        if args.reuse and osp.isfile(osp.join(args.work_dir, run, 'run.json')):
             print(f'[demo] reusing the finished {run} run')
             args.reused.append(run)
             continue
@@ -325,9 +355,12 @@ def train_all(args) -> dict:
         open(progress_file(args, run), 'w').close()  # a fresh one per run
         print(f'[demo] training {run} (log: {log.name})', flush=True)
         procs[run] = (subprocess.Popen(
-            [sys.executable, osp.abspath(__file__), *argv, '--only', run],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd()),
-            log)
+            [sys.executable,
+             osp.abspath(__file__), *argv, '--only', run],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=os.getcwd()), log)
         if args.sequential:
             _wait({run: procs.pop(run)},
                   _Relay({run: progress_file(args, run)}))
@@ -342,19 +375,22 @@ def train_all(args) -> dict:
 def load_ema_model(result: dict):
     """The run's final EMA weights (what YOLOX validates) in the run's
     (pruned or dense) structure."""
-    from mmprune.export.checkpoint import load_pruned_detector, read_checkpoint
     from mmprune.apis import load_config
+    from mmprune.export.checkpoint import load_pruned_detector, read_checkpoint
     cfg = load_config(result['config'])
-    model, _ = load_pruned_detector(cfg, read_checkpoint(result['checkpoint']),
-                                    use_ema=True, path=result['checkpoint'])
+    model, _ = load_pruned_detector(
+        cfg,
+        read_checkpoint(result['checkpoint']),
+        use_ema=True,
+        path=result['checkpoint'])
     return model.eval()
 
 
 def measure(args, results: dict) -> dict:
     """FLOPs/params (mmprune's cost model, MACs at the input size) and CPU
     latency (batch 1, one thread, interleaved rounds) of both runs."""
-    from mmprune.apis import cost_model
     from mmprune.adapters import tensor_forward
+    from mmprune.apis import cost_model
     from mmprune.costs import measure_latency
     torch.set_num_threads(1)
     size = (args.size, args.size)
@@ -376,28 +412,35 @@ def export(args, result: dict) -> dict:
     """Compact checkpoint + ONNX of the pruned run, checked with
     onnxruntime (``tools/export.py``)."""
     from mmprune.export.exporter import export_detector
-    return export_detector(result['config'], result['checkpoint'],
-                           osp.join(args.work_dir, 'export'),
-                           input_size=(args.size, args.size), use_ema=True)
+    return export_detector(
+        result['config'],
+        result['checkpoint'],
+        osp.join(args.work_dir, 'export'),
+        input_size=(args.size, args.size),
+        use_ema=True)
 
 
 def plots(args, results: dict, models: dict) -> dict:
     """channels.png (per-layer channels, dense vs pruned) and training.png
     (the pruned run's FLOPs ratio, params and validation mAP by epoch)."""
     from mmprune.utils import plots as P
-    files = dict(channels=osp.join(args.work_dir, 'channels.png'),
-                 training=osp.join(args.work_dir, 'training.png'))
+    files = dict(
+        channels=osp.join(args.work_dir, 'channels.png'),
+        training=osp.join(args.work_dir, 'training.png'))
     P.plot_channels(
         P.layer_widths_from_models(models['dense'], models['acp_tp']),
         files['channels'],
         title=f'YOLOX-tiny output channels per layer: dense (grey) vs ACP-TP '
         f'at {args.target:.0%} FLOPs (blue)')
     run = results['acp_tp']
-    curves = P.training_curves(P.read_scalars(
-        osp.join(run['work_dir'], run['timestamp'], 'vis_data',
-                 'scalars.json')))
-    P.plot_training(curves, files['training'],
-                    title='ACP-TP run: FLOPs of dense and COCO mAP by epoch')
+    curves = P.training_curves(
+        P.read_scalars(
+            osp.join(run['work_dir'], run['timestamp'], 'vis_data',
+                     'scalars.json')))
+    P.plot_training(
+        curves,
+        files['training'],
+        title='ACP-TP run: FLOPs of dense and COCO mAP by epoch')
     return files
 
 
@@ -408,18 +451,17 @@ def print_table(summary: dict) -> None:
         return 'n/a' if v is None else format(v, spec)
 
     rows = [('', *RUNS)]
-    for label, key, spec, scale in (
-            ('bbox mAP', 'coco/bbox_mAP', '.3f', 1),
-            ('bbox mAP@50', 'coco/bbox_mAP_50', '.3f', 1)):
-        rows.append((label, *(fmt(runs[r]['metrics'].get(key), spec)
-                              for r in RUNS)))
-    for label, key, spec, scale in (
-            ('FLOPs (G)', 'flops', '.3f', 1e9),
-            ('params (M)', 'params', '.3f', 1e6),
-            ('CPU latency (ms)', 'latency_ms', '.1f', 1),
-            ('train wall time (s)', 'train_wall_s', '.0f', 1)):
-        rows.append((label, *(fmt(runs[r][key] / scale, spec)
-                              for r in RUNS)))
+    for label, key, spec, scale in (('bbox mAP', 'coco/bbox_mAP', '.3f', 1),
+                                    ('bbox mAP@50', 'coco/bbox_mAP_50', '.3f',
+                                     1)):
+        rows.append(
+            (label, *(fmt(runs[r]['metrics'].get(key), spec) for r in RUNS)))
+    for label, key, spec, scale in (('FLOPs (G)', 'flops', '.3f', 1e9),
+                                    ('params (M)', 'params', '.3f', 1e6),
+                                    ('CPU latency (ms)', 'latency_ms', '.1f',
+                                     1), ('train wall time (s)',
+                                          'train_wall_s', '.0f', 1)):
+        rows.append((label, *(fmt(runs[r][key] / scale, spec) for r in RUNS)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
     line = '-' * (sum(widths) + 6)
     print(line)
@@ -444,18 +486,29 @@ def main(argv=None):
     files = plots(args, results, models)
     runs = {}
     for run, r in results.items():
-        runs[run] = dict(metrics=r['metrics'], train_wall_s=r['train_wall_s'],
-                         iterations=r['iterations'], checkpoint=r['checkpoint'],
-                         config=r['config'], pruning=r['pruning'], **cost[run])
+        runs[run] = dict(
+            metrics=r['metrics'],
+            train_wall_s=r['train_wall_s'],
+            iterations=r['iterations'],
+            checkpoint=r['checkpoint'],
+            config=r['config'],
+            pruning=r['pruning'],
+            **cost[run])
     dense, pruned = runs['dense'], runs['acp_tp']
     summary = dict(
         model=BASE_CONFIG.split('/')[-1],
-        dataset=dict(dir=args.data_dir, difficulty='easy', size=args.size,
-                     num_train=results['dense']['num_train'],
-                     num_val=results['dense']['num_val'],
-                     num_classes=NUM_CLASSES),
-        epochs=args.epochs, batch_size=args.batch_size, optimizer='AdamW',
-        lr=args.lr, input_size=args.size,
+        dataset=dict(
+            dir=args.data_dir,
+            difficulty='easy',
+            size=args.size,
+            num_train=results['dense']['num_train'],
+            num_val=results['dense']['num_val'],
+            num_classes=NUM_CLASSES),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer='AdamW',
+        lr=args.lr,
+        input_size=args.size,
         flops_note=(f'mmprune cost model: conv/linear multiply-adds + BN, '
                     f'1x3x{args.size}x{args.size}, tensor forward (no NMS); '
                     'matches mmengine get_model_complexity_info within 1 %'),
@@ -467,17 +520,19 @@ def main(argv=None):
         speedup=dense['latency_ms'] / pruned['latency_ms'],
         map_delta=(pruned['metrics'].get('coco/bbox_mAP', 0) -
                    dense['metrics'].get('coco/bbox_mAP', 0)),
-        export=dict(onnx=exported['onnx'],
-                    compact_checkpoint=exported['compact_checkpoint'],
-                    max_rel_diff=exported['max_rel_diff'],
-                    report=osp.join(args.work_dir, 'export',
-                                    'export_report.json')),
+        export=dict(
+            onnx=exported['onnx'],
+            compact_checkpoint=exported['compact_checkpoint'],
+            max_rel_diff=exported['max_rel_diff'],
+            report=osp.join(args.work_dir, 'export', 'export_report.json')),
         plots=files,
         total_wall_s=round(time.perf_counter() - t_start, 1),
         # with --reuse, total_wall_s leaves out the training of these runs
         reused_runs=args.reused,
-        machine=dict(cpus=os.cpu_count(), threads_per_run=1,
-                     parallel_runs=not args.sequential),
+        machine=dict(
+            cpus=os.cpu_count(),
+            threads_per_run=1,
+            parallel_runs=not args.sequential),
         versions=dict(
             torch=torch.__version__,
             mmengine=mmengine.__version__,

@@ -37,16 +37,29 @@ def parse_args(argv=None):
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('checkpoint', help='pruned checkpoint')
     p.add_argument('--work-dir', required=True, help='output folder')
-    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
-                   metavar=('H', 'W'), help='ONNX input size')
-    p.add_argument('--batch-size', type=int, default=1,
-                   help='batch of the example input (the axis is dynamic)')
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'),
+        help='ONNX input size')
+    p.add_argument(
+        '--batch-size',
+        type=int,
+        default=1,
+        help='batch of the example input (the axis is dynamic)')
     p.add_argument('--opset', type=int, default=17, help='ONNX opset (>=13)')
-    p.add_argument('--use-ema', action='store_true',
-                   help='export the EMA weights (EMAHook checkpoints)')
-    p.add_argument('--atol', type=float, default=1e-4,
-                   help='max ONNX-vs-torch difference per output, relative '
-                   'to its max magnitude')
+    p.add_argument(
+        '--use-ema',
+        action='store_true',
+        help='export the EMA weights (EMAHook checkpoints)')
+    p.add_argument(
+        '--atol',
+        type=float,
+        default=1e-4,
+        help='max ONNX-vs-torch difference per output, relative '
+        'to its max magnitude')
     args = p.parse_args(argv)
     if min(args.input_size) < 32:
         p.error(f'--input-size must be at least 32x32, got {args.input_size}')
@@ -68,9 +81,14 @@ def main(argv=None):
     from mmprune.export import ExportError, export_detector
     try:
         report = export_detector(
-            args.config, args.checkpoint, args.work_dir,
-            input_size=args.input_size, batch_size=args.batch_size,
-            opset=args.opset, use_ema=args.use_ema, atol=args.atol)
+            args.config,
+            args.checkpoint,
+            args.work_dir,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            opset=args.opset,
+            use_ema=args.use_ema,
+            atol=args.atol)
     except ExportError as e:
         raise SystemExit(f'export: {e}') from None
     print(f'weights: {report["weights"]}; FLOPs {report["flops"] / 1e9:.3f} '

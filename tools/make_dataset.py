@@ -15,8 +15,7 @@ import sys
 import time
 
 from mmprune.datasets.synthetic import (DIFFICULTIES, FORMATS, MAX_CLASSES,
-                                        MAX_SIZE,
-                                        MIN_CLASSES, MIN_SIZE,
+                                        MAX_SIZE, MIN_CLASSES, MIN_SIZE,
                                         SyntheticArgumentError,
                                         make_synthetic_dataset)
 
@@ -61,29 +60,43 @@ def parse_args(argv=None):
         '(COCO and/or VOC layout).')
     parser.add_argument('--out', required=True, help='output directory')
     parser.add_argument(
-        '--num-train', type=_int_in(1), default=200,
+        '--num-train',
+        type=_int_in(1),
+        default=200,
         help='training images (default: 200)')
     parser.add_argument(
-        '--num-val', type=_int_in(1), default=50,
+        '--num-val',
+        type=_int_in(1),
+        default=50,
         help='validation images (default: 50)')
     parser.add_argument(
-        '--size', type=_int_in(MIN_SIZE, MAX_SIZE), default=320,
+        '--size',
+        type=_int_in(MIN_SIZE, MAX_SIZE),
+        default=320,
         help='image side in pixels (default: 320)')
     parser.add_argument(
         '--seed', type=_int_in(0), default=0, help='random seed (default: 0)')
     parser.add_argument(
-        '--num-classes', type=_int_in(MIN_CLASSES, MAX_CLASSES), default=12,
+        '--num-classes',
+        type=_int_in(MIN_CLASSES, MAX_CLASSES),
+        default=12,
         help=f'number of shape classes, {MIN_CLASSES}..{MAX_CLASSES} '
         '(default: 12)')
     parser.add_argument(
-        '--formats', nargs='+', choices=FORMATS, default=list(FORMATS),
+        '--formats',
+        nargs='+',
+        choices=FORMATS,
+        default=list(FORMATS),
         help='layouts to write (default: coco voc)')
     parser.add_argument(
-        '--difficulty', choices=DIFFICULTIES, default='hard',
+        '--difficulty',
+        choices=DIFFICULTIES,
+        default='hard',
         help='hard: clutter, small objects (benchmark); easy: plain '
         'backgrounds, 1-6 larger objects (short CPU budgets). Default: hard')
     parser.add_argument(
-        '--overwrite', action='store_true',
+        '--overwrite',
+        action='store_true',
         help='replace --out if it exists and is not empty')
     return parser, parser.parse_args(argv)
 
@@ -107,7 +120,7 @@ def main(argv=None) -> int:
         # with the flag the user typed instead.
         flag = _FLAGS.get(e.argument, e.argument)
         why = str(e).split(': ', 1)[-1].replace('overwrite=True',
-                                                 '--overwrite')
+                                                '--overwrite')
         parser.error(f'argument {flag}: {why}')  # exits with status 2
     took = time.perf_counter() - start
     print(f'wrote {info["num_train"]} train + {info["num_val"]} val images '

@@ -50,42 +50,68 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--checkpoint', help='dense (or already pruned) weights')
-    p.add_argument('--flops-ratio', type=float,
-                   help='fraction of FLOPs to keep, in (0, 1]')
-    p.add_argument('--latency-ratio', type=float,
-                   help='fraction of the dense latency to keep, in (0, 1]')
-    p.add_argument('--latency-ms', type=float,
-                   help='latency to reach, in milliseconds')
-    p.add_argument('--latency-table',
-                   help='latency grid JSON (tools/analysis/latency_table.py)'
-                   '; default: measure one here')
-    p.add_argument('--backend', choices=['torch', 'cuda', 'onnxruntime'],
-                   help='latency backend (default: the table\'s, or torch)')
-    p.add_argument('--batch', type=int,
-                   help='latency batch (default: the table\'s, or 1)')
-    p.add_argument('--latency-runs', type=int, default=10,
-                   help='interleaved rounds timing dense vs compact')
-    p.add_argument('--criterion', default='l1',
-                   help='importance criterion name (l1, l2, bn_scale, ...)')
-    p.add_argument('--residual-mode', default='coupled',
-                   choices=['coupled', 'fine'])
-    p.add_argument('--round-to', type=int, default=1,
-                   help='kept channel counts are multiples of this')
+    p.add_argument(
+        '--flops-ratio',
+        type=float,
+        help='fraction of FLOPs to keep, in (0, 1]')
+    p.add_argument(
+        '--latency-ratio',
+        type=float,
+        help='fraction of the dense latency to keep, in (0, 1]')
+    p.add_argument(
+        '--latency-ms', type=float, help='latency to reach, in milliseconds')
+    p.add_argument(
+        '--latency-table',
+        help='latency grid JSON (tools/analysis/latency_table.py)'
+        '; default: measure one here')
+    p.add_argument(
+        '--backend',
+        choices=['torch', 'cuda', 'onnxruntime'],
+        help='latency backend (default: the table\'s, or torch)')
+    p.add_argument(
+        '--batch',
+        type=int,
+        help='latency batch (default: the table\'s, or 1)')
+    p.add_argument(
+        '--latency-runs',
+        type=int,
+        default=10,
+        help='interleaved rounds timing dense vs compact')
+    p.add_argument(
+        '--criterion',
+        default='l1',
+        help='importance criterion name (l1, l2, bn_scale, ...)')
+    p.add_argument(
+        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    p.add_argument(
+        '--round-to',
+        type=int,
+        default=1,
+        help='kept channel counts are multiples of this')
     p.add_argument('--min-keep', type=int, default=8)
     p.add_argument('--max-prune-ratio', type=float, default=0.8)
-    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
-                   metavar=('H', 'W'), help='input size for FLOPs')
-    p.add_argument('--order', default='score',
-                   choices=['score', 'flops', 'latency'],
-                   help='channel order: by normalised score alone '
-                   '(BudgetAllocator), or score divided by the FLOPs or by '
-                   'the measured time a channel saves (AdaptiveAllocator, '
-                   'cost_weight=1; latency is timed here, at --input-size, '
-                   'and suits deployment on a machine like this one)')
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'),
+        help='input size for FLOPs')
+    p.add_argument(
+        '--order',
+        default='score',
+        choices=['score', 'flops', 'latency'],
+        help='channel order: by normalised score alone '
+        '(BudgetAllocator), or score divided by the FLOPs or by '
+        'the measured time a channel saves (AdaptiveAllocator, '
+        'cost_weight=1; latency is timed here, at --input-size, '
+        'and suits deployment on a machine like this one)')
     p.add_argument('--work-dir', required=True)
     args = p.parse_args(argv)
-    given = [f for f in ('flops_ratio', 'latency_ratio', 'latency_ms')
-             if getattr(args, f) is not None]
+    given = [
+        f for f in ('flops_ratio', 'latency_ratio', 'latency_ms')
+        if getattr(args, f) is not None
+    ]
     if len(given) != 1:
         p.error('give exactly one budget: --flops-ratio, --latency-ratio or '
                 '--latency-ms')
@@ -113,8 +139,8 @@ def parse_args(argv=None):
 
 def criterion_by_name(name: str):
     """Resolve ``l1`` / ``L1Criterion`` / ``bn_scale`` to a criterion."""
-    from mmprune.registry import CRITERIA
     import mmprune.criteria  # noqa: F401  (registers)
+    from mmprune.registry import CRITERIA
     key = name.replace('_', '').lower()
     for reg in CRITERIA.module_dict:
         if reg.lower() in (key, key + 'criterion'):
@@ -155,16 +181,16 @@ def latency_budget(args, model, graph, size):
     if args.latency_table:
         try:
             grid = LatencyGrid.load(args.latency_table)
-            grid.check(model, input_size=size, batch=args.batch,
-                       backend=args.backend)
+            grid.check(
+                model, input_size=size, batch=args.batch, backend=args.backend)
         except ValueError as e:  # LatencyTableMismatch names the field
             raise SystemExit(f'--latency-table: {e}')
         backend_name, batch = grid.key['backend'], grid.key['batch']
     else:
         backend_name, batch = args.backend or 'torch', args.batch or 1
         try:
-            grid = measure_grid(model, size, batch,
-                                make_backend(backend_name), graph)
+            grid = measure_grid(model, size, batch, make_backend(backend_name),
+                                graph)
         except RuntimeError as e:  # no CUDA here, no onnxruntime
             raise SystemExit(f'--backend: {e}')
     dense_ms = grid.predict(graph)
@@ -177,9 +203,12 @@ def latency_budget(args, model, graph, size):
         ratio = args.latency_ms / dense_ms
     else:
         ratio = args.latency_ratio
-    return grid, ratio, dict(backend=backend_name, batch=batch,
-                             dense_predicted_ms=dense_ms,
-                             target_ms=ratio * dense_ms, ratio_target=ratio)
+    return grid, ratio, dict(
+        backend=backend_name,
+        batch=batch,
+        dense_predicted_ms=dense_ms,
+        target_ms=ratio * dense_ms,
+        ratio_target=ratio)
 
 
 def latency_measured(args, lat, grid, graph, keep, models, size):
@@ -188,17 +217,21 @@ def latency_measured(args, lat, grid, graph, keep, models, size):
     grid's backend, batch and input size)."""
     from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import measure_models
-    out = dict(lat, predicted_ms=grid.predict(graph, keep),
-               table=grid.key, table_file=args.latency_table,
-               measured_ms=None, dense_measured_ms=None,
-               runs=args.latency_runs)
+    out = dict(
+        lat,
+        predicted_ms=grid.predict(graph, keep),
+        table=grid.key,
+        table_file=args.latency_table,
+        measured_ms=None,
+        dense_measured_ms=None,
+        runs=args.latency_runs)
     try:
         backend = make_backend(lat['backend'])
     except RuntimeError as e:  # e.g. a CUDA table used on a CPU machine
         out['not_measured'] = str(e)
         return out
-    times = measure_models(models, size, lat['batch'], backend,
-                           runs=args.latency_runs)
+    times = measure_models(
+        models, size, lat['batch'], backend, runs=args.latency_runs)
     out['dense_measured_ms'] = times['dense']['median_ms']
     out['measured_ms'] = times['pruned']['median_ms']
     out['measured_ratio'] = out['measured_ms'] / out['dense_measured_ms']
@@ -213,13 +246,13 @@ def main(argv=None):
 
     import mmprune  # noqa: F401
     from mmprune import apis
-    from mmprune.allocators import AdaptiveAllocator, BudgetAllocator
     from mmprune.adapters import compare_with_reference, reference_outputs
+    from mmprune.allocators import AdaptiveAllocator, BudgetAllocator
     from mmprune.pruners.masking import build_mask
+    from mmprune.runtime.rebuild import build_detector, load_pruned_detector
     from mmprune.utils.io import (atomic_write, write_json_atomic,
                                   write_text_atomic)
     from mmprune.utils.report import module_widths
-    from mmprune.runtime.rebuild import build_detector, load_pruned_detector
 
     criterion = criterion_by_name(args.criterion)
     cfg = apis.load_config(args.config)
@@ -233,8 +266,10 @@ def main(argv=None):
     t0 = time.perf_counter()
     graph = apis.analyze(model, args.residual_mode)
     t_graph = time.perf_counter() - t0
-    cost = apis.cost_model(model, size, latency=args.order == 'latency'
-                           and args.budget == 'flops')
+    cost = apis.cost_model(
+        model,
+        size,
+        latency=args.order == 'latency' and args.budget == 'flops')
     ratio = args.flops_ratio
     if args.budget == 'latency':  # a measured grid predicts the budget
         cost.latency, ratio, lat = latency_budget(args, model, graph, size)
@@ -242,15 +277,18 @@ def main(argv=None):
     dense_flops, dense_params = cost.flops(), cost.params(model)
     widths_before = module_widths(model)
     scores = criterion.score(model, graph)
-    limits = dict(min_keep=args.min_keep,
-                  max_prune_ratio=args.max_prune_ratio,
-                  round_to=args.round_to)
+    limits = dict(
+        min_keep=args.min_keep,
+        max_prune_ratio=args.max_prune_ratio,
+        round_to=args.round_to)
     limits['budget'] = args.budget
     if args.order == 'score':
         allocator = BudgetAllocator(ratio, **limits)
     else:
         allocator = AdaptiveAllocator(
-            ratio, cost_weight=1.0, normalize='median',
+            ratio,
+            cost_weight=1.0,
+            normalize='median',
             cost_measure='budget' if args.order == 'flops' else 'latency',
             **limits)
     keep = allocator.allocate(model, graph, scores, cost)
@@ -270,15 +308,22 @@ def main(argv=None):
     pruned_params = sum(p.numel() for p in model.parameters())
     widths_after = module_widths(model)
 
-    layers = {name: [w, widths_after.get(name, 0)]
-              for name, w in widths_before.items()}
+    layers = {
+        name: [w, widths_after.get(name, 0)]
+        for name, w in widths_before.items()
+    }
     report = dict(
-        config=args.config, checkpoint=args.checkpoint,
-        criterion=args.criterion, residual_mode=args.residual_mode,
-        flops_ratio_target=args.flops_ratio, input_size=list(size),
+        config=args.config,
+        checkpoint=args.checkpoint,
+        criterion=args.criterion,
+        residual_mode=args.residual_mode,
+        flops_ratio_target=args.flops_ratio,
+        input_size=list(size),
         input_shape=[1, 3, *size],
-        flops_before=dense_flops, flops_after=pruned_flops,
-        params_before=dense_params, params_after=pruned_params,
+        flops_before=dense_flops,
+        flops_after=pruned_flops,
+        params_before=dense_params,
+        params_after=pruned_params,
         flops_ratio=pruned_flops / dense_flops,
         params_ratio=pruned_params / dense_params,
         num_groups=len(graph.groups),
@@ -293,9 +338,11 @@ def main(argv=None):
         layers=layers,
         dense=dict(flops=dense_flops, params=dense_params),
         pruned=dict(flops=pruned_flops, params=pruned_params),
-        groups={g.name: dict(width=g.width, kept=len(keep.get(g.name,
-                                                               range(g.width))))
-                for g in graph.groups})
+        groups={
+            g.name:
+            dict(width=g.width, kept=len(keep.get(g.name, range(g.width))))
+            for g in graph.groups
+        })
     if cost.latency is not None:
         # the table's prediction on this machine (tools/analysis/
         # complexity.py measures the compact model itself)
@@ -308,19 +355,19 @@ def main(argv=None):
         report['latency'] = latency_measured(
             args, lat, cost.latency, graph, keep,
             dict(dense=dense_model, pruned=model), size)
-    ckpt = dict(state_dict=model.state_dict(),
-                meta={apis.META_KEY: apis.make_meta(plans, apis.TRACE_SIZE)})
+    ckpt = dict(
+        state_dict=model.state_dict(),
+        meta={apis.META_KEY: apis.make_meta(plans, apis.TRACE_SIZE)})
     # DIR/config.py: CONFIG with mmprune imported and the model wrapped in
     # PrunableDetector, whose state-dict pre-hook replays the structure
     # stored in pruned.pth, so tools/test.py and mmdet's stock test script
     # (strict=False loading) rebuild the compact model before the weights.
     cfg = pruned_config(cfg)
     os.makedirs(args.work_dir, exist_ok=True)
-    atomic_write(osp.join(args.work_dir, 'pruned.pth'),
-                 lambda p: torch.save(ckpt, p))
+    atomic_write(
+        osp.join(args.work_dir, 'pruned.pth'), lambda p: torch.save(ckpt, p))
     write_text_atomic(osp.join(args.work_dir, 'plan.json'), plan.to_json())
-    write_json_atomic(report, osp.join(args.work_dir, 'report.json'),
-                      indent=1)
+    write_json_atomic(report, osp.join(args.work_dir, 'report.json'), indent=1)
     write_text_atomic(osp.join(args.work_dir, 'config.py'), cfg.pretty_text)
     print(f'{"":8}{"FLOPs (G)":>12}{"params (M)":>12}')
     print(f'{"dense":8}{dense_flops / 1e9:12.3f}{dense_params / 1e6:12.3f}')

@@ -31,17 +31,20 @@ from typing import Sequence
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 # --allocation -> the allocator that fixes the kept counts (§2B(b))
-ALLOCATORS = {'uniform': 'UniformAllocator',
-              'global': 'GlobalThresholdAllocator'}
+ALLOCATORS = {
+    'uniform': 'UniformAllocator',
+    'global': 'GlobalThresholdAllocator'
+}
 
 
 def blend_source(blend: dict, header: Sequence[str] = ()) -> str:
     """The text of a config snippet defining ``blend``."""
-    lines = ['# BPC blend found by tools/search_blend.py. Use it as',
-             "#   criterion=dict(type='BlendedCriterion', **blend)"]
+    lines = [
+        '# BPC blend found by tools/search_blend.py. Use it as',
+        "#   criterion=dict(type='BlendedCriterion', **blend)"
+    ]
     lines += [f'# {h}' for h in header]
-    lines.append('blend = ' + pprint.pformat(blend, width=76,
-                                             sort_dicts=True))
+    lines.append('blend = ' + pprint.pformat(blend, width=76, sort_dicts=True))
     return '\n'.join(lines) + '\n'
 
 
@@ -49,19 +52,29 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('checkpoint', help='trained dense weights')
-    p.add_argument('--flops-ratio', type=float, required=True,
-                   help='fraction of FLOPs to keep, in (0, 1]')
+    p.add_argument(
+        '--flops-ratio',
+        type=float,
+        required=True,
+        help='fraction of FLOPs to keep, in (0, 1]')
     p.add_argument('--out', required=True, help='blend .py file to write')
-    p.add_argument('--pool', default='l1,l2,fpgm,bn_scale,taylor,hrank',
-                   help='comma-separated criteria of the default pool')
-    p.add_argument('--residual-mode', default='coupled',
-                   choices=['coupled', 'fine'])
-    p.add_argument('--include-coupled', action='store_true',
-                   help='also prune residual streams / FPN laterals')
-    p.add_argument('--allocation', default='uniform',
-                   choices=sorted(ALLOCATORS))
-    p.add_argument('--rho', type=float, default=0.9,
-                   help='Spearman threshold of the clustering')
+    p.add_argument(
+        '--pool',
+        default='l1,l2,fpgm,bn_scale,taylor,hrank',
+        help='comma-separated criteria of the default pool')
+    p.add_argument(
+        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    p.add_argument(
+        '--include-coupled',
+        action='store_true',
+        help='also prune residual streams / FPN laterals')
+    p.add_argument(
+        '--allocation', default='uniform', choices=sorted(ALLOCATORS))
+    p.add_argument(
+        '--rho',
+        type=float,
+        default=0.9,
+        help='Spearman threshold of the clustering')
     p.add_argument('--pop-size', type=int, default=32)
     p.add_argument('--generations', type=int, default=20)
     p.add_argument('--elite', type=int, default=8)
@@ -69,18 +82,29 @@ def parse_args(argv=None):
     p.add_argument('--mutation-sigma', type=float, default=0.2)
     p.add_argument('--mutation-p', type=float, default=0.1)
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--max-evals', type=int, default=None,
-                   help='stop the EA after this many fitness evaluations')
-    p.add_argument('--time-budget', type=float, default=None,
-                   help='stop the EA after this many seconds')
+    p.add_argument(
+        '--max-evals',
+        type=int,
+        default=None,
+        help='stop the EA after this many fitness evaluations')
+    p.add_argument(
+        '--time-budget',
+        type=float,
+        default=None,
+        help='stop the EA after this many seconds')
     p.add_argument('--calib-batches', type=int, default=32)
     p.add_argument('--bn-batches', type=int, default=50)
     p.add_argument('--fitness-images', type=int, default=200)
     p.add_argument('--min-keep', type=int, default=8)
     p.add_argument('--max-prune-ratio', type=float, default=0.8)
     p.add_argument('--round-to', type=int, default=1)
-    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
-                   metavar=('H', 'W'), help='input size for FLOPs')
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'),
+        help='input size for FLOPs')
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
     if not 0 < args.flops_ratio <= 1:
@@ -117,14 +141,22 @@ def main(argv=None):
         raise SystemExit(f'--pool: unknown criteria {unknown}; valid: '
                          f'{sorted(DEFAULT_POOL)}')
     options = BlendSearchConfig.from_options(
-        get_method('bpc').options['search'], pool=keys,
-        rho_threshold=args.rho, allocation=args.allocation,
-        pop_size=args.pop_size, generations=args.generations,
-        elite=args.elite, crossover_p=args.crossover_p,
-        mutation_sigma=args.mutation_sigma, mutation_p=args.mutation_p,
-        seed=args.seed, calib_batches=args.calib_batches,
-        bn_batches=args.bn_batches, fitness_images=args.fitness_images,
-        max_evals=args.max_evals, time_budget_s=args.time_budget)
+        get_method('bpc').options['search'],
+        pool=keys,
+        rho_threshold=args.rho,
+        allocation=args.allocation,
+        pop_size=args.pop_size,
+        generations=args.generations,
+        elite=args.elite,
+        crossover_p=args.crossover_p,
+        mutation_sigma=args.mutation_sigma,
+        mutation_p=args.mutation_p,
+        seed=args.seed,
+        calib_batches=args.calib_batches,
+        bn_batches=args.bn_batches,
+        fitness_images=args.fitness_images,
+        max_evals=args.max_evals,
+        time_budget_s=args.time_budget)
     register_all_modules()
     cfg = apis.load_config(args.config)
     check_offline_weights(cfg)
@@ -143,25 +175,39 @@ def main(argv=None):
     if not groups:
         raise SystemExit(f'{args.config}: BPC prunes no group of this model '
                          f'(filter {group_filter})')
-    allocator = dict(type=ALLOCATORS[args.allocation],
-                     ratio=args.flops_ratio, min_keep=args.min_keep,
-                     max_prune_ratio=args.max_prune_ratio,
-                     round_to=args.round_to)
+    allocator = dict(
+        type=ALLOCATORS[args.allocation],
+        ratio=args.flops_ratio,
+        min_keep=args.min_keep,
+        max_prune_ratio=args.max_prune_ratio,
+        round_to=args.round_to)
     out = search_blend(
-        model, graph, groups, Runner.build_dataloader(cfg.train_dataloader),
-        Runner.build_dataloader(cfg.val_dataloader), cost=cost,
-        allocator=allocator, options=options, log=print)
+        model,
+        graph,
+        groups,
+        Runner.build_dataloader(cfg.train_dataloader),
+        Runner.build_dataloader(cfg.val_dataloader),
+        cost=cost,
+        allocator=allocator,
+        options=options,
+        log=print)
     rep = out.report
-    header = [f'config: {args.config}', f'checkpoint: {args.checkpoint}',
-              f'flops ratio {args.flops_ratio}, fitness -det loss: best '
-              f'{rep["best_fitness"]:.6g} (uniform blend '
-              f'{rep["uniform_fitness"]:.6g}), seed {args.seed}, '
-              f'{rep["evaluator_calls"]} evaluations in '
-              f'{rep["seconds"]:.0f} s']
+    header = [
+        f'config: {args.config}', f'checkpoint: {args.checkpoint}',
+        f'flops ratio {args.flops_ratio}, fitness -det loss: best '
+        f'{rep["best_fitness"]:.6g} (uniform blend '
+        f'{rep["uniform_fitness"]:.6g}), seed {args.seed}, '
+        f'{rep["evaluator_calls"]} evaluations in '
+        f'{rep["seconds"]:.0f} s'
+    ]
     write_text_atomic(args.out, blend_source(out.blend, header))
-    report = dict(config=args.config, checkpoint=args.checkpoint,
-                  flops_ratio=args.flops_ratio, groups=groups,
-                  search=rep, blend=out.blend)
+    report = dict(
+        config=args.config,
+        checkpoint=args.checkpoint,
+        flops_ratio=args.flops_ratio,
+        groups=groups,
+        search=rep,
+        blend=out.blend)
     write_json_atomic(report, osp.splitext(args.out)[0] + '.json', indent=1)
     print(f'blend written to {args.out}')
     return out

@@ -60,6 +60,7 @@ fi
 "${PIP[@]}" "$(pin torch)" "$(pin numpy)" "$(pin mmdet)" "$(pin pycocotools)" \
   "$(pin pytest)" "$(pin hypothesis)" "$(pin onnx)" "$(pin onnxruntime)" \
   "$(pin matplotlib)" "$(pin tensorboard)" scipy shapely terminaltables tqdm \
+  "$(pin flake8)" "$(pin isort)" "$(pin yapf)" \
   "$(pin setuptools)"
 "${PIP[@]}" --no-deps -e "$ROOT"
 

@@ -14,12 +14,12 @@ import argparse
 import os
 import os.path as osp
 
-import mmprune  # noqa: F401  (first: torch.load safe globals, registries)
+from mmdet.utils import register_all_modules
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmdet.utils import register_all_modules
+import mmprune  # noqa: F401  (first: torch.load safe globals, registries)
 from mmprune.runtime.ddp import init_cpu_dist
 from mmprune.utils.cli import check_checkpoint_arg, check_config_arg
 from mmprune.utils.offline import check_offline_weights

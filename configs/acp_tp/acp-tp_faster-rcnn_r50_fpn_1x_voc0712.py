@@ -24,7 +24,9 @@ custom_hooks = [  # mmdet's config has no custom hooks
         # soft events after epochs 1 and 2 (an epoch is 3 passes over
         # VOC0712), each selection removed one epoch later: the last
         # removal is after epoch 3, at the LR step; epoch 4 recovers
-        begin=1, end=2, interval=1,
+        begin=1,
+        end=2,
+        interval=1,
         # (H, W) the FLOPs are counted at: the test image size
         input_size=(600, 1000)),
 ]

@@ -26,7 +26,9 @@ custom_hooks = [  # mmdet's config has no custom hooks
         # LR step; epochs 8-12 recover. (For the preset's 1000-iter
         # windows: by_epoch=False, begin=500, end=43500,
         # interval=1000, at 8 GPUs x 2 images.)
-        begin=1, end=6, interval=1,
+        begin=1,
+        end=6,
+        interval=1,
         # (H, W) the FLOPs are counted at: the test image size
         input_size=(800, 1333)),
 ]

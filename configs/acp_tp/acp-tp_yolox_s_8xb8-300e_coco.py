@@ -16,7 +16,9 @@ custom_hooks = _base_.custom_hooks + [
         # selects channels, TPP penalises them, and they are removed
         # at the next event; the last removal is after epoch 210, 75
         # epochs before the no-augmentation phase (cubic ramp)
-        begin=30, end=200, interval=10,
+        begin=30,
+        end=200,
+        interval=10,
         # (H, W) the FLOPs are counted at: the test image size
         input_size=(640, 640)),
 ]

@@ -23,7 +23,9 @@ custom_hooks = [  # mmdet's config has no custom hooks
         target=0.5,  # keep 50 % of the dense FLOPs (see above)
         # 7 hard events after epochs 1-7, each removing an equal share
         # of the cut (linear ramp), before the LR step after epoch 8
-        begin=1, end=7, interval=1,
+        begin=1,
+        end=7,
+        interval=1,
         # relevance (grad x input) scored on 125 train batches per GPU:
         # ~2000 COCO train images at 8 GPUs x 2 images
         scoring_batches=125,

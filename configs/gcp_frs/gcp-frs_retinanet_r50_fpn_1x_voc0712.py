@@ -23,7 +23,9 @@ custom_hooks = [  # mmdet's config has no custom hooks
         target=0.5,  # keep 50 % of the dense FLOPs (see above)
         # 2 hard events after epochs 1 and 2 (an epoch is 3 passes), each
         # removing an equal share of the cut, before the LR step after 3
-        begin=1, end=2, interval=1,
+        begin=1,
+        end=2,
+        interval=1,
         # relevance (grad x input) scored on 1035 train batches per GPU:
         # all 16551 VOC0712 trainval images at 8 GPUs x 2 images
         scoring_batches=1035,

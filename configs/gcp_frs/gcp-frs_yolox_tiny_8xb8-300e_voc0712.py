@@ -15,7 +15,9 @@ custom_hooks = _base_.custom_hooks + [
         # 12 hard events after epochs 30, 45, ..., 195, each removing
         # an equal share of the cut (linear ramp); 105 epochs recover,
         # the last 15 without Mosaic
-        begin=30, end=195, interval=15,
+        begin=30,
+        end=195,
+        interval=15,
         # relevance (grad x input) scored on 259 train batches per GPU:
         # all 16551 VOC0712 trainval images at 8 GPUs x 8 images
         scoring_batches=259,

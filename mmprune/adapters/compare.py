@@ -35,7 +35,8 @@ def _two_stage(model) -> bool:
 
 
 @torch.no_grad()
-def reference_outputs(model: nn.Module, input_size=(128, 128),
+def reference_outputs(model: nn.Module,
+                      input_size=(128, 128),
                       seed: int = 0) -> dict:
     """Run ``model`` (the masked one) in eval mode and keep what a later
     :func:`compare_with_reference` needs: its outputs and, for two-stage
@@ -46,9 +47,9 @@ def reference_outputs(model: nn.Module, input_size=(128, 128),
         x, samples = dummy_batch(model, input_size, 1, seed)
         ref = dict(input_size=tuple(input_size), seed=seed)
         if not _two_stage(model):
-            ref['outputs'] = flatten_tensors(model(x, samples, mode='tensor')
-                                             if _is_detector(model) else
-                                             model(x))
+            ref['outputs'] = flatten_tensors(
+                model(x, samples, mode='tensor'
+                      ) if _is_detector(model) else model(x))
             ref['compared_on'] = ON_TENSOR
             return ref
         feats = model.extract_feat(x)
@@ -64,8 +65,8 @@ def reference_outputs(model: nn.Module, input_size=(128, 128),
 def _stage_outputs(model, feats, proposals, samples) -> List[torch.Tensor]:
     """RPN (cls, reg) per level, then the RoI head on ``proposals``."""
     rpn = flatten_tensors(model.rpn_head(feats))
-    roi = flatten_tensors(model.roi_head.forward(
-        feats, copy.deepcopy(proposals), samples))
+    roi = flatten_tensors(
+        model.roi_head.forward(feats, copy.deepcopy(proposals), samples))
     return rpn + roi
 
 
@@ -82,11 +83,11 @@ def compare_with_reference(model: nn.Module, reference: dict) -> dict:
                                  reference['seed'])
         if 'proposals' in reference:
             feats = model.extract_feat(x)
-            out = _stage_outputs(model, feats, reference['proposals'],
-                                 samples)
+            out = _stage_outputs(model, feats, reference['proposals'], samples)
         else:
-            out = flatten_tensors(model(x, samples, mode='tensor')
-                                  if _is_detector(model) else model(x))
+            out = flatten_tensors(
+                model(x, samples, mode='tensor'
+                      ) if _is_detector(model) else model(x))
     finally:
         model.train(was_training)
     diff = output_diff(reference['outputs'], out)

@@ -35,9 +35,10 @@ def is_two_stage(model) -> bool:
     return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')
 
 
-def tensor_forward(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
-                   batch: int = 1, seed: int = 0
-                   ) -> Tuple[Callable, List[torch.Tensor]]:
+def tensor_forward(model: nn.Module,
+                   input_size: Tuple[int, int] = (128, 128),
+                   batch: int = 1,
+                   seed: int = 0) -> Tuple[Callable, List[torch.Tensor]]:
     """``(forward_fn, [x])`` running ``model``'s tensor forward.
 
     For mmdet detectors this is ``model(x, data_samples, mode='tensor')``;
@@ -58,8 +59,10 @@ def _is_detector(model) -> bool:
     return isinstance(model, BaseDetector)
 
 
-def dummy_batch(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
-                batch: int = 1, seed: int = 0):
+def dummy_batch(model: nn.Module,
+                input_size: Tuple[int, int] = (128, 128),
+                batch: int = 1,
+                seed: int = 0):
     """``(x, data_samples)``: a seeded random (N, 3, H, W) batch on the
     model's device, and for two-stage detectors data samples with the
     image meta their RPN needs (else None)."""
@@ -70,8 +73,12 @@ def dummy_batch(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
     samples = None
     if _is_detector(model) and is_two_stage(model):
         from mmdet.structures import DetDataSample
-        meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
-                    batch_input_shape=(h, w), scale_factor=(1.0, 1.0))
+        meta = dict(
+            img_shape=(h, w),
+            ori_shape=(h, w),
+            pad_shape=(h, w),
+            batch_input_shape=(h, w),
+            scale_factor=(1.0, 1.0))
         samples = [DetDataSample(metainfo=meta) for _ in range(batch)]
     return x, samples
 
@@ -93,8 +100,10 @@ def flatten_tensors(out) -> List[torch.Tensor]:
 
 
 @torch.no_grad()
-def tensor_outputs(model: nn.Module, input_size: Tuple[int, int] = (128, 128),
-                   batch: int = 1, seed: int = 0) -> List[torch.Tensor]:
+def tensor_outputs(model: nn.Module,
+                   input_size: Tuple[int, int] = (128, 128),
+                   batch: int = 1,
+                   seed: int = 0) -> List[torch.Tensor]:
     """The flattened tensor-forward outputs of ``model`` (in eval mode) on a
     seeded random batch: the same input for the same ``seed``."""
     was_training = model.training
@@ -113,11 +122,14 @@ def output_diff(a: List[torch.Tensor], b: List[torch.Tensor]) -> dict:
         raise ValueError(
             f'outputs differ in structure: {[tuple(x.shape) for x in a]} vs '
             f'{[tuple(y.shape) for y in b]}')
-    diff = max((float((x.float() - y.float()).abs().max()) for x, y in
-                zip(a, b)), default=0.0)
+    diff = max(
+        (float((x.float() - y.float()).abs().max()) for x, y in zip(a, b)),
+        default=0.0)
     scale = max((float(x.abs().max()) for x in a), default=0.0)
-    return dict(max_abs_diff=diff, output_scale=scale,
-                max_rel_diff=diff / max(scale, 1e-12))
+    return dict(
+        max_abs_diff=diff,
+        output_scale=scale,
+        max_rel_diff=diff / max(scale, 1e-12))
 
 
 def set_roi_width(model: nn.Module, roi_layer: str, width: int) -> None:

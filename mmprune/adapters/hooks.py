@@ -12,5 +12,7 @@ def no_augmentation_epochs(hooks) -> List[int]:
         from mmdet.engine.hooks import YOLOXModeSwitchHook
     except ImportError:  # mmdet without its engine hooks: no YOLOX recipe
         return []
-    return [getattr(h, 'num_last_epochs', 0) for h in hooks
-            if isinstance(h, YOLOXModeSwitchHook)]
+    return [
+        getattr(h, 'num_last_epochs', 0) for h in hooks
+        if isinstance(h, YOLOXModeSwitchHook)
+    ]

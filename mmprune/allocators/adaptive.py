@@ -64,17 +64,23 @@ class AdaptiveAllocator(BaseAllocator):
         ...                       num_events=18, pruned=previous_pruned)
     """
 
-    def __init__(self, ratio: float = 0.5, ramp: str = 'cubic',
-                 normalize: str = 'median', cost_weight: float = 0.0,
-                 cost_measure: str = 'budget', **kwargs):
+    def __init__(self,
+                 ratio: float = 0.5,
+                 ramp: str = 'cubic',
+                 normalize: str = 'median',
+                 cost_weight: float = 0.0,
+                 cost_measure: str = 'budget',
+                 **kwargs):
         super().__init__(ratio, **kwargs)
         if ramp not in RAMPS:
             raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
         if normalize not in NORMALIZATIONS:
             raise ValueError(f'normalize must be one of {NORMALIZATIONS}, '
                              f'got {normalize!r}')
-        if isinstance(cost_weight, bool) or not (
-                isinstance(cost_weight, (int, float)) and cost_weight >= 0):
+        if isinstance(
+                cost_weight,
+                bool) or not (isinstance(cost_weight,
+                                         (int, float)) and cost_weight >= 0):
             raise ValueError(f'cost_weight must be a number >= 0, got '
                              f'{cost_weight!r}')
         if cost_measure not in COST_MEASURES:
@@ -84,7 +90,8 @@ class AdaptiveAllocator(BaseAllocator):
         self.cost_weight = float(cost_weight)
         self.cost_measure = cost_measure
 
-    def target_ratio(self, event: Optional[int] = None,
+    def target_ratio(self,
+                     event: Optional[int] = None,
                      num_events: Optional[int] = None) -> float:
         """Cost to keep at ``event`` of ``num_events`` (both None: the final
         ``ratio``), as a fraction of the dense cost."""
@@ -99,16 +106,21 @@ class AdaptiveAllocator(BaseAllocator):
         1..E) as a :class:`~mmprune.allocators.schedule.PruningSchedule`,
         the one owner of the per-event targets."""
         _check_int('num_events', num_events, 1)
-        return PruningSchedule.from_range(1, num_events, 1,
-                                          target=self.ratio, ramp=self.ramp)
+        return PruningSchedule.from_range(
+            1, num_events, 1, target=self.ratio, ramp=self.ramp)
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 event: Optional[int] = None,
-                 num_events: Optional[int] = None,
-                 pruned: Optional[dict] = None,
-                 dense_cost: Optional[float] = None,
-                 dense_widths: Optional[Dict[str, int]] = None
-                 ) -> Dict[str, np.ndarray]:
+    def allocate(
+        self,
+        model,
+        graph,
+        scores: Dict[str, torch.Tensor],
+        cost,
+        event: Optional[int] = None,
+        num_events: Optional[int] = None,
+        pruned: Optional[dict] = None,
+        dense_cost: Optional[float] = None,
+        dense_widths: Optional[Dict[str,
+                                    int]] = None) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` for event ``event``.
 
         Args:
@@ -149,7 +161,8 @@ class AdaptiveAllocator(BaseAllocator):
         entries = global_entries(gs, self.normalize, weights)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
                             self.floors(model, groups, dense_widths),
-                            [self.round_unit(g) for g in groups], self.forced_drops(groups, pruned))
+                            [self.round_unit(g) for g in groups],
+                            self.forced_drops(groups, pruned))
         target = keep_ratio * dense_cost
         when = 'the final target' if event is None else \
             f'event {event}/{num_events}'
@@ -174,4 +187,4 @@ class AdaptiveAllocator(BaseAllocator):
             kept = np.setdiff1d(np.arange(g.width), free[:1])
             delta.append(max(base - measure({g.name: kept}), 1e-12))
         delta = np.asarray(delta, dtype=np.float64)
-        return (delta / delta.mean()) ** self.cost_weight
+        return (delta / delta.mean())**self.cost_weight

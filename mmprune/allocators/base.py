@@ -29,9 +29,9 @@ The caps are relative to the *dense* width (docs/methods.md §0.5), not to
 the width at the event: applied to the current width they compounded over
 events (a 512-wide group ended at 68 channels with a 0.8 cap over 12
 events). The dense width of a group comes from the plans already applied
-to the model (:func:`mmprune.structures.model_record.model_plans`: the first plan naming a
-group recorded its width then), or from ``dense_widths=`` given to
-``allocate``.
+to the model (:func:`mmprune.structures.model_record.model_plans`: the
+first plan naming a group recorded its width then), or from
+``dense_widths=`` given to ``allocate``.
 
 Caps are in channels. A group whose index stands for several channels (a
 GroupNorm block of C/G channels, ``ChannelGroup.unit``) converts them: it
@@ -55,22 +55,26 @@ BUDGETS = ('flops', 'params', 'latency')
 
 
 def check_ratio(ratio, name: str = 'ratio') -> float:
-    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float))
-                                       and 0 < ratio <= 1):
+    if isinstance(ratio,
+                  bool) or not (isinstance(ratio,
+                                           (int, float)) and 0 < ratio <= 1):
         raise ValueError(f'{name} must be in (0, 1], got {ratio!r}')
     return float(ratio)
 
 
-def normalize_group(s: np.ndarray, free: np.ndarray, mode: str
-                    ) -> np.ndarray:
+def normalize_group(s: np.ndarray, free: np.ndarray, mode: str) -> np.ndarray:
     """Scale one group's scores by a statistic of its prunable channels
     (``none``/``mean``/``median``/``max``/``l2``); a non-positive
     statistic leaves them unscaled."""
     if mode == 'none' or not free.any():
         return s
     f = s[free]
-    stat = {'mean': f.mean, 'median': lambda: np.median(f),
-            'max': f.max, 'l2': lambda: np.linalg.norm(f)}[mode]()
+    stat = {
+        'mean': f.mean,
+        'median': lambda: np.median(f),
+        'max': f.max,
+        'l2': lambda: np.linalg.norm(f)
+    }[mode]()
     return s / stat if stat > 0 else s
 
 
@@ -97,24 +101,30 @@ class BaseAllocator(metaclass=abc.ABCMeta):
             Defaults to True.
     """
 
-    def __init__(self, ratio: float = 0.5, budget: str = 'flops',
-                 min_keep: int = 8, max_prune_ratio: float = 0.8,
-                 round_to: int = 1, nan_policy: str = 'raise',
+    def __init__(self,
+                 ratio: float = 0.5,
+                 budget: str = 'flops',
+                 min_keep: int = 8,
+                 max_prune_ratio: float = 0.8,
+                 round_to: int = 1,
+                 nan_policy: str = 'raise',
                  fill: bool = True):
         self.ratio = check_ratio(ratio)
         if budget not in BUDGETS:
             raise ValueError(f'budget must be one of {BUDGETS}, got '
                              f'{budget!r}')
-        if isinstance(min_keep, bool) or not (isinstance(min_keep, int)
-                                              and min_keep >= 1):
+        if isinstance(
+                min_keep,
+                bool) or not (isinstance(min_keep, int) and min_keep >= 1):
             raise ValueError(f'min_keep must be an int >= 1, got {min_keep!r}')
-        if isinstance(max_prune_ratio, bool) or not (
-                isinstance(max_prune_ratio, (int, float))
-                and 0 <= max_prune_ratio < 1):
+        if isinstance(max_prune_ratio,
+                      bool) or not (isinstance(max_prune_ratio, (int, float))
+                                    and 0 <= max_prune_ratio < 1):
             raise ValueError(f'max_prune_ratio must be in [0, 1), got '
                              f'{max_prune_ratio!r}')
-        if isinstance(round_to, bool) or not (isinstance(round_to, int)
-                                              and round_to >= 1):
+        if isinstance(
+                round_to,
+                bool) or not (isinstance(round_to, int) and round_to >= 1):
             raise ValueError(f'round_to must be an int >= 1, got {round_to!r}')
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f'nan_policy must be one of {NAN_POLICIES}, got '
@@ -132,15 +142,17 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         """Return ``{group name: kept indices}`` meeting the target."""
 
     # ------------------------------------------------------------ helpers
-    def floor(self, width: int, dense_width: Optional[int] = None,
+    def floor(self,
+              width: int,
+              dense_width: Optional[int] = None,
               unit: int = 1) -> int:
         """Fewest indices a group may keep: ``width`` indices now,
         ``dense_width`` before any pruning (default: ``width``), ``unit``
         channels per index. Caps apply to the dense channel count."""
         dense = width if dense_width is None else max(width, dense_width)
-        keep_ch = max(self.min_keep,
-                      math.ceil((1 - self.max_prune_ratio) * dense * unit
-                                - 1e-9))
+        keep_ch = max(
+            self.min_keep,
+            math.ceil((1 - self.max_prune_ratio) * dense * unit - 1e-9))
         return max(1, min(width, -(-keep_ch // unit)))
 
     def round_unit(self, group) -> int:
@@ -148,7 +160,9 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         unit = getattr(group, 'unit', 1)
         return self.round_to // math.gcd(self.round_to, unit)
 
-    def dense_widths(self, model, groups,
+    def dense_widths(self,
+                     model,
+                     groups,
                      given: Optional[Dict[str, int]] = None) -> List[int]:
         """Dense width (indices) of each of ``groups``: ``given[name]``,
         else the width the first plan applied to ``model`` recorded for
@@ -163,13 +177,20 @@ class BaseAllocator(metaclass=abc.ABCMeta):
                     known.setdefault(name, int(w))
         return [max(g.width, known.get(g.name, g.width)) for g in groups]
 
-    def floors(self, model, groups,
+    def floors(self,
+               model,
+               groups,
                given: Optional[Dict[str, int]] = None) -> List[int]:
         """:meth:`floor` of each of ``groups`` against its dense width."""
-        return [self.floor(g.width, d, getattr(g, 'unit', 1)) for g, d in
-                zip(groups, self.dense_widths(model, groups, given))]
+        return [
+            self.floor(g.width, d, getattr(g, 'unit', 1))
+            for g, d in zip(groups, self.dense_widths(model, groups, given))
+        ]
 
-    def reachable_cost(self, model, graph, cost,
+    def reachable_cost(self,
+                       model,
+                       graph,
+                       cost,
                        names: Optional[Sequence[str]] = None,
                        events: int = 1) -> float:
         """The smallest cost these limits allow: every group in ``names``
@@ -178,15 +199,18 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         training (the hook does). The caps are relative to the dense
         width, so more ``events`` reach no further (kept for callers)."""
         wanted = None if names is None else set(names)
-        groups = [g for g in graph.prunable_groups()
-                  if wanted is None or g.name in wanted]
+        groups = [
+            g for g in graph.prunable_groups()
+            if wanted is None or g.name in wanted
+        ]
         keep = {}
         for g, width in zip(groups, self.floors(model, groups)):
             r = self.round_unit(g)  # allocators round kept counts up
             width = min(g.width, -(-width // r) * r)
             # pinned channels first: they are kept whatever the floor says
-            order = np.concatenate([np.nonzero(g.pinned)[0],
-                                    np.nonzero(~g.pinned)[0]])
+            order = np.concatenate(
+                [np.nonzero(g.pinned)[0],
+                 np.nonzero(~g.pinned)[0]])
             keep[g.name] = np.sort(order[:max(width, int(g.pinned.sum()))])
         return float(self.measure_fn(model, graph, cost)(keep))
 
@@ -207,8 +231,10 @@ class BaseAllocator(metaclass=abc.ABCMeta):
             return lambda keep: table.predict(graph, keep)
         return lambda keep: cost.params_after(model, graph, keep)
 
-    def prepare(self, graph, scores: Dict[str, torch.Tensor]
-                ) -> List[Tuple[object, np.ndarray]]:
+    def prepare(
+            self, graph,
+            scores: Dict[str,
+                         torch.Tensor]) -> List[Tuple[object, np.ndarray]]:
         """``[(group, (G,) float64 scores)]`` of the prunable groups that
         have scores, validated (shape, finiteness per ``nan_policy``)."""
         out = []
@@ -217,7 +243,8 @@ class BaseAllocator(metaclass=abc.ABCMeta):
                 continue
             s = scores[g.name]
             s = s.detach().double().cpu().numpy() if isinstance(
-                s, torch.Tensor) else np.asarray(s, dtype=np.float64)
+                s, torch.Tensor) else np.asarray(
+                    s, dtype=np.float64)
             if s.shape != (g.width, ):
                 raise ValueError(f'criterion gave {s.shape} scores for group '
                                  f'{g.name!r} of width {g.width}')
@@ -228,14 +255,14 @@ class BaseAllocator(metaclass=abc.ABCMeta):
                         f"set nan_policy='skip' to keep such groups whole")
                 if g.name not in self._warned:
                     self._warned.add(g.name)
-                    logger.warning('mmprune: group %s has non-finite scores; '
-                                   'it is kept whole', g.name)
+                    logger.warning(
+                        'mmprune: group %s has non-finite scores; '
+                        'it is kept whole', g.name)
                 continue
             out.append((g, s))
         return out
 
-    def forced_drops(self, groups, pruned: Optional[dict]
-                     ) -> List[List[int]]:
+    def forced_drops(self, groups, pruned: Optional[dict]) -> List[List[int]]:
         """Per group slot, the already pruned channels (kept pruned)."""
         forced = [[] for _ in groups]
         if not pruned:
@@ -301,7 +328,11 @@ class GlobalOrder:
         forced (list[list[int]]): channels dropped regardless of ``n``.
     """
 
-    def __init__(self, groups, entries, floors, round_to=1,
+    def __init__(self,
+                 groups,
+                 entries,
+                 floors,
+                 round_to=1,
                  forced: Optional[List[List[int]]] = None):
         self.groups = groups
         self.floors = floors
@@ -336,8 +367,8 @@ class GlobalOrder:
             keep[g.name] = np.nonzero(mask)[0]
         return keep
 
-    def solve(self, measure, target: float, what: str, base: float
-              ) -> List[List[int]]:
+    def solve(self, measure, target: float, what: str,
+              base: float) -> List[List[int]]:
         """Smallest prefix whose cost is <= ``target``; raises a
         ValueError quoting ``what`` when even the largest misses it."""
         lo, hi = 0, len(self.entries)
@@ -367,9 +398,8 @@ def per_slot(round_to, n: int) -> List[int]:
 
 
 def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
-                priority: Sequence[Callable[[List[int]], float]],
-                round_to, measure, target: float,
-                keep_fn) -> List[List[int]]:
+                priority: Sequence[Callable[[List[int]], float]], round_to,
+                measure, target: float, keep_fn) -> List[List[int]]:
     """Re-add dropped channels while the cost stays <= ``target``.
 
     Each round offers every group one unit: its last ``round_to`` non-forced
@@ -383,8 +413,8 @@ def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
     changed = True
     while changed:
         changed = False
-        order = sorted(range(len(groups)),
-                       key=lambda gi: (-priority[gi](drop[gi]), gi))
+        order = sorted(
+            range(len(groups)), key=lambda gi: (-priority[gi](drop[gi]), gi))
         for gi in order:
             free = len(drop[gi]) - nforced[gi]
             if free <= 0:
@@ -398,7 +428,8 @@ def fill_budget(groups, drop: List[List[int]], forced: List[List[int]],
     return drop
 
 
-def global_entries(groups_scores, normalize: str,
+def global_entries(groups_scores,
+                   normalize: str,
                    weights: Optional[Sequence[float]] = None
                    ) -> List[Tuple[float, int, int]]:
     """``(normalised score, slot, channel)`` of every prunable channel,

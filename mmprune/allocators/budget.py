@@ -43,16 +43,25 @@ class BudgetAllocator(BaseAllocator):
 
     normalize = 'mean'
 
-    def __init__(self, ratio: float = 0.5, budget: str = 'flops',
-                 min_keep: int = 8, max_prune_ratio: float = 0.8,
-                 round_to: int = 1, nan_policy: str = 'raise',
+    def __init__(self,
+                 ratio: float = 0.5,
+                 budget: str = 'flops',
+                 min_keep: int = 8,
+                 max_prune_ratio: float = 0.8,
+                 round_to: int = 1,
+                 nan_policy: str = 'raise',
                  fill: bool = False):
         super().__init__(ratio, budget, min_keep, max_prune_ratio, round_to,
                          nan_policy, fill)
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 dense_widths: Optional[Dict[str, int]] = None
-                 ) -> Dict[str, np.ndarray]:
+    def allocate(
+        self,
+        model,
+        graph,
+        scores: Dict[str, torch.Tensor],
+        cost,
+        dense_widths: Optional[Dict[str,
+                                    int]] = None) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` meeting the target.
 
         Args:

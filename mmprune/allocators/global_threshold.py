@@ -47,10 +47,15 @@ class GlobalThresholdAllocator(BaseAllocator):
                              f'got {normalize!r}')
         self.normalize = normalize
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 pruned: Optional[dict] = None,
-                 dense_widths: Optional[Dict[str, int]] = None
-                 ) -> Dict[str, np.ndarray]:
+    def allocate(
+        self,
+        model,
+        graph,
+        scores: Dict[str, torch.Tensor],
+        cost,
+        pruned: Optional[dict] = None,
+        dense_widths: Optional[Dict[str,
+                                    int]] = None) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` meeting the target.
 
         Args:
@@ -65,7 +70,8 @@ class GlobalThresholdAllocator(BaseAllocator):
         entries = global_entries(gs, self.normalize)
         order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
                             self.floors(model, groups, dense_widths),
-                            [self.round_unit(g) for g in groups], self.forced_drops(groups, pruned))
+                            [self.round_unit(g) for g in groups],
+                            self.forced_drops(groups, pruned))
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base
@@ -74,8 +80,8 @@ class GlobalThresholdAllocator(BaseAllocator):
         # tau: the highest normalised score the cut dropped (before fill)
         forced = {(gi, c) for gi, f in enumerate(order.forced) for c in f}
         dropped = {(gi, c) for gi, d in enumerate(drop) for c in d} - forced
-        self.threshold_ = max((s for s, gi, c in entries
-                               if (gi, c) in dropped), default=-np.inf)
+        self.threshold_ = max(
+            (s for s, gi, c in entries if (gi, c) in dropped), default=-np.inf)
         if self.fill:
             rank = {(gi, c): s for s, gi, c in entries}
             prio = [(lambda d, gi=gi: rank.get((gi, d[-1]), -np.inf)

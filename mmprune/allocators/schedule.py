@@ -35,15 +35,18 @@ def _check_int(name: str, v, low: int) -> int:
     return v
 
 
-def ramp_reduction(reduction: float, event: int, num_events: int,
+def ramp_reduction(reduction: float,
+                   event: int,
+                   num_events: int,
                    ramp: str = 'cubic') -> float:
     """Cumulative reduction ``R_k`` of event ``event`` out of
     ``num_events`` for a final reduction ``reduction`` (``R*``)."""
     if ramp not in RAMPS:
         raise ValueError(f'ramp must be one of {RAMPS}, got {ramp!r}')
     _check_int('num_events', num_events, 1)
-    if isinstance(event, bool) or not (isinstance(event, int)
-                                       and 1 <= event <= num_events):
+    if isinstance(
+            event,
+            bool) or not (isinstance(event, int) and 1 <= event <= num_events):
         raise ValueError(f'event must be an int in [1, {num_events}], got '
                          f'{event!r}')
     x = event / num_events
@@ -74,8 +77,8 @@ class PruningSchedule:
     soft: bool = False
 
     def __post_init__(self):
-        if not (isinstance(self.target, (int, float))
-                and not isinstance(self.target, bool)
+        if not (isinstance(self.target,
+                           (int, float)) and not isinstance(self.target, bool)
                 and 0 < self.target <= 1):
             raise ValueError(f'target must be in (0, 1], got '
                              f'{self.target!r}')
@@ -89,13 +92,16 @@ class PruningSchedule:
                              f'{pos!r}')
 
     @classmethod
-    def from_range(cls, begin: int, end: Optional[int] = None,
-                   interval: int = 1, **kwargs) -> 'PruningSchedule':
+    def from_range(cls,
+                   begin: int,
+                   end: Optional[int] = None,
+                   interval: int = 1,
+                   **kwargs) -> 'PruningSchedule':
         """Events after ``begin, begin + interval, ...`` up to ``end``
         (defaults to ``begin``: one event)."""
         end = begin if end is None else end
-        for name, v in (('begin', begin), ('end', end),
-                        ('interval', interval)):
+        for name, v in (('begin', begin), ('end', end), ('interval',
+                                                         interval)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f'{name} must be a non-negative int, got '
                                  f'{v!r}')
@@ -108,8 +114,7 @@ class PruningSchedule:
                              f'after epoch/iteration `begin`), got {begin}')
         if end < begin:
             raise ValueError(f'end ({end}) is before begin ({begin})')
-        return cls(tuple(range(begin, end + 1, interval)), interval,
-                   **kwargs)
+        return cls(tuple(range(begin, end + 1, interval)), interval, **kwargs)
 
     @classmethod
     def from_preset(cls, schedule: dict, max_epochs: int, what: str,
@@ -149,8 +154,7 @@ class PruningSchedule:
 
     def cut_positions(self) -> List[int]:
         """Positions where pending soft selections are removed."""
-        return list(self.positions[1:]) + [self.positions[-1] +
-                                           self.interval]
+        return list(self.positions[1:]) + [self.positions[-1] + self.interval]
 
     @property
     def last(self) -> int:
@@ -175,14 +179,16 @@ class PruningSchedule:
     # ----------------------------------------------------------- how much
     def target_at(self, event: int) -> float:
         """Cost to keep after ``event`` (1-based), fraction of dense."""
-        return 1.0 - ramp_reduction(1.0 - self.target, event,
-                                    self.num_events, self.ramp)
+        return 1.0 - ramp_reduction(1.0 - self.target, event, self.num_events,
+                                    self.ramp)
 
     def targets(self) -> List[float]:
         return [self.target_at(k) for k in range(1, self.num_events + 1)]
 
 
-def fits(schedule: PruningSchedule, total: int, unit: str,
+def fits(schedule: PruningSchedule,
+         total: int,
+         unit: str,
          no_aug_epochs: Sequence[int] = ()) -> None:
     """Raise a ValueError when ``schedule`` ends after ``total`` units or
     inside YOLOX's no-augmentation epochs (``no_aug_epochs``: the

@@ -38,9 +38,14 @@ class UniformAllocator(BaseAllocator):
 
     prune_ratio_ = None
 
-    def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 dense_widths: Optional[Dict[str, int]] = None
-                 ) -> Dict[str, np.ndarray]:
+    def allocate(
+        self,
+        model,
+        graph,
+        scores: Dict[str, torch.Tensor],
+        cost,
+        dense_widths: Optional[Dict[str,
+                                    int]] = None) -> Dict[str, np.ndarray]:
         """Return ``{group name: kept indices}`` meeting the target.
 
         Args:
@@ -82,8 +87,10 @@ class UniformAllocator(BaseAllocator):
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base
-        ratios = sorted({j / g.width for g in groups
-                         for j in range(g.width + 1)})
+        ratios = sorted(
+            {j / g.width
+             for g in groups
+             for j in range(g.width + 1)})
         if measure(keep_of(drops(ratios[-1]))) > target:
             most = measure(keep_of(drops(ratios[-1])))
             raise ValueError(

@@ -66,15 +66,16 @@ class CostModel:
         finally:
             for h in handles:
                 h.remove()
-        self._modules = {n: m for n, m in model.named_modules()
-                         if n in self.mult}
+        self._modules = {
+            n: m
+            for n, m in model.named_modules() if n in self.mult
+        }
         self._costs = {n: costs[m] for n, m in self._modules.items()}
 
     def _macs(self, name: str, c_out: int, c_in: int, groups: int) -> int:
         return self.mult[name] * self.kernel[name] * c_out * (c_in // groups)
 
-    def module_macs(self, name: str, mod: Optional[nn.Module] = None
-                    ) -> int:
+    def module_macs(self, name: str, mod: Optional[nn.Module] = None) -> int:
         """MACs of counted module ``name`` at the current widths of
         ``mod`` (default: the module this model was measured on)."""
         mod = self._modules[name] if mod is None else mod

@@ -12,7 +12,8 @@ from typing import Any, Callable, Dict
 import torch
 
 
-def measure_latency(fns: Dict[str, Callable[[], Any]], runs: int = 20,
+def measure_latency(fns: Dict[str, Callable[[], Any]],
+                    runs: int = 20,
                     warmup: int = 3) -> Dict[str, dict]:
     """Time each callable ``runs`` times, interleaved, under ``no_grad``.
 
@@ -41,6 +42,6 @@ def measure_latency(fns: Dict[str, Callable[[], Any]], runs: int = 20,
         ts = sorted(ts)
         mid = len(ts) // 2
         median = ts[mid] if len(ts) % 2 else (ts[mid - 1] + ts[mid]) / 2
-        out[name] = dict(median_ms=median * 1e3, min_ms=ts[0] * 1e3,
-                         runs=len(ts))
+        out[name] = dict(
+            median_ms=median * 1e3, min_ms=ts[0] * 1e3, runs=len(ts))
     return out

@@ -66,7 +66,10 @@ class TorchBackend:
     name = 'torch'
     device_kind = 'cpu'
 
-    def __init__(self, device: str = 'cpu', runs: int = 5, warmup: int = 2,
+    def __init__(self,
+                 device: str = 'cpu',
+                 runs: int = 5,
+                 warmup: int = 2,
                  clock: Callable[[], float] = time.perf_counter,
                  sync: Optional[Callable[[], None]] = None):
         for arg, v, least in (('runs', runs, 1), ('warmup', warmup, 0)):
@@ -88,8 +91,9 @@ class TorchBackend:
         """A callable running ``module(*args)`` once, synchronised. The
         module is moved to the backend's device in place."""
         module = module.to(self.device).eval()
-        args = tuple(a.to(self.device) if isinstance(a, torch.Tensor) else a
-                     for a in args)
+        args = tuple(
+            a.to(self.device) if isinstance(a, torch.Tensor) else a
+            for a in args)
         sync = self.sync
 
         def run():
@@ -127,7 +131,10 @@ class CudaBackend(TorchBackend):
     name = 'cuda'
     device_kind = 'cuda'
 
-    def __init__(self, device: str = 'cuda', runs: int = 5, warmup: int = 2,
+    def __init__(self,
+                 device: str = 'cuda',
+                 runs: int = 5,
+                 warmup: int = 2,
                  clock: Callable[[], float] = time.perf_counter,
                  sync: Optional[Callable[[], None]] = None):
         if sync is None:
@@ -160,9 +167,12 @@ class OnnxRuntimeBackend(TorchBackend):
     name = 'onnxruntime'
     device_kind = 'cpu'
 
-    def __init__(self, runs: int = 5, warmup: int = 2,
+    def __init__(self,
+                 runs: int = 5,
+                 warmup: int = 2,
                  clock: Callable[[], float] = time.perf_counter,
-                 threads: Optional[int] = None, opset: int = 17):
+                 threads: Optional[int] = None,
+                 opset: int = 17):
         super().__init__('cpu', runs, warmup, clock, None)
         try:
             import onnxruntime  # noqa: F401
@@ -184,19 +194,26 @@ class OnnxRuntimeBackend(TorchBackend):
         names = [f'in{i}' for i in range(len(args))]
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter('ignore')  # TracerWarnings on Python ints
-            torch.onnx.export(module.cpu().eval(), tuple(args), buf,
-                              dynamo=False, opset_version=self.opset,
-                              input_names=names, do_constant_folding=True)
+            torch.onnx.export(
+                module.cpu().eval(),
+                tuple(args),
+                buf,
+                dynamo=False,
+                opset_version=self.opset,
+                input_names=names,
+                do_constant_folding=True)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = self.num_threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        sess = ort.InferenceSession(buf.getvalue(), opts,
-                                    providers=['CPUExecutionProvider'])
+        sess = ort.InferenceSession(
+            buf.getvalue(), opts, providers=['CPUExecutionProvider'])
         given = dict(zip(names, args))
         # the exporter drops inputs the graph does not read
-        feed = {i.name: given[i.name].detach().cpu().numpy()
-                for i in sess.get_inputs()}
+        feed = {
+            i.name: given[i.name].detach().cpu().numpy()
+            for i in sess.get_inputs()
+        }
         return lambda: sess.run(None, feed)
 
 
@@ -205,8 +222,8 @@ def make_backend(name: str, runs: int = 5, warmup: int = 2, **kwargs):
     if name == 'torch':
         return TorchBackend('cpu', runs, warmup, **kwargs)
     if name == 'cuda':
-        return CudaBackend(kwargs.pop('device', 'cuda'), runs, warmup,
-                           **kwargs)
+        return CudaBackend(
+            kwargs.pop('device', 'cuda'), runs, warmup, **kwargs)
     if name == 'onnxruntime':
         return OnnxRuntimeBackend(runs, warmup, **kwargs)
     raise ValueError(f'latency backend must be one of {BACKENDS}, got '

@@ -92,7 +92,10 @@ def ceil_to(w: int, step: int) -> int:
 
 
 # ------------------------------------------------------------------ grid
-def axis_grid(dense: int, low: int, points: int, align: int,
+def axis_grid(dense: int,
+              low: int,
+              points: int,
+              align: int,
               unit: int = 1) -> List[int]:
     """At most ``points`` widths in ``[low, dense]``: ``dense`` and
     multiples of ``lcm(align, unit)`` spread evenly (multiples of ``unit``
@@ -120,8 +123,8 @@ def probe_width(xs: Sequence[int], align: int, low: int) -> Optional[int]:
     return max(aligned) - align // 2 if aligned else None
 
 
-def _axis_weights(axis: dict, w: int, align: int
-                  ) -> Tuple[List[Tuple[int, float]], float, float]:
+def _axis_weights(axis: dict, w: int,
+                  align: int) -> Tuple[List[Tuple[int, float]], float, float]:
     """``([(grid index, weight)], scale, penalty)``: along this axis the
     time at width ``w`` is ``scale * sum(weight * T[index])``, times
     ``penalty`` when ``w`` is misaligned (see the module docstring)."""
@@ -191,15 +194,21 @@ def module_config(mod: nn.Module) -> dict:
             'dw' if g == mod.in_channels == mod.out_channels else g)
         pad = mod.padding if isinstance(mod.padding, str) else list(
             mod.padding)
-        return dict(type=t, kernel=list(mod.kernel_size),
-                    stride=list(mod.stride), padding=pad,
-                    dilation=list(mod.dilation), groups=groups,
-                    bias=mod.bias is not None)
+        return dict(
+            type=t,
+            kernel=list(mod.kernel_size),
+            stride=list(mod.stride),
+            padding=pad,
+            dilation=list(mod.dilation),
+            groups=groups,
+            bias=mod.bias is not None)
     if isinstance(mod, nn.Linear):
         return dict(type=t, bias=mod.bias is not None)
     if isinstance(mod, nn.GroupNorm):
-        return dict(type=t, per_group=mod.num_channels // mod.num_groups,
-                    affine=mod.affine)
+        return dict(
+            type=t,
+            per_group=mod.num_channels // mod.num_groups,
+            affine=mod.affine)
     if isinstance(mod, _BN):
         return dict(type=t, affine=mod.affine)
     return dict(type=t, repr=repr(mod))
@@ -235,17 +244,28 @@ def _build_layer(kind: str, mod: nn.Module, widths: Sequence[int],
     if kind in ('conv', 'dw'):
         cls = _CONVS[mod.weight.dim() - 3]
         c_out, c_in = widths if kind == 'conv' else (widths[0], widths[0])
-        return cls(c_in, c_out, mod.kernel_size, mod.stride, mod.padding,
-                   mod.dilation, groups=1 if kind == 'conv' else c_in,
-                   bias=mod.bias is not None, padding_mode=mod.padding_mode)
+        return cls(
+            c_in,
+            c_out,
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            groups=1 if kind == 'conv' else c_in,
+            bias=mod.bias is not None,
+            padding_mode=mod.padding_mode)
     if kind == 'norm':
-        cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d,
-               5: nn.BatchNorm3d}[ndim]
+        cls = {
+            2: nn.BatchNorm1d,
+            3: nn.BatchNorm1d,
+            4: nn.BatchNorm2d,
+            5: nn.BatchNorm3d
+        }[ndim]
         return cls(widths[0], eps=mod.eps, affine=mod.affine)
     if kind == 'gn':
         per = mod.num_channels // mod.num_groups
-        return nn.GroupNorm(max(1, widths[0] // per), widths[0], mod.eps,
-                            mod.affine)
+        return nn.GroupNorm(
+            max(1, widths[0] // per), widths[0], mod.eps, mod.affine)
     return copy.deepcopy(mod)  # pass: parameter-free, width agnostic
 
 
@@ -263,8 +283,8 @@ class _Forward(nn.Module):
 
 
 def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()
-                          ).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj,
+                                     sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------- table
@@ -309,8 +329,7 @@ class LatencyGrid:
         return self.predict_widths({})
 
     # ---------------------------------------------------------- predict
-    def predict_widths(self, widths: Dict[str, List[Sequence[int]]]
-                       ) -> float:
+    def predict_widths(self, widths: Dict[str, List[Sequence[int]]]) -> float:
         """ms with each module's calls at ``widths[name]`` (one tuple per
         call, one width per axis); modules not named stay dense."""
         leaf = 0.0
@@ -322,8 +341,10 @@ class LatencyGrid:
                 leaf += curve_ms(curves[call['curve']], w)
         return self.data['other_ms'] + self.data['leaf_scale'] * leaf
 
-    def widths(self, graph, keep: Optional[dict] = None
-               ) -> Dict[str, List[Tuple[int, ...]]]:
+    def widths(
+            self,
+            graph,
+            keep: Optional[dict] = None) -> Dict[str, List[Tuple[int, ...]]]:
         """Per module, per call, the widths after ``keep`` on ``graph``
         (the graph of the model as it is now, dense or already pruned)."""
         keep = keep or {}
@@ -364,9 +385,11 @@ class LatencyGrid:
         return self.predict_widths(self.widths(graph, keep))
 
     # ------------------------------------------------------------ check
-    def check(self, model: Optional[nn.Module] = None,
+    def check(self,
+              model: Optional[nn.Module] = None,
               input_size: Optional[Sequence[int]] = None,
-              batch: Optional[int] = None, backend: Optional[str] = None,
+              batch: Optional[int] = None,
+              backend: Optional[str] = None,
               device: Optional[str] = None,
               threads: Optional[int] = None) -> None:
         """Raise :class:`LatencyTableMismatch` naming what does not fit.
@@ -464,8 +487,7 @@ class LatencyGrid:
         return cls.from_dict(data, source=f'latency table {path!r}')
 
     @classmethod
-    def from_dict(cls, data, source: str = 'latency table'
-                  ) -> 'LatencyGrid':
+    def from_dict(cls, data, source: str = 'latency table') -> 'LatencyGrid':
         """Validate ``data`` (a ValueError names what is wrong)."""
         if not isinstance(data, dict) or data.get('format') != FORMAT:
             raise ValueError(f'{source}: not an mmprune latency grid (no '
@@ -502,9 +524,15 @@ class LatencyGrid:
 
     # ---------------------------------------------------------- measure
     @classmethod
-    def measure(cls, model: nn.Module, forward_fn: Callable,
-                inputs: Sequence[torch.Tensor], backend, graph=None,
-                points: int = 5, align: int = 8, min_ratio: float = 0.1,
+    def measure(cls,
+                model: nn.Module,
+                forward_fn: Callable,
+                inputs: Sequence[torch.Tensor],
+                backend,
+                graph=None,
+                points: int = 5,
+                align: int = 8,
+                min_ratio: float = 0.1,
                 progress: bool = True) -> 'LatencyGrid':
         """Measure a table for ``forward_fn(*inputs)`` on ``backend``.
 
@@ -523,12 +551,13 @@ class LatencyGrid:
                 of the dense width. Defaults to 0.1.
             progress (bool): show a progress bar. Defaults to True.
         """
-        if isinstance(points, bool) or not (isinstance(points, int)
-                                            and 1 <= points <= 16):
+        if isinstance(
+                points,
+                bool) or not (isinstance(points, int) and 1 <= points <= 16):
             raise ValueError(f'points must be an int in [1, 16], got '
                              f'{points!r}')
-        if isinstance(align, bool) or not (isinstance(align, int)
-                                           and align >= 1):
+        if isinstance(align,
+                      bool) or not (isinstance(align, int) and align >= 1):
             raise ValueError(f'align must be an int >= 1, got {align!r}')
         if not 0 < min_ratio <= 1:
             raise ValueError(f'min_ratio must be in (0, 1], got '
@@ -545,18 +574,28 @@ class LatencyGrid:
         seen_calls: Dict[str, int] = {}
         for name, mod, kind, shape, args in calls:
             i = seen_calls[name] = seen_calls.get(name, -1) + 1
-            entry = modules.setdefault(name, dict(
-                type=type(mod).__name__, kind=kind,
-                config=module_config(mod), widths=module_widths(mod),
-                calls=[]))
+            entry = modules.setdefault(
+                name,
+                dict(
+                    type=type(mod).__name__,
+                    kind=kind,
+                    config=module_config(mod),
+                    widths=module_widths(mod),
+                    calls=[]))
             if entry['kind'] != kind:  # one module, two kinds of call
                 raise RuntimeError(f'latency grid: module {name!r} was '
                                    f"called as {entry['kind']} and {kind}")
             if kind == 'fixed':
                 sig = ['fixed', name, i]
                 cid = curve_ids.setdefault(_digest(sig), f'c{len(curves)}')
-                curves.setdefault(cid, dict(kind=kind, axes=[], align=align,
-                                            ms=None, point=_digest(sig)))
+                curves.setdefault(
+                    cid,
+                    dict(
+                        kind=kind,
+                        axes=[],
+                        align=align,
+                        ms=None,
+                        point=_digest(sig)))
                 todo.setdefault(_digest(sig), ('fixed', mod, args, None))
                 entry['calls'].append(dict(curve=cid, dense=[]))
                 continue
@@ -579,11 +618,12 @@ class LatencyGrid:
             sig = base + [[a['xs'] for a in axes], [a['probe'] for a in axes]]
             cid = curve_ids.setdefault(_digest(sig), f'c{len(curves)}')
             if cid not in curves:
-                curves[cid] = dict(kind=kind, axes=axes, align=align,
-                                   base=base)
+                curves[cid] = dict(
+                    kind=kind, axes=axes, align=align, base=base)
                 for w in _curve_points(axes):
-                    todo.setdefault(_digest(base + [w]),
-                                    (kind, mod, (shape, args[0].dtype), w))
+                    todo.setdefault(
+                        _digest(base + [w]),
+                        (kind, mod, (shape, args[0].dtype), w))
             entry['calls'].append(dict(curve=cid, dense=dense))
         timed = _time_points(todo, backend, progress)
         for cid, c in curves.items():
@@ -593,11 +633,15 @@ class LatencyGrid:
                 _fill_curve(c, timed, c.pop('base'))
         dense_ms = backend.time(_Forward(model, forward_fn), inputs)
         _restore_device(model, inputs)
-        data = dict(format=FORMAT, version=VERSION, modules=modules,
-                    curves=curves, other_ms=0.0, leaf_scale=1.0,
-                    uncalled=sorted(
-                        n for n, m in model.named_modules()
-                        if _parametric(m) and n not in modules))
+        data = dict(
+            format=FORMAT,
+            version=VERSION,
+            modules=modules,
+            curves=curves,
+            other_ms=0.0,
+            leaf_scale=1.0,
+            uncalled=sorted(n for n, m in model.named_modules()
+                            if _parametric(m) and n not in modules))
         grid = cls(data)
         leaf = grid.predict_widths({})
         # the gap to the whole forward goes to the layers in proportion
@@ -608,18 +652,26 @@ class LatencyGrid:
         struct = [[n, m['config'], m['widths']]
                   for n, m in sorted(modules.items())]
         data['key'] = dict(
-            structure=_digest(struct), input_size=list(x.shape[2:]),
-            batch=int(x.shape[0]), backend=backend.name,
-            device=backend.device_kind, device_name=backend.device_name(),
-            threads=backend.threads(), dtype=str(x.dtype))
+            structure=_digest(struct),
+            input_size=list(x.shape[2:]),
+            batch=int(x.shape[0]),
+            backend=backend.name,
+            device=backend.device_kind,
+            device_name=backend.device_name(),
+            threads=backend.threads(),
+            dtype=str(x.dtype))
         data['meta'] = dict(
-            dense_ms=round(dense_ms, 4), leaf_ms=round(leaf, 4),
+            dense_ms=round(dense_ms, 4),
+            leaf_ms=round(leaf, 4),
             seconds=round(time.perf_counter() - t_start, 2),
-            points_timed=len(todo), curves=len(curves),
+            points_timed=len(todo),
+            curves=len(curves),
             calls=sum(len(m['calls']) for m in modules.values()),
             grid=dict(points=points, align=align, min_ratio=min_ratio),
-            runs=backend.runs, warmup=backend.warmup,
-            omp_num_threads=threads_note(), torch=torch.__version__,
+            runs=backend.runs,
+            warmup=backend.warmup,
+            omp_num_threads=threads_note(),
+            torch=torch.__version__,
             created=time.strftime('%Y-%m-%dT%H:%M:%S'))
         return grid
 
@@ -629,15 +681,18 @@ def _capture(model, forward_fn, inputs):
     """``[(name, module, kind, input shape, args)]`` of every leaf call in
     forward order; ``args`` are kept (cloned) only for ``fixed`` calls,
     the others are rebuilt from their shape."""
-    names = {m: n for n, m in model.named_modules()
-             if next(m.children(), None) is None}
+    names = {
+        m: n
+        for n, m in model.named_modules() if next(m.children(), None) is None
+    }
     calls = []
 
     def hook(mod, args, out):
         kind = layer_kind(mod, args)
         if kind == 'fixed':  # replayed as captured
-            kept = tuple(a.detach().clone() if isinstance(a, torch.Tensor)
-                         else a for a in args)
+            kept = tuple(
+                a.detach().clone() if isinstance(a, torch.Tensor) else a
+                for a in args)
             shape = ()
         else:  # rebuilt at other widths: the shape and dtype suffice
             kept = (torch.empty(0, dtype=args[0].dtype), )
@@ -667,8 +722,10 @@ def _graph_lows(graph) -> dict:
     idx = graph.module_indices(keep)
     flags = graph.kept_classes(keep)
     lows = {n: e for n, e in idx.items()}
-    passing = {n: [int(flags[graph.roots[a]].sum()) for a in calls]
-               for n, calls in graph.passthrough.items()}
+    passing = {
+        n: [int(flags[graph.roots[a]].sum()) for a in calls]
+        for n, calls in graph.passthrough.items()
+    }
     return dict(idx=lows, passing=passing)
 
 
@@ -682,8 +739,10 @@ def _lows_of(lows, name, kind, call, dense) -> List[int]:
     if e is None:
         return list(dense)  # the graph never cuts it
     if kind == 'conv':
-        return [len(e['out']) if e['out'] is not None else dense[0],
-                len(e['in']) if e['in'] is not None else dense[1]]
+        return [
+            len(e['out']) if e['out'] is not None else dense[0],
+            len(e['in']) if e['in'] is not None else dense[1]
+        ]
     return [len(e['out']) if e['out'] is not None else dense[0]]
 
 
@@ -696,8 +755,9 @@ def _curve_points(axes) -> List[List[int]]:
         pts = [[x, y] for x in axes[0]['xs'] for y in axes[1]['xs']]
     for k, a in enumerate(axes):
         if a['probe'] is not None:
-            pts.append([a['probe'] if j == k else _ref(b)
-                        for j, b in enumerate(axes)])
+            pts.append([
+                a['probe'] if j == k else _ref(b) for j, b in enumerate(axes)
+            ])
     return pts
 
 
@@ -720,7 +780,7 @@ def _time_points(todo: dict, backend, progress: bool) -> Dict[str, float]:
             shape = list(shape)
             shape[ch] = w[-1] if kind == 'conv' else w[0]  # C_in
             layer = _build_layer(kind, mod, w, len(shape))
-            out[key] = backend.time(layer, (torch.randn(shape, dtype=dtype),))
+            out[key] = backend.time(layer, (torch.randn(shape, dtype=dtype), ))
         if bar is not None:
             bar.update()
     if bar is not None:
@@ -735,8 +795,7 @@ def _fill_curve(c: dict, timed: dict, base: list) -> None:
     if len(axes) == 1:
         c['ms'] = [at([x]) for x in axes[0]['xs']]
     else:
-        c['ms'] = [[at([x, y]) for y in axes[1]['xs']]
-                   for x in axes[0]['xs']]
+        c['ms'] = [[at([x, y]) for y in axes[1]['xs']] for x in axes[0]['xs']]
     for k, a in enumerate(axes):
         if a['probe'] is None:
             continue
@@ -757,8 +816,12 @@ def _restore_device(model, inputs) -> None:
 
 
 # ------------------------------------------------------- detector helpers
-def measure_grid(model: nn.Module, input_size: Sequence[int], batch: int,
-                 backend, graph=None, **kwargs) -> LatencyGrid:
+def measure_grid(model: nn.Module,
+                 input_size: Sequence[int],
+                 batch: int,
+                 backend,
+                 graph=None,
+                 **kwargs) -> LatencyGrid:
     """:meth:`LatencyGrid.measure` of a detector's tensor forward at
     ``input_size`` (H, W) and ``batch``."""
     from ..adapters.detector import tensor_forward
@@ -766,15 +829,17 @@ def measure_grid(model: nn.Module, input_size: Sequence[int], batch: int,
     model.eval()
     try:
         fn, inputs = tensor_forward(model, tuple(input_size), batch)
-        return LatencyGrid.measure(model, fn, inputs, backend, graph,
-                                   **kwargs)
+        return LatencyGrid.measure(model, fn, inputs, backend, graph, **kwargs)
     finally:
         model.train(was_training)
 
 
-def measure_models(models: Dict[str, nn.Module], input_size: Sequence[int],
-                   batch: int, backend, runs: int = 20, warmup: int = 3
-                   ) -> Dict[str, dict]:
+def measure_models(models: Dict[str, nn.Module],
+                   input_size: Sequence[int],
+                   batch: int,
+                   backend,
+                   runs: int = 20,
+                   warmup: int = 3) -> Dict[str, dict]:
     """Median ms of each detector's tensor forward on ``backend``, timed in
     interleaved rounds (:func:`mmprune.costs.latency.measure_latency`)."""
     from ..adapters.detector import tensor_forward

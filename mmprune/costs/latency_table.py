@@ -50,7 +50,9 @@ class LatencyTable:
         meta (dict): device, threads, input size, runs (for the log).
     """
 
-    def __init__(self, entries: Dict[str, dict], other_ms: float,
+    def __init__(self,
+                 entries: Dict[str, dict],
+                 other_ms: float,
                  meta: dict = None):
         self.entries = entries
         self.other_ms = float(other_ms)
@@ -61,19 +63,26 @@ class LatencyTable:
         return self.other_ms + sum(e['ms'] for e in self.entries.values())
 
     @classmethod
-    def measure(cls, model: nn.Module, forward_fn: Callable,
-                inputs: Sequence[torch.Tensor], runs: int = 5,
+    def measure(cls,
+                model: nn.Module,
+                forward_fn: Callable,
+                inputs: Sequence[torch.Tensor],
+                runs: int = 5,
                 warmup: int = 1) -> 'LatencyTable':
         """Time ``forward_fn(*inputs)`` per leaf module (no grad)."""
         if isinstance(runs, bool) or not (isinstance(runs, int) and runs >= 1):
             raise ValueError(f'runs must be an int >= 1, got {runs!r}')
-        names = {m: n for n, m in model.named_modules()
-                 if next(m.children(), None) is None}
+        names = {
+            m: n
+            for n, m in model.named_modules()
+            if next(m.children(), None) is None
+        }
         start: Dict[nn.Module, float] = {}
         spent: Dict[str, float] = {}
         shape: Dict[str, tuple] = {}
-        sync = (torch.cuda.synchronize if any(
-            x.is_cuda for x in inputs) else (lambda: None))
+        sync = (
+            torch.cuda.synchronize if any(x.is_cuda for x in inputs) else
+            (lambda: None))
 
         def pre(mod, args):
             sync()
@@ -116,14 +125,19 @@ class LatencyTable:
         entries = {}
         for name, (kind, c_out, c_in) in shape.items():
             ms = float(np.median([r.get(name, 0.0) for r in per_run])) * 1e3
-            entries[name] = dict(kind=kind, ms=round(ms, 4), out=int(c_out),
-                                 **{'in': int(c_in)})
+            entries[name] = dict(
+                kind=kind,
+                ms=round(ms, 4),
+                out=int(c_out),
+                **{'in': int(c_in)})
         total = float(np.median(totals)) * 1e3
         other = max(total - sum(e['ms'] for e in entries.values()), 0.0)
-        meta = dict(device=str(inputs[0].device),
-                    threads=torch.get_num_threads(),
-                    input_shape=list(inputs[0].shape), runs=runs,
-                    total_ms=round(total, 3))
+        meta = dict(
+            device=str(inputs[0].device),
+            threads=torch.get_num_threads(),
+            input_shape=list(inputs[0].shape),
+            runs=runs,
+            total_ms=round(total, 3))
         return cls(entries, other, meta)
 
     # ----------------------------------------------------------- predict
@@ -153,8 +167,11 @@ class LatencyTable:
 
     # ------------------------------------------------------------- state
     def to_dict(self) -> dict:
-        return dict(version=VERSION, entries=self.entries,
-                    other_ms=self.other_ms, meta=self.meta)
+        return dict(
+            version=VERSION,
+            entries=self.entries,
+            other_ms=self.other_ms,
+            meta=self.meta)
 
     @classmethod
     def from_dict(cls, d: dict) -> 'LatencyTable':
@@ -170,8 +187,7 @@ class LatencyTable:
             raise ValueError('latency table: needs an "entries" dict and '
                              'an "other_ms" number >= 0')
         for name, e in entries.items():
-            ok = isinstance(e, dict) and set(e) == {'kind', 'ms', 'out',
-                                                    'in'}
+            ok = isinstance(e, dict) and set(e) == {'kind', 'ms', 'out', 'in'}
             ok = ok and e['kind'] in ('conv', 'follow', 'pass') and all(
                 isinstance(e[k], (int, float)) for k in ('ms', 'out', 'in'))
             if not ok or e['ms'] < 0 or e['out'] < 1 or e['in'] < 1:

@@ -8,8 +8,10 @@ from .flops import CostModel
 from .latency_table import LatencyTable
 
 
-def cost_model(model: nn.Module, input_size: Tuple[int, int] = (640, 640),
-               latency: bool = False, latency_runs: int = 5) -> CostModel:
+def cost_model(model: nn.Module,
+               input_size: Tuple[int, int] = (640, 640),
+               latency: bool = False,
+               latency_runs: int = 5) -> CostModel:
     """The FLOPs/params cost model of ``model`` at ``input_size`` (H, W).
 
     With ``latency=True`` it also times the model's leaf modules here
@@ -22,8 +24,8 @@ def cost_model(model: nn.Module, input_size: Tuple[int, int] = (640, 640),
         fn, inputs = tensor_forward(model, input_size)
         cost = CostModel(model, fn, inputs)
         if latency:
-            cost.latency = LatencyTable.measure(model, fn, inputs,
-                                                runs=latency_runs)
+            cost.latency = LatencyTable.measure(
+                model, fn, inputs, runs=latency_runs)
         return cost
     finally:
         model.train(was_training)

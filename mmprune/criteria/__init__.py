@@ -9,7 +9,9 @@ from .relevance import FeatureRelevanceCriterion
 from .similarity import WeightSimilarityCriterion
 from .taylor import TaylorCriterion
 
-__all__ = ['BaseCriterion', 'group_weight_rows', 'BNScaleCriterion',
-           'L1Criterion', 'L2Criterion', 'FPGMCriterion', 'TaylorCriterion',
-           'WeightSimilarityCriterion', 'FeatureRelevanceCriterion',
-           'BlendedCriterion', 'HRankCriterion']
+__all__ = [
+    'BaseCriterion', 'group_weight_rows', 'BNScaleCriterion', 'L1Criterion',
+    'L2Criterion', 'FPGMCriterion', 'TaylorCriterion',
+    'WeightSimilarityCriterion', 'FeatureRelevanceCriterion',
+    'BlendedCriterion', 'HRankCriterion', 'RandomCriterion'
+]

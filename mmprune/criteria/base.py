@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 
 
-def group_weight_rows(model: nn.Module, group, kinds=('conv', 'linear')
-                      ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def group_weight_rows(
+    model: nn.Module, group, kinds=('conv', 'linear')
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(rows, group_index)`` for each producer of ``group``:
     ``rows`` (n, k) are the flattened producer filters of the group's
     channels ``group_index`` (n,)."""
@@ -97,15 +98,19 @@ class BaseCriterion(metaclass=abc.ABCMeta):
     def score_group(self, model: nn.Module, group) -> torch.Tensor:
         """(G,) importance of ``group``'s channels."""
 
-    def score(self, model: nn.Module, graph,
-              names: Optional[Iterable[str]] = None
-              ) -> Dict[str, torch.Tensor]:
+    def score(
+            self,
+            model: nn.Module,
+            graph,
+            names: Optional[Iterable[str]] = None) -> Dict[str, torch.Tensor]:
         """Scores of every prunable group, or only of those in ``names``
         (a method that leaves groups alone must not score them: some
         criteria cannot, e.g. HRank on the RoI head's fully connected
         layers, which have no spatial output)."""
         wanted = None if names is None else set(names)
-        return {g.name: self.score_group(model, g).float().cpu()
-                for g in graph.prunable_groups()
-                if (wanted is None or g.name in wanted) and
-                (getattr(g, 'reader', None) is None or self.scores_readers)}
+        return {
+            g.name: self.score_group(model, g).float().cpu()
+            for g in graph.prunable_groups()
+            if (wanted is None or g.name in wanted) and (
+                getattr(g, 'reader', None) is None or self.scores_readers)
+        }

@@ -97,8 +97,8 @@ def spearman_matrix(scores: Sequence) -> np.ndarray:
     return np.clip(rho, -1.0, 1.0)
 
 
-def cluster_criteria(rho: np.ndarray, threshold: float = 0.9
-                     ) -> List[List[int]]:
+def cluster_criteria(rho: np.ndarray,
+                     threshold: float = 0.9) -> List[List[int]]:
     """Average-linkage agglomerative clusters of criteria whose mean
     pairwise correlation is >= ``threshold``; clusters and members in pool
     order."""
@@ -122,13 +122,13 @@ def medoid(cluster: Sequence[int], rho: np.ndarray) -> int:
     """The member with the highest mean correlation to the others."""
     if len(cluster) == 1:
         return cluster[0]
-    means = [np.mean([rho[i, j] for j in cluster if j != i])
-             for i in cluster]
+    means = [np.mean([rho[i, j] for j in cluster if j != i]) for i in cluster]
     return cluster[int(np.argmax(means))]
 
 
-def make_stage_fn(stages: Optional[Sequence[Tuple[str, str]]] = None
-                  ) -> Callable[[str], str]:
+def make_stage_fn(
+    stages: Optional[Sequence[Tuple[str,
+                                    str]]] = None) -> Callable[[str], str]:
     """``default_stage``, or the first matching ``(regex, stage)``."""
     if not stages:
         return default_stage
@@ -150,7 +150,8 @@ def make_stage_fn(stages: Optional[Sequence[Tuple[str, str]]] = None
 
 def cluster_pool(pool: Dict[str, Dict[str, torch.Tensor]],
                  stage_fn: Callable[[str], str] = default_stage,
-                 threshold: float = 0.9, vote: float = 0.5) -> dict:
+                 threshold: float = 0.9,
+                 vote: float = 0.5) -> dict:
     """Cluster the pool per group and vote candidates per stage.
 
     Args:
@@ -176,9 +177,10 @@ def cluster_pool(pool: Dict[str, Dict[str, torch.Tensor]],
         rho = spearman_matrix(scores)
         clusters = cluster_criteria(rho, threshold)
         reps = [medoid(c, rho) for c in clusters]
-        per_group[g] = dict(stage=stage,
-                            clusters=[[keys[i] for i in c] for c in clusters],
-                            representatives=[keys[i] for i in reps])
+        per_group[g] = dict(
+            stage=stage,
+            clusters=[[keys[i] for i in c] for c in clusters],
+            representatives=[keys[i] for i in reps])
         clustered[stage] = clustered.get(stage, 0) + 1
         for i in reps:
             votes.setdefault(stage, np.zeros(len(keys)))[i] += 1
@@ -187,8 +189,9 @@ def cluster_pool(pool: Dict[str, Dict[str, torch.Tensor]],
             stages[stage] = list(keys)
             continue
         v = votes[stage]
-        chosen = [k for i, k in enumerate(keys)
-                  if v[i] >= vote * clustered[stage]]
+        chosen = [
+            k for i, k in enumerate(keys) if v[i] >= vote * clustered[stage]
+        ]
         stages[stage] = chosen or [keys[int(np.argmax(v))]]
     return dict(groups=per_group, stages=stages)
 
@@ -224,8 +227,10 @@ def stage_weights(alphas: Dict[str, Dict[str, float]], stage: str,
                        f"'*' fallback; stages: {sorted(alphas)}")
     w = {k: float(w.get(k, 0.0)) for k in keys}
     if not any(v > 0 for v in w.values()):
-        present = [k for k in keys if k in (alphas.get(stage) or
-                                            alphas.get('*') or {})]
+        present = [
+            k for k in keys
+            if k in (alphas.get(stage) or alphas.get('*') or {})
+        ]
         present = present or list(keys)
         w = {k: (1.0 if k in present else 0.0) for k in keys}
     return w
@@ -273,7 +278,8 @@ class BlendedCriterion(BaseCriterion):
         >>> scores = crit.score(model, graph)
     """
 
-    def __init__(self, alphas: Dict[str, Dict[str, float]],
+    def __init__(self,
+                 alphas: Dict[str, Dict[str, float]],
                  criteria: Optional[Dict[str, dict]] = None,
                  stages: Optional[Sequence[Tuple[str, str]]] = None,
                  normalize: str = 'rank'):
@@ -281,8 +287,11 @@ class BlendedCriterion(BaseCriterion):
             raise ValueError(f'normalize must be one of {_NORMS}, got '
                              f'{normalize!r}')
         if criteria is None:
-            used = {k for w in (alphas or {}).values()
-                    if isinstance(w, dict) for k in w}
+            used = {
+                k
+                for w in (alphas or {}).values() if isinstance(w, dict)
+                for k in w
+            }
             unknown = used - set(DEFAULT_POOL)
             if unknown:
                 raise ValueError(f'alphas name criteria {sorted(unknown)} '
@@ -293,8 +302,10 @@ class BlendedCriterion(BaseCriterion):
             raise ValueError(f'criteria must be a non-empty dict key -> '
                              f'criterion config, got {criteria!r}')
         self.criteria_cfg = copy.deepcopy(dict(criteria))
-        self.members = {k: build_from(CRITERIA, cfg, 'criterion')
-                        for k, cfg in self.criteria_cfg.items()}
+        self.members = {
+            k: build_from(CRITERIA, cfg, 'criterion')
+            for k, cfg in self.criteria_cfg.items()
+        }
         self.alphas = check_alphas(alphas, list(self.members))
         self.stages = [tuple(s) for s in stages] if stages else None
         self.stage_fn = make_stage_fn(self.stages)
@@ -331,16 +342,23 @@ class BlendedCriterion(BaseCriterion):
 
     def score_group(self, model, group) -> torch.Tensor:
         w = self._used(self.stage_fn(group.name))
-        pool = {k: {group.name: self.members[k].score_group(model, group)}
-                for k, a in w.items() if a > 0}
-        return blend_scores(pool, {'*': {k: w[k] for k in pool}},
-                            lambda name: '*', self.normalize)[group.name]
+        pool = {
+            k: {
+                group.name: self.members[k].score_group(model, group)
+            }
+            for k, a in w.items() if a > 0
+        }
+        return blend_scores(pool, {'*': {
+            k: w[k]
+            for k in pool
+        }}, lambda name: '*', self.normalize)[group.name]
 
     def config(self) -> dict:
         """The JSON/py-safe kwargs that rebuild this criterion."""
-        cfg = dict(criteria=copy.deepcopy(self.criteria_cfg),
-                   alphas=copy.deepcopy(self.alphas),
-                   normalize=self.normalize)
+        cfg = dict(
+            criteria=copy.deepcopy(self.criteria_cfg),
+            alphas=copy.deepcopy(self.alphas),
+            normalize=self.normalize)
         if self.stages:
             cfg['stages'] = [list(s) for s in self.stages]
         return cfg
@@ -359,9 +377,9 @@ class BlendLayout:
     """
 
     def __init__(self, stage_candidates: Dict[str, List[str]]):
-        self.genes: List[Tuple[str, str]] = [
-            (s, k) for s in sorted(stage_candidates)
-            for k in stage_candidates[s]]
+        self.genes: List[Tuple[str, str]] = [(s, k)
+                                             for s in sorted(stage_candidates)
+                                             for k in stage_candidates[s]]
         if not self.genes:
             raise ValueError('no (stage, criterion) gene to search')
         self.keys = list(dict.fromkeys(k for _, k in self.genes))
@@ -388,7 +406,9 @@ class BlendLayout:
     def seeds(self) -> List[np.ndarray]:
         """One-hot genome per criterion (alpha 1 for it wherever it is a
         candidate) plus the uniform genome."""
-        seeds = [np.array([1.0 if k == key else 0.0 for _, k in self.genes])
-                 for key in self.keys]
+        seeds = [
+            np.array([1.0 if k == key else 0.0 for _, k in self.genes])
+            for key in self.keys
+        ]
         seeds.append(np.ones(len(self.genes)))
         return seeds

@@ -69,8 +69,10 @@ def gate_sites(graph, groups=None) -> List[GateSite]:
             if m.kind == 'norm' and m.axis == 'in':
                 rec = graph.records[m.module]
                 for via in rec.in_vias:
-                    followed.update(int(v) for v in np.asarray(via)[
-                        np.asarray(m.positions)] if v >= 0)
+                    followed.update(
+                        int(v)
+                        for v in np.asarray(via)[np.asarray(m.positions)]
+                        if v >= 0)
                 sites.append(_site(g, m))
         for m in g.members:
             if m.axis == 'out' and m.kind in ('conv', 'linear') and \
@@ -117,24 +119,29 @@ class GateHooks:
         skipped = []
         for i, site in enumerate(self.sites):
             mod = modules[site.module]
-            params = [p for p in (getattr(mod, 'weight', None),
-                                  getattr(mod, 'bias', None))
-                      if isinstance(p, nn.Parameter) and p.requires_grad]
+            params = [
+                p for p in (getattr(mod, 'weight', None),
+                            getattr(mod, 'bias', None))
+                if isinstance(p, nn.Parameter) and p.requires_grad
+            ]
             if not params:
                 skipped.append(site.module)
                 continue
-            self.handles.append(torch.autograd.graph.register_multi_grad_hook(
-                params, self._make_hook(i, params)))
+            self.handles.append(
+                torch.autograd.graph.register_multi_grad_hook(
+                    params, self._make_hook(i, params)))
             if self.track_shapes:
-                self.handles.append(mod.register_forward_hook(
-                    self._make_shape_hook(i)))
+                self.handles.append(
+                    mod.register_forward_hook(self._make_shape_hook(i)))
         if self.track_shapes:
             # a new forward of the whole model starts new shape records
-            self.handles.append(model.register_forward_pre_hook(
-                lambda mod, inputs: self._pending.clear()))
+            self.handles.append(
+                model.register_forward_pre_hook(
+                    lambda mod, inputs: self._pending.clear()))
         if skipped:
-            logger.info('mmprune: gate sites without trainable parameters '
-                        'are not scored: %s', ', '.join(skipped[:8]))
+            logger.info(
+                'mmprune: gate sites without trainable parameters '
+                'are not scored: %s', ', '.join(skipped[:8]))
 
     def remove(self) -> None:
         for h in self.handles:
@@ -165,11 +172,11 @@ class GateHooks:
                 total = t if total is None else total + t
             if total is None:
                 return
-            contrib = torch.zeros(site.width, dtype=torch.float64,
-                                  device=total.device)
-            contrib.index_add_(0, site.group_index.to(total.device),
-                               total.index_select(
-                                   0, site.positions.to(total.device)))
+            contrib = torch.zeros(
+                site.width, dtype=torch.float64, device=total.device)
+            contrib.index_add_(
+                0, site.group_index.to(total.device),
+                total.index_select(0, site.positions.to(total.device)))
             n, hw = self._pending.pop(i, (0, 0))
             self.callback(i, contrib, dict(samples=n, positions=hw))
 
@@ -191,14 +198,16 @@ class SiteSums:
         device (torch.device): where the buffers live (the gradients').
     """
 
-    def __init__(self, sites: List[GateSite], rows: int = 1,
-                 device=None):
+    def __init__(self, sites: List[GateSite], rows: int = 1, device=None):
         self.sites = sites
         self.rows = rows
         self.device = torch.device('cpu') if device is None else device
         self.reset()
 
-    def add(self, i: int, value: torch.Tensor, count: float = 1.0,
+    def add(self,
+            i: int,
+            value: torch.Tensor,
+            count: float = 1.0,
             row: int = 0) -> None:
         self.delta[i][row] += value.to(self.delta[i])
         self.count_delta[i][row] += count
@@ -220,8 +229,10 @@ class SiteSums:
         if not self.sites:
             return
         keys = range(len(self.sites))
-        flat = torch.cat([torch.cat([self.delta[k].flatten(),
-                                     self.count_delta[k]]) for k in keys])
+        flat = torch.cat([
+            torch.cat([self.delta[k].flatten(), self.count_delta[k]])
+            for k in keys
+        ])
         dist.all_reduce(flat)
         off = 0
         for k in keys:
@@ -233,9 +244,10 @@ class SiteSums:
             off += n + r
 
     def reset(self) -> None:
+
         def zeros(*shape):
-            return torch.zeros(shape, dtype=torch.float64,
-                               device=self.device)
+            return torch.zeros(shape, dtype=torch.float64, device=self.device)
+
         self.delta = [zeros(self.rows, s.width) for s in self.sites]
         self.synced = [zeros(self.rows, s.width) for s in self.sites]
         self.count_delta = [zeros(self.rows) for _ in self.sites]
@@ -243,8 +255,7 @@ class SiteSums:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()),
-                torch.device('cpu'))
+    return next((p.device for p in model.parameters()), torch.device('cpu'))
 
 
 def sites_by_group(sites: List[GateSite]) -> Dict[str, List[int]]:

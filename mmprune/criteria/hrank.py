@@ -43,9 +43,11 @@ _MODES = ('auto', ) + tuple(_ACTS)
 
 def _activation_types() -> tuple:
     """Element-wise activation modules (torch's, and mmcv's own bricks)."""
-    types = [nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish,
-             nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.GELU, nn.ELU, nn.SELU,
-             nn.CELU, nn.Mish, nn.Softplus, nn.Hardtanh]
+    types = [
+        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid,
+        nn.Sigmoid, nn.Tanh, nn.GELU, nn.ELU, nn.SELU, nn.CELU, nn.Mish,
+        nn.Softplus, nn.Hardtanh
+    ]
     from mmcv.cnn.bricks import HSigmoid, HSwish, Swish
     return tuple(types + [Swish, HSwish, HSigmoid])
 
@@ -81,8 +83,10 @@ def site_activations(model: nn.Module, graph, sites) -> List[Optional[str]]:
             # coupled stream)
             for same in (lambda a: np.array_equal(a, atoms),
                          lambda a: np.array_equal(graph.roots[a], cls)):
-                found = next((name for name, calls in readers
-                              if any(same(a) for a in calls)), None)
+                found = next(
+                    (name
+                     for name, calls in readers if any(same(a)
+                                                       for a in calls)), None)
                 if found is not None:
                     break
         out.append(found)
@@ -104,7 +108,8 @@ class HRankCriterion(BaseCriterion):
             Defaults to 128 (None: no limit).
     """
 
-    def __init__(self, activation: Optional[str] = 'auto',
+    def __init__(self,
+                 activation: Optional[str] = 'auto',
                  max_images: Optional[int] = 128):
         if activation not in _MODES:
             raise ValueError(f'activation must be one of {list(_MODES)}, '
@@ -144,8 +149,10 @@ class HRankCriterion(BaseCriterion):
     def _resolve_activations(self, model, graph, modules) -> None:
         if self.activation != 'auto':
             self._acts = [_ACTS[self.activation]] * len(self._sites)
-            self.site_activation = {s.module: self.activation
-                                    for s in self._sites}
+            self.site_activation = {
+                s.module: self.activation
+                for s in self._sites
+            }
             return
         names = site_activations(model, graph, self._sites)
         # the module's own forward (not __call__: no hooks run), on a copy
@@ -153,13 +160,16 @@ class HRankCriterion(BaseCriterion):
         self._acts = [(lambda t: t) if n is None else
                       (lambda t, f=modules[n].forward: f(t.clone()))
                       for n in names]
-        self.site_activation = {s.module: n
-                                for s, n in zip(self._sites, names)}
+        self.site_activation = {
+            s.module: n
+            for s, n in zip(self._sites, names)
+        }
         bare = [s.module for s, n in zip(self._sites, names) if n is None]
         if bare:
-            logger.info('mmprune: HRank: no activation module reads %d '
-                        'site(s), ranked as they are: %s', len(bare),
-                        ', '.join(bare[:8]))
+            logger.info(
+                'mmprune: HRank: no activation module reads %d '
+                'site(s), ranked as they are: %s', len(bare),
+                ', '.join(bare[:8]))
 
     def detach(self) -> None:
         for h in self._handles:
@@ -167,8 +177,8 @@ class HRankCriterion(BaseCriterion):
         self._handles = []
 
     def reset(self) -> None:
-        self._sums = SiteSums(self._sites,
-                              device=getattr(self, '_device', None))
+        self._sums = SiteSums(
+            self._sites, device=getattr(self, '_device', None))
         self._seen = [0] * len(self._sites)
 
     def sync(self) -> None:
@@ -178,8 +188,8 @@ class HRankCriterion(BaseCriterion):
     def _make_hook(self, i: int):
         site = self._sites[i]
         # multiplicity of each group channel at this site (chunk couplings)
-        mult = torch.bincount(site.group_index,
-                              minlength=site.width).clamp_min(1).double()
+        mult = torch.bincount(
+            site.group_index, minlength=site.width).clamp_min(1).double()
 
         def hook(mod, inputs, out):
             if not isinstance(out, torch.Tensor) or out.dim() != 4:

@@ -45,21 +45,49 @@ from torch.overrides import TorchFunctionMode
 from ..graph import op_table
 
 # leaf module types the LRP pass understands
-_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm,
-               nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.ReLU,
+               nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
                nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
 _ROUTING = frozenset({
-    'view', 'reshape', 'flatten', 'view_as', 'reshape_as', '__getitem__',
-    'cat', 'concat', 'concatenate', 'split', 'chunk', 'split_with_sizes',
-    'unbind', 'narrow', 'squeeze', 'unsqueeze', 'contiguous', 'clone',
-    'max_pool2d', '_max_pool2d', 'max_pool2d_with_indices',
-    'adaptive_max_pool2d', '_adaptive_max_pool2d',
-    'adaptive_max_pool2d_with_indices', 'permute', 'transpose', 't',
-    'register_hook', 'requires_grad_', 'detach', 'float', 'to', 'type_as',
+    'view',
+    'reshape',
+    'flatten',
+    'view_as',
+    'reshape_as',
+    '__getitem__',
+    'cat',
+    'concat',
+    'concatenate',
+    'split',
+    'chunk',
+    'split_with_sizes',
+    'unbind',
+    'narrow',
+    'squeeze',
+    'unsqueeze',
+    'contiguous',
+    'clone',
+    'max_pool2d',
+    '_max_pool2d',
+    'max_pool2d_with_indices',
+    'adaptive_max_pool2d',
+    '_adaptive_max_pool2d',
+    'adaptive_max_pool2d_with_indices',
+    'permute',
+    'transpose',
+    't',
+    'register_hook',
+    'requires_grad_',
+    'detach',
+    'float',
+    'to',
+    'type_as',
 })
-_THROUGH = frozenset({'batch_norm', 'relu', 'relu_', 'dropout', 'dropout_',
-                      'dropout2d', 'feature_dropout'})
+_THROUGH = frozenset({
+    'batch_norm', 'relu', 'relu_', 'dropout', 'dropout_', 'dropout2d',
+    'feature_dropout'
+})
 _ADD = frozenset({'add', 'add_', '__add__', '__radd__', '__iadd__'})
 _POOL = frozenset({'avg_pool2d', 'adaptive_avg_pool2d'})
 _LINEAR = frozenset({'conv2d', 'linear'})
@@ -186,9 +214,10 @@ class _LRPMode(TorchFunctionMode):
             return _Through.apply(args[0], fn)
         if name in _ADD:
             a, b = args[0], args[1]
-            if kwargs.get('alpha', 1) != 1 or not (
-                    isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                    and a.shape == b.shape):
+            if kwargs.get(
+                    'alpha',
+                    1) != 1 or not (isinstance(a, torch.Tensor) and isinstance(
+                        b, torch.Tensor) and a.shape == b.shape):
                 self._unsupported(name, ' (only tensor + tensor of one '
                                   'shape)')
             return _Add.apply(a, b, self.eps)
@@ -232,7 +261,9 @@ def check_modules(model: nn.Module) -> None:
 
 
 @contextmanager
-def lrp_forward(model: nn.Module, alpha: float = 2.0, beta: float = 1.0,
+def lrp_forward(model: nn.Module,
+                alpha: float = 2.0,
+                beta: float = 1.0,
                 eps: float = 1e-9):
     """Context in which ``model(x)`` builds a relevance graph: calling
     ``out.backward(R_out)`` afterwards propagates relevance, and a tensor
@@ -255,9 +286,9 @@ def lrp_forward(model: nn.Module, alpha: float = 2.0, beta: float = 1.0,
     was_training = model.training
     model.eval()
     try:
-        with _LRPMode(alpha, beta, eps,
-                      lambda: (stack[-1] or '<root>') if stack else
-                      '<top level>'):
+        with _LRPMode(
+                alpha, beta, eps, lambda: (stack[-1] or '<root>')
+                if stack else '<top level>'):
             yield
     finally:
         for h in handles:

@@ -34,9 +34,8 @@ def _column_norms(model, group, p):
         if m.axis != 'in' or m.module != group.reader:
             continue
         w = modules[m.module].weight.detach()  # (C_out, C_w, ...)
-        cols = w.index_select(1, torch.as_tensor(m.positions,
-                                                 dtype=torch.long,
-                                                 device=w.device))
+        cols = w.index_select(
+            1, torch.as_tensor(m.positions, dtype=torch.long, device=w.device))
         norms = cols.transpose(0, 1).flatten(1).float().norm(p=p, dim=1)
         score.index_add_(0, torch.as_tensor(m.group_index), norms.cpu())
     return score

@@ -50,5 +50,5 @@ class RandomCriterion(BaseCriterion):
 
     def score_group(self, model, group) -> torch.Tensor:
         # (G,) scores in the group's index space
-        return torch.rand(group.width,
-                          generator=self._generator(group.name, group.width))
+        return torch.rand(
+            group.width, generator=self._generator(group.name, group.width))

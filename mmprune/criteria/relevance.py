@@ -104,9 +104,12 @@ class FeatureRelevanceCriterion(BaseCriterion):
         ...     lrp.accumulate_lrp(model, x, y)
     """
 
-    def __init__(self, relevance: str = 'grad_x_input',
-                 normalize: bool = True, alpha: float = 2.0,
-                 beta: float = 1.0, eps: float = 1e-9,
+    def __init__(self,
+                 relevance: str = 'grad_x_input',
+                 normalize: bool = True,
+                 alpha: float = 2.0,
+                 beta: float = 1.0,
+                 eps: float = 1e-9,
                  class_weights: Optional[Sequence[float]] = None,
                  loss_scale=None):
         if relevance not in _MODES:
@@ -190,8 +193,8 @@ class FeatureRelevanceCriterion(BaseCriterion):
     def reset(self) -> None:
         self._sums = None
         if self.relevance == 'grad_x_input':
-            self._sums = SiteSums(self._sites,
-                                  device=getattr(self, '_device', None))
+            self._sums = SiteSums(
+                self._sites, device=getattr(self, '_device', None))
         self.skipped = 0
 
     def sync(self) -> None:
@@ -207,8 +210,8 @@ class FeatureRelevanceCriterion(BaseCriterion):
             self.skipped += 1
             return
         # sum_{n,h,w} a*g / (H*W) = sum_n mean_hw(a*g); counts add N
-        self._sums.add(i, contrib / info['positions'],
-                       count=float(info['samples']))
+        self._sums.add(
+            i, contrib / info['positions'], count=float(info['samples']))
 
     # --------------------------------------------------------------- LRP
     def accumulate_lrp(self, model: nn.Module, inputs: torch.Tensor,
@@ -232,8 +235,7 @@ class FeatureRelevanceCriterion(BaseCriterion):
             k = out.shape[1]
             if self._sums is None:
                 # on the model's device, so NCCL can all-reduce it
-                self._sums = SiteSums(self._sites, rows=k,
-                                      device=self._device)
+                self._sums = SiteSums(self._sites, rows=k, device=self._device)
             elif self._sums.rows != k:
                 raise ValueError(f'model returned {k} classes, earlier '
                                  f'batches {self._sums.rows}')
@@ -259,11 +261,15 @@ class FeatureRelevanceCriterion(BaseCriterion):
         captured, handles = {}, []
 
         def capture(i):
+
             def fwd(mod, inp, out):
+
                 def bwd(r):
                     captured[i] = captured.get(i, 0) + _per_sample(r)
+
                 if isinstance(out, torch.Tensor) and out.requires_grad:
                     out.register_hook(bwd)
+
             return fwd
 
         for i, site in enumerate(self._sites):
@@ -275,8 +281,8 @@ class FeatureRelevanceCriterion(BaseCriterion):
             for h in handles:
                 h.remove()
 
-    def accumulate_lrp_detection(self, model: nn.Module,
-                                 inputs: torch.Tensor, data_samples) -> None:
+    def accumulate_lrp_detection(self, model: nn.Module, inputs: torch.Tensor,
+                                 data_samples) -> None:
         """One LRP pass of a single-stage anchor detector (RetinaNet).
 
         **Our choice** (docs/methods.md §4(e), ``lrp_cls``): relevance
@@ -296,8 +302,7 @@ class FeatureRelevanceCriterion(BaseCriterion):
             raise RuntimeError('call attach(model, graph) before '
                                'accumulate_lrp_detection')
         body, head = lrp_body(model), model.bbox_head
-        trained = [m for m in body.modules()
-                   if is_batchnorm(m) and m.training]
+        trained = [m for m in body.modules() if is_batchnorm(m) and m.training]
         with self._captured(model) as captured:
             x = inputs.detach().float().requires_grad_(True)
             with lrp_forward(body, self.alpha, self.beta, self.eps), \
@@ -311,8 +316,9 @@ class FeatureRelevanceCriterion(BaseCriterion):
         for i, r in captured.items():  # r: (N, C) mean_hw relevance
             site = self._sites[i]
             rg = torch.zeros(site.width, dtype=torch.float64)
-            rg.index_add_(0, site.group_index, r.double().cpu().sum(
-                0).index_select(0, site.positions))
+            rg.index_add_(
+                0, site.group_index,
+                r.double().cpu().sum(0).index_select(0, site.positions))
             self._sums.add(i, rg, count=float(n))
 
     # ------------------------------------------------------------ scoring
@@ -363,13 +369,17 @@ def _is_detector(model: nn.Module) -> bool:
 def lrp_body(model: nn.Module) -> nn.Module:
     """The part of a detector an LRP pass runs: backbone, neck and the
     bbox head's layers (its loss modules are never called)."""
-    parts = {k: getattr(model, k) for k in ('backbone', 'neck', 'bbox_head')
-             if isinstance(getattr(model, k, None), nn.Module)}
+    parts = {
+        k: getattr(model, k)
+        for k in ('backbone', 'neck', 'bbox_head')
+        if isinstance(getattr(model, k, None), nn.Module)
+    }
     head = parts.pop('bbox_head', None)
     if head is not None:
         parts['bbox_head'] = nn.ModuleDict({
-            k: m for k, m in head.named_children()
-            if not k.startswith('loss')})
+            k: m
+            for k, m in head.named_children() if not k.startswith('loss')
+        })
     body = nn.ModuleDict(parts)
     body.training = model.training  # lrp_forward restores this mode
     return body
@@ -379,8 +389,9 @@ def check_anchor_head(model: nn.Module) -> None:
     """Detection LRP needs the head's assigner to find positive priors:
     only single-stage anchor heads (RetinaNet's) are covered."""
     head = getattr(model, 'bbox_head', None)
-    if head is None or not all(callable(getattr(head, f, None))
-                               for f in ('get_anchors', 'get_targets')):
+    if head is None or not all(
+            callable(getattr(head, f, None))
+            for f in ('get_anchors', 'get_targets')):
         raise NotImplementedError(
             f'LRP relevance covers single-stage anchor detectors (e.g. '
             f'RetinaNet with a ReLU ResNet); {type(model).__name__} has no '
@@ -395,8 +406,9 @@ def _positive_seeds(head, cls_scores, data_samples):
     gts = [s.gt_instances for s in data_samples]
     device = cls_scores[0].device
     with torch.no_grad():
-        anchors, valid = head.get_anchors(
-            [c.shape[-2:] for c in cls_scores], metas, device=device)
+        anchors, valid = head.get_anchors([c.shape[-2:] for c in cls_scores],
+                                          metas,
+                                          device=device)
         labels = head.get_targets(anchors, valid, gts, metas)[0]
     k = head.cls_out_channels
     seeds, per_image = [], 0
@@ -409,6 +421,7 @@ def _positive_seeds(head, cls_scores, data_samples):
         per_image = per_image + pos.sum(1)
     scale = 1.0 / per_image.clamp_min(1).to(torch.float32)
     # (N, H*W*A, K) -> (N, H, W, A*K) -> (N, A*K, H, W), the logits' layout
-    return [(s * scale[:, None, None]).reshape(
-        c.shape[0], c.shape[2], c.shape[3], -1).permute(0, 3, 1, 2)
-        .to(c) for s, c in zip(seeds, cls_scores)]
+    return [(s * scale[:, None, None]).reshape(c.shape[0], c.shape[2],
+                                               c.shape[3],
+                                               -1).permute(0, 3, 1, 2).to(c)
+            for s, c in zip(seeds, cls_scores)]

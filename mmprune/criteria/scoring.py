@@ -30,8 +30,7 @@ def batch_statistics(model: nn.Module,
     """Inside, ``norms`` (default: ``model``'s BN layers now in train
     mode) normalise with batch statistics and update nothing."""
     if norms is None:
-        norms = [m for m in model.modules()
-                 if is_batchnorm(m) and m.training]
+        norms = [m for m in model.modules() if is_batchnorm(m) and m.training]
     saved = [(m, m.training, m.track_running_stats) for m in norms]
     for m in norms:
         m.training = True
@@ -43,8 +42,11 @@ def batch_statistics(model: nn.Module,
             m.training, m.track_running_stats = training, track
 
 
-def run_scoring_pass(model: nn.Module, criterion: BaseCriterion, graph,
-                     batches: Iterable, num_batches: int,
+def run_scoring_pass(model: nn.Module,
+                     criterion: BaseCriterion,
+                     graph,
+                     batches: Iterable,
+                     num_batches: int,
                      progress=None) -> None:
     """Attach ``criterion`` to ``graph`` and feed it ``num_batches`` of
     ``batches`` (raw dataloader batches) through
@@ -78,9 +80,13 @@ def run_scoring_pass(model: nn.Module, criterion: BaseCriterion, graph,
     criterion.sync()
 
 
-def score_event(model: nn.Module, criterion: BaseCriterion, graph,
-                names: Optional[Iterable[str]], batches: Iterable,
-                num_batches: Optional[int], progress=None) -> dict:
+def score_event(model: nn.Module,
+                criterion: BaseCriterion,
+                graph,
+                names: Optional[Iterable[str]],
+                batches: Iterable,
+                num_batches: Optional[int],
+                progress=None) -> dict:
     """A prune event's scores of the groups ``names`` (None: every
     prunable group): a scoring pass first when ``num_batches`` is set and
     the criterion is data-driven, then sync (identical scores on every

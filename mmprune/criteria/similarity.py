@@ -54,7 +54,9 @@ class WeightSimilarityCriterion(BaseCriterion):
             candidates remain. Defaults to True.
     """
 
-    def __init__(self, similarity: str = 'cosine', greedy: bool = True,
+    def __init__(self,
+                 similarity: str = 'cosine',
+                 greedy: bool = True,
                  protect_partners: bool = True):
         if similarity not in _SIMILARITIES:
             raise ValueError(f'similarity must be one of {_SIMILARITIES}, '
@@ -75,7 +77,7 @@ class WeightSimilarityCriterion(BaseCriterion):
             u = v / np.maximum(norms, 1e-12)[:, None]
             s = np.abs(u @ u.T)
         else:
-            msq = (norms ** 2).mean()
+            msq = (norms**2).mean()
             s = np.abs(v @ v.T) / msq if msq > 0 else np.zeros((len(v), ) * 2)
         # rounding makes exact duplicates exactly 1, so ties between them
         # break by index, not by float noise
@@ -84,8 +86,8 @@ class WeightSimilarityCriterion(BaseCriterion):
         return s, ratio
 
     @staticmethod
-    def _rho(s: np.ndarray, kept: np.ndarray, rows) -> Tuple[np.ndarray,
-                                                             np.ndarray]:
+    def _rho(s: np.ndarray, kept: np.ndarray,
+             rows) -> Tuple[np.ndarray, np.ndarray]:
         """max/argmax of ``s[rows]`` over kept columns (self excluded by the
         -1 diagonal); 0 / -1 when no other channel is kept."""
         sub = np.where(kept[None, :], s[rows], -1.0)
@@ -102,8 +104,8 @@ class WeightSimilarityCriterion(BaseCriterion):
         protected = np.zeros(g, dtype=bool)
         rho, arg = self._rho(s, kept, np.arange(g))
         order, values, partners = [], [], {}
-        limit = int(cand.sum()) if steps is None else min(steps,
-                                                          int(cand.sum()))
+        limit = int(cand.sum()) if steps is None else min(
+            steps, int(cand.sum()))
         for _ in range(limit):
             pool = cand & ~protected
             if not (self.protect_partners and pool.any()):
@@ -140,8 +142,9 @@ class WeightSimilarityCriterion(BaseCriterion):
             out[c] = prev = val
         return torch.as_tensor(out, dtype=torch.float32)
 
-    def deduplicate(self, model, group, num_prune: int
-                    ) -> Tuple[List[int], Dict[int, Optional[int]]]:
+    def deduplicate(
+            self, model, group,
+            num_prune: int) -> Tuple[List[int], Dict[int, Optional[int]]]:
         """Greedily pick ``num_prune`` channels of ``group`` to prune.
 
         Returns:
@@ -153,12 +156,12 @@ class WeightSimilarityCriterion(BaseCriterion):
             raise ValueError(f'num_prune must be an int >= 0, got '
                              f'{num_prune!r}')
         s, ratio = self.matrices(model, group)
-        order, _, partners = self._greedy(s, ratio, np.asarray(group.pinned),
-                                          steps=int(num_prune))
+        order, _, partners = self._greedy(
+            s, ratio, np.asarray(group.pinned), steps=int(num_prune))
         return order, partners
 
-    def partners(self, model, group, pruned: Sequence[int]
-                 ) -> Dict[int, Optional[int]]:
+    def partners(self, model, group,
+                 pruned: Sequence[int]) -> Dict[int, Optional[int]]:
         """``{c: argmax_{d kept} |S_cd|}`` for a final pruned set (the
         channel a pruned one is folded into by ``feature_correction=
         'merge'``); None when the group keeps nothing else."""

@@ -63,8 +63,11 @@ class TaylorCriterion(BaseCriterion):
         >>> crit.detach()
     """
 
-    def __init__(self, accumulate: str = 'sum', momentum: float = 0.9,
-                 loss_scale=None, squared: bool = True):
+    def __init__(self,
+                 accumulate: str = 'sum',
+                 momentum: float = 0.9,
+                 loss_scale=None,
+                 squared: bool = True):
         if accumulate not in _MODES:
             raise ValueError(f'accumulate must be one of {_MODES}, got '
                              f'{accumulate!r}')
@@ -106,8 +109,8 @@ class TaylorCriterion(BaseCriterion):
 
     def reset(self) -> None:
         """Forget everything accumulated so far."""
-        self._sums = SiteSums(self._sites, device=getattr(
-            self, '_device', None))
+        self._sums = SiteSums(
+            self._sites, device=getattr(self, '_device', None))
         self._ema = [None] * len(self._sites)
         self.skipped = 0
 
@@ -143,8 +146,10 @@ class TaylorCriterion(BaseCriterion):
             for i, site in enumerate(self._sites):
                 buf = self._ema[i]
                 if buf is None:  # this rank saw no batch for the site
-                    buf = torch.zeros(site.width, dtype=torch.float64,
-                                      device=self._sums.device)
+                    buf = torch.zeros(
+                        site.width,
+                        dtype=torch.float64,
+                        device=self._sums.device)
                 buf = buf.clone()
                 dist.all_reduce(buf)
                 self._ema[i] = buf / world

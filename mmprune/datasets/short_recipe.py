@@ -25,20 +25,30 @@ from typing import Optional, Sequence
 def _loader(data: dict, split: str, pipeline, test_mode: bool,
             batch_size: int) -> dict:
     return dict(
-        batch_size=batch_size, num_workers=0, persistent_workers=False,
+        batch_size=batch_size,
+        num_workers=0,
+        persistent_workers=False,
         drop_last=False,
         sampler=dict(type='DefaultSampler', shuffle=not test_mode),
         dataset=dict(
-            type='CocoDataset', data_root=data['coco_root'],
+            type='CocoDataset',
+            data_root=data['coco_root'],
             ann_file=f'annotations/instances_{split}2017.json',
             data_prefix=dict(img=f'{split}2017/'),
             metainfo=dict(classes=tuple(data['classes'])),
-            filter_cfg=dict(filter_empty_gt=False), test_mode=test_mode,
+            filter_cfg=dict(filter_empty_gt=False),
+            test_mode=test_mode,
             pipeline=pipeline))
 
 
-def short_cpu_config(base: str, data: dict, size: int, epochs: int,
-                     batch_size: int, lr: float, seed: int, work_dir: str,
+def short_cpu_config(base: str,
+                     data: dict,
+                     size: int,
+                     epochs: int,
+                     batch_size: int,
+                     lr: float,
+                     seed: int,
+                     work_dir: str,
                      hooks: Sequence[dict] = (),
                      val_interval: Optional[int] = None,
                      checkpoint_interval: Optional[int] = None):
@@ -78,30 +88,33 @@ def short_cpu_config(base: str, data: dict, size: int, epochs: int,
         dict(type='YOLOXHSVRandomAug'),
         dict(type='Resize', scale=hw, keep_ratio=True),
         dict(type='RandomFlip', prob=0.5), pad,
-        dict(type='FilterAnnotations', min_gt_bbox_wh=(1, 1),
-             keep_empty=False),
+        dict(
+            type='FilterAnnotations', min_gt_bbox_wh=(1, 1), keep_empty=False),
         dict(type='PackDetInputs')
     ]
     test_pipeline = [
         dict(type='LoadImageFromFile'),
         dict(type='Resize', scale=hw, keep_ratio=True), pad,
         dict(type='LoadAnnotations', with_bbox=True),
-        dict(type='PackDetInputs',
-             meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
-                        'scale_factor'))
+        dict(
+            type='PackDetInputs',
+            meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                       'scale_factor'))
     ]
     cfg.train_dataloader = _loader(data, 'train', train_pipeline, False,
                                    batch_size)
-    cfg.val_dataloader = _loader(data, 'val', test_pipeline, True,
-                                 batch_size)
+    cfg.val_dataloader = _loader(data, 'val', test_pipeline, True, batch_size)
     cfg.test_dataloader = cfg.val_dataloader
     cfg.val_evaluator = dict(
-        type='CocoMetric', metric='bbox',
+        type='CocoMetric',
+        metric='bbox',
         ann_file=osp.join(data['coco_root'], 'annotations',
                           'instances_val2017.json'))
     cfg.test_evaluator = cfg.val_evaluator
-    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=epochs,
-                         val_interval=min(val_interval or epochs, epochs))
+    cfg.train_cfg = dict(
+        type='EpochBasedTrainLoop',
+        max_epochs=epochs,
+        val_interval=min(val_interval or epochs, epochs))
     cfg.val_cfg = dict(type='ValLoop')
     cfg.test_cfg = dict(type='TestLoop')
     cfg.optim_wrapper = dict(
@@ -112,24 +125,37 @@ def short_cpu_config(base: str, data: dict, size: int, epochs: int,
         cfg.optim_wrapper['clip_grad'] = dict(max_norm=10, norm_type=2)
     warmup = max(1, epochs // 8)
     cfg.param_scheduler = [
-        dict(type='mmdet.QuadraticWarmupLR', by_epoch=True, begin=0,
-             end=min(warmup, epochs), convert_to_iter_based=True)
+        dict(
+            type='mmdet.QuadraticWarmupLR',
+            by_epoch=True,
+            begin=0,
+            end=min(warmup, epochs),
+            convert_to_iter_based=True)
     ]
     if epochs > warmup:
         cfg.param_scheduler.append(
-            dict(type='CosineAnnealingLR', eta_min=lr * 0.05, begin=warmup,
-                 T_max=epochs - warmup, end=epochs, by_epoch=True,
-                 convert_to_iter_based=True))
-    custom = [h for h in cfg.get('custom_hooks', [])
-              if h['type'] != 'YOLOXModeSwitchHook']
+            dict(
+                type='CosineAnnealingLR',
+                eta_min=lr * 0.05,
+                begin=warmup,
+                T_max=epochs - warmup,
+                end=epochs,
+                by_epoch=True,
+                convert_to_iter_based=True))
+    custom = [
+        h for h in cfg.get('custom_hooks', [])
+        if h['type'] != 'YOLOXModeSwitchHook'
+    ]
     for h in custom:
         if h['type'] == 'EMAHook':
             h['momentum'] = 0.002
     cfg.custom_hooks = custom + [dict(h) for h in hooks]
     cfg.default_hooks.logger.interval = 10
     cfg.default_hooks.checkpoint = dict(
-        type='CheckpointHook', interval=checkpoint_interval or 10**6,
-        max_keep_ckpts=1, save_last=checkpoint_interval is not None)
+        type='CheckpointHook',
+        interval=checkpoint_interval or 10**6,
+        max_keep_ckpts=1,
+        save_last=checkpoint_interval is not None)
     cfg.visualizer.pop('name', None)
     cfg.randomness = dict(seed=seed)
     cfg.env_cfg.dist_cfg = dict(backend='gloo')

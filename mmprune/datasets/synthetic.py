@@ -87,11 +87,10 @@ __all__ = ['SYNTH_CLASSES', 'make_synthetic_dataset']
 
 #: The shape classes, in label order. A dataset with ``num_classes=K`` uses
 #: the first ``K`` names; COCO category ids are ``1..K`` in this order.
-SYNTH_CLASSES = (
-    'circle', 'triangle', 'square', 'pentagon', 'star', 'cross', 'ring',
-    'ellipse', 'arrow', 'crescent', 'hexagon', 'heart', 'diamond',
-    'trapezoid', 'semicircle', 'chevron', 'lshape', 'teardrop', 'hourglass',
-    'frame')
+SYNTH_CLASSES = ('circle', 'triangle', 'square', 'pentagon', 'star', 'cross',
+                 'ring', 'ellipse', 'arrow', 'crescent', 'hexagon', 'heart',
+                 'diamond', 'trapezoid', 'semicircle', 'chevron', 'lshape',
+                 'teardrop', 'hourglass', 'frame')
 
 MIN_CLASSES = 10
 MAX_CLASSES = len(SYNTH_CLASSES)
@@ -151,11 +150,15 @@ class SyntheticArgumentError(ValueError):
 # crescent). Parameters are jittered per instance so that a class is a family
 # of shapes rather than one template.
 # --------------------------------------------------------------------------
-def _arc(n: int, start: float = 0.0, stop: float = 2 * math.pi,
-         radius: float = 1.0, center=(0.0, 0.0)) -> np.ndarray:
+def _arc(n: int,
+         start: float = 0.0,
+         stop: float = 2 * math.pi,
+         radius: float = 1.0,
+         center=(0.0, 0.0)) -> np.ndarray:
     t = np.linspace(start, stop, n, endpoint=False)
-    return np.stack([center[0] + radius * np.cos(t),
-                     center[1] + radius * np.sin(t)], axis=1)
+    return np.stack(
+        [center[0] + radius * np.cos(t), center[1] + radius * np.sin(t)],
+        axis=1)
 
 
 def _regular(n: int, phase: float = 0.0) -> np.ndarray:
@@ -192,8 +195,8 @@ def _shape_cross(rng):
 
 
 def _shape_ring(rng):
-    return [(_arc(48), True), (_arc(40, radius=rng.uniform(0.45, 0.65)),
-                               False)]
+    return [(_arc(48), True), (_arc(40, radius=rng.uniform(0.45,
+                                                           0.65)), False)]
 
 
 def _shape_ellipse(rng):
@@ -213,8 +216,7 @@ def _shape_arrow(rng):
 def _shape_crescent(rng):
     d = rng.uniform(0.35, 0.55)
     return [(_arc(48), True),
-            (_arc(48, radius=rng.uniform(0.8, 0.95), center=(d, 0.0)),
-             False)]
+            (_arc(48, radius=rng.uniform(0.8, 0.95), center=(d, 0.0)), False)]
 
 
 def _shape_hexagon(rng):
@@ -287,9 +289,14 @@ _SHAPES = {name: globals()[f'_shape_{name}'] for name in SYNTH_CLASSES}
 # looks like an ellipse; the ellipse is defined by its elongation.
 _DEFAULT_ASPECT = (0.8, 1.25)
 _ASPECT = {
-    'circle': (0.93, 1.07), 'square': (0.9, 1.11), 'pentagon': (0.9, 1.11),
-    'hexagon': (0.9, 1.11), 'star': (0.9, 1.11), 'ring': (0.9, 1.11),
-    'ellipse': (0.4, 0.65), 'frame': (0.9, 1.11),
+    'circle': (0.93, 1.07),
+    'square': (0.9, 1.11),
+    'pentagon': (0.9, 1.11),
+    'hexagon': (0.9, 1.11),
+    'star': (0.9, 1.11),
+    'ring': (0.9, 1.11),
+    'ellipse': (0.4, 0.65),
+    'frame': (0.9, 1.11),
 }
 
 
@@ -363,8 +370,8 @@ def _lerp_img(img: np.ndarray, colour: np.ndarray,
     return img + (colour - img) * t[..., None]
 
 
-def _texture(rng, h: int, w: int, kind: str, c1: np.ndarray,
-             c2: np.ndarray, scale: float) -> np.ndarray:
+def _texture(rng, h: int, w: int, kind: str, c1: np.ndarray, c2: np.ndarray,
+             scale: float) -> np.ndarray:
     """Fill an (h, w, 3) patch with a two-colour texture.
 
     ``scale`` is the object's size in pixels; pattern periods follow it so a
@@ -527,18 +534,23 @@ def _draw_strokes(rng, draw: ImageDraw.ImageDraw, size: int, count: int,
             r = rng.uniform(4, size / 4)
             a0 = rng.uniform(0, 360)
             a1 = a0 + rng.uniform(30, 200)  # never a full (circle-like) loop
-            draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a1, fill=colour,
+            draw.arc([cx - r, cy - r, cx + r, cy + r],
+                     a0,
+                     a1,
+                     fill=colour,
                      width=width)
         else:
             n = int(rng.integers(3, 9))
             steps = rng.normal(0, size / 12, (n, 2))
             pts = np.cumsum(steps, axis=0) + rng.uniform(0, size, 2)
-            draw.line([tuple(p) for p in pts], fill=colour, width=width,
+            draw.line([tuple(p) for p in pts],
+                      fill=colour,
+                      width=width,
                       joint='curve')
 
 
-def _composite(img: np.ndarray, alpha: np.ndarray, tex: np.ndarray,
-               x0: int, y0: int) -> None:
+def _composite(img: np.ndarray, alpha: np.ndarray, tex: np.ndarray, x0: int,
+               y0: int) -> None:
     """Alpha-blend ``tex`` into ``img`` at (x0, y0), clipped to the image."""
     h, w = alpha.shape
     H, W = img.shape[:2]
@@ -565,8 +577,8 @@ def _object_texture(rng, label: int, h: int, w: int,
     c2 = _random_colour(rng)
     weights = np.ones(len(_TEXTURES))
     weights[label % len(_TEXTURES)] += 1.5
-    kind = _TEXTURES[int(rng.choice(len(_TEXTURES), p=weights /
-                                    weights.sum()))]
+    kind = _TEXTURES[int(
+        rng.choice(len(_TEXTURES), p=weights / weights.sum()))]
     tex = _texture(rng, h, w, kind, c1, c2, size_px)
     # Soft shading across the object so flat fills are not perfectly flat.
     shade = 0.8 + 0.4 * _ramp(rng, h, w)
@@ -624,9 +636,8 @@ def _paint_objects(rng, img: np.ndarray, size: int, num_classes: int,
             m = mask[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0]
             under = owner[by0:by1, bx0:bx1][m]
             covered = np.bincount(under + 1, minlength=len(objs) + 1)[1:]
-            keeps_others = all(
-                o.visible - c >= _MIN_KEEP_ON_PLACE * o.full_area
-                for o, c in zip(objs, covered) if c)
+            keeps_others = all(o.visible - c >= _MIN_KEEP_ON_PLACE *
+                               o.full_area for o, c in zip(objs, covered) if c)
             if m.any() and keeps_others:
                 placed = (x0, y0, bx0, by0, bx1, by1, m, covered)
                 break
@@ -655,8 +666,12 @@ def _paint_objects(rng, img: np.ndarray, size: int, num_classes: int,
     return objs, owner
 
 
-def _render_image(seed: int, split_code: int, index: int, size: int,
-                  num_classes: int, difficulty: str = 'hard'):
+def _render_image(seed: int,
+                  split_code: int,
+                  index: int,
+                  size: int,
+                  num_classes: int,
+                  difficulty: str = 'hard'):
     """Draw one image. Returns (uint8 HxWx3, list of annotation dicts)."""
     ss = np.random.SeedSequence([seed, split_code, index])
     rng = np.random.Generator(np.random.PCG64(ss))
@@ -699,8 +714,12 @@ def _render_image(seed: int, split_code: int, index: int, size: int,
     # a 1-2 px line does not hide an object's extent).
     if rng.uniform() < 0.35:
         pil = Image.fromarray(_to_uint8(img))
-        _draw_strokes(rng, ImageDraw.Draw(pil), size,
-                      int(rng.integers(1, 4)), max_width=2)
+        _draw_strokes(
+            rng,
+            ImageDraw.Draw(pil),
+            size,
+            int(rng.integers(1, 4)),
+            max_width=2)
         img = np.asarray(pil, dtype=np.float32) / 255.0
 
     if rng.uniform() < 0.1:  # grey-scale: colour carries no information
@@ -729,8 +748,10 @@ def _render_objects_easy(rng, img: np.ndarray, size: int, num_classes: int):
                                  math.log(max(lo, _MIN_OBJECT_PX)),
                                  math.log(hi))
     img = img + rng.normal(0.0, 0.01, img.shape).astype(np.float32)
-    anns = [a for a in (_annotate(o, k, owner, size)
-                        for k, o in enumerate(objs)) if a is not None]
+    anns = [
+        a for a in (_annotate(o, k, owner, size) for k, o in enumerate(objs))
+        if a is not None
+    ]
     return _to_uint8(img), anns
 
 
@@ -752,8 +773,13 @@ def _annotate(o: _Obj, k: int, owner: np.ndarray, size: int):
         return None
     inside = int(o.mask[by0 - o.y0:by1 - o.y0, bx0 - o.x0:bx1 - o.x0].sum())
     return dict(
-        label=o.label, xmin=xmin, ymin=ymin, xmax=xmax, ymax=ymax,
-        area=area, truncated=int(inside < o.full_area),
+        label=o.label,
+        xmin=xmin,
+        ymin=ymin,
+        xmax=xmax,
+        ymax=ymax,
+        area=area,
+        truncated=int(inside < o.full_area),
         polygons=_outline(vis, bx0, by0, xmin, ymin, xmax, ymax))
 
 
@@ -782,9 +808,13 @@ def _encode_jpeg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     # Every option that could default differently across Pillow versions is
     # pinned; Pillow writes no EXIF and no timestamp unless asked.
-    Image.fromarray(arr).save(buf, format='JPEG', quality=_JPEG_QUALITY,
-                              subsampling=2, optimize=False,
-                              progressive=False)
+    Image.fromarray(arr).save(
+        buf,
+        format='JPEG',
+        quality=_JPEG_QUALITY,
+        subsampling=2,
+        optimize=False,
+        progressive=False)
     return buf.getvalue()
 
 
@@ -792,65 +822,77 @@ def _encode_jpeg(arr: np.ndarray) -> bytes:
 # Writers
 # --------------------------------------------------------------------------
 def _dump_json(obj) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(',', ':'),
-                      ensure_ascii=True).encode('ascii')
+    return json.dumps(
+        obj, sort_keys=True, separators=(',', ':'),
+        ensure_ascii=True).encode('ascii')
 
 
 def _coco_json(images: List[dict], classes: Sequence[str]) -> bytes:
     coco_images, coco_anns = [], []
     ann_id = 1
     for img in images:
-        coco_images.append(dict(id=img['id'], file_name=img['file_name'],
-                                width=img['width'], height=img['height']))
+        coco_images.append(
+            dict(
+                id=img['id'],
+                file_name=img['file_name'],
+                width=img['width'],
+                height=img['height']))
         for a in img['anns']:
             w = a['xmax'] - a['xmin'] + 1
             h = a['ymax'] - a['ymin'] + 1
-            coco_anns.append(dict(
-                id=ann_id, image_id=img['id'], category_id=a['label'] + 1,
-                bbox=[a['xmin'], a['ymin'], w, h], area=a['area'],
-                iscrowd=0, segmentation=a['polygons']))
+            coco_anns.append(
+                dict(
+                    id=ann_id,
+                    image_id=img['id'],
+                    category_id=a['label'] + 1,
+                    bbox=[a['xmin'], a['ymin'], w, h],
+                    area=a['area'],
+                    iscrowd=0,
+                    segmentation=a['polygons']))
             ann_id += 1
-    return _dump_json(dict(
-        info=dict(description='mmprune synthetic shapes',
-                  version=str(GENERATOR_VERSION)),
-        licenses=[],
-        images=coco_images,
-        annotations=coco_anns,
-        categories=[dict(id=i + 1, name=n, supercategory='shape')
-                    for i, n in enumerate(classes)]))
+    return _dump_json(
+        dict(
+            info=dict(
+                description='mmprune synthetic shapes',
+                version=str(GENERATOR_VERSION)),
+            licenses=[],
+            images=coco_images,
+            annotations=coco_anns,
+            categories=[
+                dict(id=i + 1, name=n, supercategory='shape')
+                for i, n in enumerate(classes)
+            ]))
 
 
 def _voc_xml(img: dict, classes: Sequence[str]) -> bytes:
     objects = []
     for a in img['anns']:
         # VOC boxes are 1-based inclusive pixel indices.
-        objects.append(
-            '  <object>\n'
-            f'    <name>{classes[a["label"]]}</name>\n'
-            '    <pose>Unspecified</pose>\n'
-            f'    <truncated>{a["truncated"]}</truncated>\n'
-            '    <difficult>0</difficult>\n'
-            '    <bndbox>\n'
-            f'      <xmin>{a["xmin"] + 1}</xmin>\n'
-            f'      <ymin>{a["ymin"] + 1}</ymin>\n'
-            f'      <xmax>{a["xmax"] + 1}</xmax>\n'
-            f'      <ymax>{a["ymax"] + 1}</ymax>\n'
-            '    </bndbox>\n'
-            '  </object>\n')
-    return (
-        '<annotation>\n'
-        '  <folder>VOC2007</folder>\n'
-        f'  <filename>{img["file_name"]}</filename>\n'
-        '  <source>\n'
-        '    <database>mmprune synthetic shapes</database>\n'
-        '  </source>\n'
-        '  <size>\n'
-        f'    <width>{img["width"]}</width>\n'
-        f'    <height>{img["height"]}</height>\n'
-        '    <depth>3</depth>\n'
-        '  </size>\n'
-        '  <segmented>0</segmented>\n' + ''.join(objects) +
-        '</annotation>\n').encode('ascii')
+        objects.append('  <object>\n'
+                       f'    <name>{classes[a["label"]]}</name>\n'
+                       '    <pose>Unspecified</pose>\n'
+                       f'    <truncated>{a["truncated"]}</truncated>\n'
+                       '    <difficult>0</difficult>\n'
+                       '    <bndbox>\n'
+                       f'      <xmin>{a["xmin"] + 1}</xmin>\n'
+                       f'      <ymin>{a["ymin"] + 1}</ymin>\n'
+                       f'      <xmax>{a["xmax"] + 1}</xmax>\n'
+                       f'      <ymax>{a["ymax"] + 1}</ymax>\n'
+                       '    </bndbox>\n'
+                       '  </object>\n')
+    return ('<annotation>\n'
+            '  <folder>VOC2007</folder>\n'
+            f'  <filename>{img["file_name"]}</filename>\n'
+            '  <source>\n'
+            '    <database>mmprune synthetic shapes</database>\n'
+            '  </source>\n'
+            '  <size>\n'
+            f'    <width>{img["width"]}</width>\n'
+            f'    <height>{img["height"]}</height>\n'
+            '    <depth>3</depth>\n'
+            '  </size>\n'
+            '  <segmented>0</segmented>\n' + ''.join(objects) +
+            '</annotation>\n').encode('ascii')
 
 
 def _write(path: str, data: bytes) -> None:
@@ -866,8 +908,16 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _check_args(out_dir, num_train, num_val, size, seed, num_classes,
-                formats, overwrite, difficulty='hard') -> Tuple[str, ...]:
+def _check_args(out_dir,
+                num_train,
+                num_val,
+                size,
+                seed,
+                num_classes,
+                formats,
+                overwrite,
+                difficulty='hard') -> Tuple[str, ...]:
+
     def bad(name, why):
         raise SyntheticArgumentError(name, f'{name}: {why}')
 
@@ -877,8 +927,8 @@ def _check_args(out_dir, num_train, num_val, size, seed, num_classes,
 
     if not isinstance(out_dir, (str, os.PathLike)) or not str(out_dir):
         bad('out_dir', f'expected a non-empty path, got {out_dir!r}')
-    for name, value, lo in (('num_train', num_train, 1),
-                            ('num_val', num_val, 1)):
+    for name, value, lo in (('num_train', num_train, 1), ('num_val', num_val,
+                                                          1)):
         if not _is_int(value) or value < lo:
             bad(name, f'must be an integer >= {lo}, got {value!r}')
     if not _is_int(size) or not MIN_SIZE <= size <= MAX_SIZE:
@@ -888,7 +938,8 @@ def _check_args(out_dir, num_train, num_val, size, seed, num_classes,
         bad('seed', f'must be a non-negative integer, got {seed!r}')
     if not _is_int(num_classes) or not (MIN_CLASSES <= num_classes <=
                                         MAX_CLASSES):
-        bad('num_classes', f'must be an integer in [{MIN_CLASSES}, '
+        bad(
+            'num_classes', f'must be an integer in [{MIN_CLASSES}, '
             f'{MAX_CLASSES}], got {num_classes!r}')
     if isinstance(formats, str):
         formats = (formats, )
@@ -904,7 +955,8 @@ def _check_args(out_dir, num_train, num_val, size, seed, num_classes,
         if not osp.isdir(out_dir) or osp.islink(out_dir):
             bad('out_dir', f'{out_dir!r} exists and is not a directory')
         if os.listdir(out_dir) and not overwrite:
-            bad('out_dir', f'{out_dir!r} exists and is not empty; pass '
+            bad(
+                'out_dir', f'{out_dir!r} exists and is not empty; pass '
                 'overwrite=True to replace it')
     # Keep the caller's order but drop duplicates.
     return tuple(dict.fromkeys(fmts))
@@ -975,8 +1027,7 @@ def make_synthetic_dataset(out_dir,
 
     parent = osp.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.tmp-',
-                           dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.tmp-', dir=parent)
     try:
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would be surprising
         coco_dir = osp.join(tmp, 'coco')
@@ -985,40 +1036,53 @@ def make_synthetic_dataset(out_dir,
         for split, code in _SPLITS:
             records = []
             for i in range(counts[split]):
-                arr, anns = _render_image(int(seed), code, i, int(size),
-                                          int(num_classes), difficulty)
+                arr, anns = _render_image(
+                    int(seed), code, i, int(size), int(num_classes),
+                    difficulty)
                 stem = f'{split}_{i + 1:06d}'
                 jpg = _encode_jpeg(arr)
-                records.append(dict(id=i + 1, stem=stem,
-                                    file_name=f'{stem}.jpg',
-                                    width=arr.shape[1], height=arr.shape[0],
-                                    anns=anns))
+                records.append(
+                    dict(
+                        id=i + 1,
+                        stem=stem,
+                        file_name=f'{stem}.jpg',
+                        width=arr.shape[1],
+                        height=arr.shape[0],
+                        anns=anns))
                 if 'coco' in fmts:
-                    _write(osp.join(coco_dir, _COCO_IMG_DIRS[split],
-                                    f'{stem}.jpg'), jpg)
+                    _write(
+                        osp.join(coco_dir, _COCO_IMG_DIRS[split],
+                                 f'{stem}.jpg'), jpg)
                 if 'voc' in fmts:
-                    _write(osp.join(voc_dir, 'JPEGImages', f'{stem}.jpg'),
-                           jpg)
-                    _write(osp.join(voc_dir, 'Annotations', f'{stem}.xml'),
-                           _voc_xml(records[-1], classes))
+                    _write(osp.join(voc_dir, 'JPEGImages', f'{stem}.jpg'), jpg)
+                    _write(
+                        osp.join(voc_dir, 'Annotations', f'{stem}.xml'),
+                        _voc_xml(records[-1], classes))
             instances[split] = sum(len(r['anns']) for r in records)
             if 'coco' in fmts:
-                _write(osp.join(coco_dir, 'annotations',
-                                f'instances_{_COCO_IMG_DIRS[split]}.json'),
-                       _coco_json(records, classes))
+                _write(
+                    osp.join(coco_dir, 'annotations',
+                             f'instances_{_COCO_IMG_DIRS[split]}.json'),
+                    _coco_json(records, classes))
             if 'voc' in fmts:
-                _write(osp.join(voc_dir, 'ImageSets', 'Main',
-                                f'{_VOC_SETS[split]}.txt'),
-                       ''.join(f'{r["stem"]}\n' for r in records).encode())
+                _write(
+                    osp.join(voc_dir, 'ImageSets', 'Main',
+                             f'{_VOC_SETS[split]}.txt'),
+                    ''.join(f'{r["stem"]}\n' for r in records).encode())
 
-        meta = dict(generator='mmprune.datasets.synthetic',
-                    generator_version=GENERATOR_VERSION, seed=int(seed),
-                    difficulty=difficulty,
-                    size=int(size), num_train=counts['train'],
-                    num_val=counts['val'], num_classes=int(num_classes),
-                    classes=classes, formats=list(fmts),
-                    num_train_instances=instances['train'],
-                    num_val_instances=instances['val'])
+        meta = dict(
+            generator='mmprune.datasets.synthetic',
+            generator_version=GENERATOR_VERSION,
+            seed=int(seed),
+            difficulty=difficulty,
+            size=int(size),
+            num_train=counts['train'],
+            num_val=counts['val'],
+            num_classes=int(num_classes),
+            classes=classes,
+            formats=list(fmts),
+            num_train_instances=instances['train'],
+            num_val_instances=instances['val'])
         _write(osp.join(tmp, 'synthetic_meta.json'), _dump_json(meta))
         _publish(tmp, out_dir)
     except BaseException:
@@ -1030,10 +1094,14 @@ def make_synthetic_dataset(out_dir,
         coco_root=osp.join(out_dir, 'coco', '') if 'coco' in fmts else None,
         voc_root=(osp.join(out_dir, 'VOCdevkit', '')
                   if 'voc' in fmts else None),
-        coco_ann_files={s: f'annotations/instances_{d}.json'
-                        for s, d in _COCO_IMG_DIRS.items()},
-        voc_set_files={s: f'VOC2007/ImageSets/Main/{n}.txt'
-                       for s, n in _VOC_SETS.items()},
+        coco_ann_files={
+            s: f'annotations/instances_{d}.json'
+            for s, d in _COCO_IMG_DIRS.items()
+        },
+        voc_set_files={
+            s: f'VOC2007/ImageSets/Main/{n}.txt'
+            for s, n in _VOC_SETS.items()
+        },
         classes=classes,
         num_classes=int(num_classes),
         num_train=counts['train'],
@@ -1051,8 +1119,9 @@ def _publish(tmp: str, out_dir: str) -> None:
     old = None
     if osp.isdir(out_dir):
         if os.listdir(out_dir):  # overwrite=True was checked by the caller
-            old = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.old-',
-                                   dir=osp.dirname(out_dir))
+            old = tempfile.mkdtemp(
+                prefix=f'.{osp.basename(out_dir)}.old-',
+                dir=osp.dirname(out_dir))
             os.rmdir(old)  # only the unique name is needed
             os.rename(out_dir, old)
         else:

@@ -59,8 +59,10 @@ def read_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def select_weights(ckpt: dict, use_ema: bool, path: str = 'checkpoint'
-                   ) -> Tuple[Dict[str, torch.Tensor], str]:
+def select_weights(
+        ckpt: dict,
+        use_ema: bool,
+        path: str = 'checkpoint') -> Tuple[Dict[str, torch.Tensor], str]:
     """The state dict to export and which weights it holds.
 
     Args:
@@ -83,16 +85,21 @@ def select_weights(ckpt: dict, use_ema: bool, path: str = 'checkpoint'
                 f'saved by a run with mmengine\'s EMAHook)')
         return strip_module(ckpt['state_dict']), 'ema'
     if has_ema:
-        trained = {k[7:]: v for k, v in ckpt['ema_state_dict'].items()
-                   if k.startswith('module.')}
+        trained = {
+            k[7:]: v
+            for k, v in ckpt['ema_state_dict'].items()
+            if k.startswith('module.')
+        }
         return trained, 'trained'
     return strip_module(ckpt['state_dict']), 'model'
 
 
-def load_pruned_detector(cfg, ckpt: dict, use_ema: bool = False,
-                         path: str = 'checkpoint',
-                         dense: Optional[nn.Module] = None
-                         ) -> Tuple[nn.Module, str]:
+def load_pruned_detector(
+        cfg,
+        ckpt: dict,
+        use_ema: bool = False,
+        path: str = 'checkpoint',
+        dense: Optional[nn.Module] = None) -> Tuple[nn.Module, str]:
     """Rebuild ``ckpt``'s pruned detector from ``cfg`` and load its weights
     strictly.
 
@@ -111,7 +118,11 @@ def load_pruned_detector(cfg, ckpt: dict, use_ema: bool = False,
     try:
         # the one loader (mmprune/runtime/rebuild.py)
         model = _load_pruned(
-            cfg, ckpt, state, repr(path), dense,
+            cfg,
+            ckpt,
+            state,
+            repr(path),
+            dense,
             mismatch='{source} does not fit the config\'s model (was it '
             'pruned from another config?)')
     except StructureError as e:
@@ -129,11 +140,15 @@ def compact_checkpoint(model: nn.Module, ckpt: dict, which: str,
     no optimizer, schedulers or message hub."""
     _, size = checkpoint_structure(ckpt)
     plans = model_plans(model)
-    meta = {META_KEY: make_meta(plans, size if plans else TRACE_SIZE),
-            'mmprune_export': dict(source=source, weights=which)}
+    meta = {
+        META_KEY: make_meta(plans, size if plans else TRACE_SIZE),
+        'mmprune_export': dict(source=source, weights=which)
+    }
     old = ckpt.get('meta') or {}
     if 'dataset_meta' in old:  # class names for DetInferencer
         meta['dataset_meta'] = old['dataset_meta']
-    state = {k: v.detach().cpu().clone() for k, v in
-             model.state_dict().items()}
+    state = {
+        k: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
     return dict(state_dict=state, meta=meta)

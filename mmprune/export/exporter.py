@@ -68,11 +68,16 @@ def _text_writer(text: str):
     return write
 
 
-def export_detector(config: str, checkpoint: str, work_dir: str,
+def export_detector(config: str,
+                    checkpoint: str,
+                    work_dir: str,
                     input_size: Sequence[int] = (640, 640),
-                    batch_size: int = 1, opset: int = 17,
-                    use_ema: bool = False, atol: float = 1e-4,
-                    seed: int = 0, cfg=None) -> dict:
+                    batch_size: int = 1,
+                    opset: int = 17,
+                    use_ema: bool = False,
+                    atol: float = 1e-4,
+                    seed: int = 0,
+                    cfg=None) -> dict:
     """Export a pruned (or dense) detector checkpoint.
 
     Args:
@@ -126,8 +131,8 @@ def export_detector(config: str, checkpoint: str, work_dir: str,
             f'pad_size_divisor ({div}): the detector never sees other sizes')
     dense_cost = cost_model(dense, (h, w))
     dense_flops, dense_params = dense_cost.flops(), dense_cost.params(dense)
-    model, which = load_pruned_detector(cfg, ckpt, use_ema, checkpoint,
-                                        dense=dense)
+    model, which = load_pruned_detector(
+        cfg, ckpt, use_ema, checkpoint, dense=dense)
     plans, trace_size = checkpoint_structure(ckpt)
     cost = cost_model(model, (h, w))
     flops, params = cost.flops(), cost.params(model)
@@ -168,25 +173,33 @@ def export_detector(config: str, checkpoint: str, work_dir: str,
 
     import onnx
     import onnxruntime
-    from mmengine import __version__ as mmengine_version
     from mmdet import __version__ as mmdet_version
+    from mmengine import __version__ as mmengine_version
 
     from ..version import __version__ as mmprune_version
     report = dict(
-        config=config, checkpoint=checkpoint, weights=which,
+        config=config,
+        checkpoint=checkpoint,
+        weights=which,
         compact_checkpoint=compact_path,
         onnx=onnx_path if failure is None else None,
-        input_name='input', input_shape=[batch_size, 3, h, w],
-        dynamic_axes=dict(input=[0]), opset=opset,
+        input_name='input',
+        input_shape=[batch_size, 3, h, w],
+        dynamic_axes=dict(input=[0]),
+        opset=opset,
         input_note=('the batch after the data preprocessor: pixels '
                     'normalised with mean/std (when set), channel order '
                     'converted, padded to pad_size_divisor'),
         preprocess=pre,
-        outputs=check['outputs'], max_rel_diff=check['max_rel_diff'],
-        atol=atol, passed=check['passed'],
+        outputs=check['outputs'],
+        max_rel_diff=check['max_rel_diff'],
+        atol=atol,
+        passed=check['passed'],
         check_inputs=[list(t.shape) for t in checks],
-        flops=flops, params=params,
-        dense_flops=dense_flops, dense_params=dense_params,
+        flops=flops,
+        params=params,
+        dense_flops=dense_flops,
+        dense_params=dense_params,
         flops_ratio=flops / max(dense_flops, 1),
         params_ratio=params / max(dense_params, 1),
         flops_note=(f'MACs of conv/linear plus BN ops, batch 1 at {h}x{w} '
@@ -194,10 +207,13 @@ def export_detector(config: str, checkpoint: str, work_dir: str,
         num_plans=len(plans),
         residual_modes=[p.residual_mode for p in plans],
         trace_size=list(trace_size),
-        versions=dict(onnxruntime=onnxruntime.__version__,
-                      onnx=onnx.__version__, torch=torch.__version__,
-                      mmdet=mmdet_version, mmengine=mmengine_version,
-                      mmprune=mmprune_version),
+        versions=dict(
+            onnxruntime=onnxruntime.__version__,
+            onnx=onnx.__version__,
+            torch=torch.__version__,
+            mmdet=mmdet_version,
+            mmengine=mmengine_version,
+            mmprune=mmprune_version),
     )
     text = json.dumps(report, indent=2, sort_keys=True) + '\n'
     _write(report_path, _text_writer(text))

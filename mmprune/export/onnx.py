@@ -101,7 +101,9 @@ def preprocess_info(model: nn.Module) -> dict:
     return info
 
 
-def random_batch(model: nn.Module, batch: int, size: Tuple[int, int],
+def random_batch(model: nn.Module,
+                 batch: int,
+                 size: Tuple[int, int],
                  seed: int = 0) -> torch.Tensor:
     """(batch, 3, H, W) random pixels in [0, 255], normalised as the
     model's data preprocessor would: the value range the network sees."""
@@ -115,8 +117,11 @@ def random_batch(model: nn.Module, batch: int, size: Tuple[int, int],
     return x
 
 
-def export_onnx(model: nn.Module, path: str, x: torch.Tensor,
-                opset: int = 17, dynamic_batch: bool = True) -> List[str]:
+def export_onnx(model: nn.Module,
+                path: str,
+                x: torch.Tensor,
+                opset: int = 17,
+                dynamic_batch: bool = True) -> List[str]:
     """Export ``model``'s tensor forward on input ``x`` to ``path``.
 
     Args:
@@ -141,15 +146,22 @@ def export_onnx(model: nn.Module, path: str, x: torch.Tensor,
         # TracerWarnings about Python ints in mmdet heads: shapes are fixed
         # at the export size, which is what a static graph means
         warnings.simplefilter('ignore')
-        torch.onnx.export(wrapper, (x, ), path, dynamo=False,
-                          opset_version=opset, input_names=['input'],
-                          output_names=names, dynamic_axes=axes,
-                          do_constant_folding=True)
+        torch.onnx.export(
+            wrapper, (x, ),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=['input'],
+            output_names=names,
+            dynamic_axes=axes,
+            do_constant_folding=True)
     return names
 
 
-def verify_onnx(path: str, model: nn.Module,
-                inputs: Sequence[torch.Tensor], atol: float = 1e-4,
+def verify_onnx(path: str,
+                model: nn.Module,
+                inputs: Sequence[torch.Tensor],
+                atol: float = 1e-4,
                 threads: int = 1) -> dict:
     """Run ``path`` in onnxruntime and ``model`` in torch on each input.
 
@@ -169,12 +181,13 @@ def verify_onnx(path: str, model: nn.Module,
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(path, sess_options=opts,
-                                providers=['CPUExecutionProvider'])
+    sess = ort.InferenceSession(
+        path, sess_options=opts, providers=['CPUExecutionProvider'])
     names = [o.name for o in sess.get_outputs()]
     wrapper = TensorForward(model).eval()
-    rows = [dict(name=n, shape=None, max_abs_diff=0.0, scale=0.0)
-            for n in names]
+    rows = [
+        dict(name=n, shape=None, max_abs_diff=0.0, scale=0.0) for n in names
+    ]
     for x in inputs:
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         with torch.no_grad():
@@ -197,5 +210,9 @@ def verify_onnx(path: str, model: nn.Module,
     for row in rows:
         row['rel_diff'] = row['max_abs_diff'] / max(row['scale'], 1e-12)
     failed = [r['name'] for r in rows if not r['rel_diff'] <= atol]
-    return dict(outputs=rows, max_rel_diff=max(r['rel_diff'] for r in rows),
-                atol=atol, passed=not failed, failed=failed)
+    return dict(
+        outputs=rows,
+        max_rel_diff=max(r['rel_diff'] for r in rows),
+        atol=atol,
+        passed=not failed,
+        failed=failed)

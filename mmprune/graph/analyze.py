@@ -15,9 +15,11 @@ logger = logging.getLogger('mmprune')
 TRACE_SIZE = (128, 128)
 
 
-def analyze(model: nn.Module, residual_mode: str = 'coupled',
+def analyze(model: nn.Module,
+            residual_mode: str = 'coupled',
             input_size: Tuple[int, int] = TRACE_SIZE,
-            ignored: Sequence[str] = (), replay: bool = False,
+            ignored: Sequence[str] = (),
+            replay: bool = False,
             read_pruning: bool = False) -> ChannelGraph:
     """Trace ``model``'s tensor forward and return its channel groups.
 
@@ -54,10 +56,14 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
     model.eval()
     try:
         fn, inputs = tensor_forward(model, input_size)
-        graph = build_channel_graph(model, fn, inputs,
-                                    residual_mode=residual_mode, fixed=fixed,
-                                    respect_frozen=not replay,
-                                    read_pruning=read_pruning)
+        graph = build_channel_graph(
+            model,
+            fn,
+            inputs,
+            residual_mode=residual_mode,
+            fixed=fixed,
+            respect_frozen=not replay,
+            read_pruning=read_pruning)
     except GraphTraceError as e:
         raise GraphTraceError(
             f'{e} (traced on a {tuple(input_size)} dummy image: the trace '
@@ -72,13 +78,15 @@ def analyze(model: nn.Module, residual_mode: str = 'coupled',
             f'no prunable channel group found in {type(model).__name__}: '
             f'every channel is pinned. Pins: '
             f'{sorted(set(graph.pinned_classes.values()))[:10]}')
-    frozen = sorted({r.split(' ', 1)[1] for r in graph.pinned_classes.values()
-                     if r.startswith('frozen ')})
+    frozen = sorted({
+        r.split(' ', 1)[1]
+        for r in graph.pinned_classes.values() if r.startswith('frozen ')
+    })
     if frozen:
-        logger.info('mmprune: %d frozen modules are not pruned (set '
-                    'frozen_stages=-1 to prune them): %s', len(frozen),
-                    ', '.join(frozen[:8]) +
-                    (' ...' if len(frozen) > 8 else ''))
+        logger.info(
+            'mmprune: %d frozen modules are not pruned (set '
+            'frozen_stages=-1 to prune them): %s', len(frozen),
+            ', '.join(frozen[:8]) + (' ...' if len(frozen) > 8 else ''))
     for where, why in graph.opaque.items():
         logger.info('mmprune: %s: %s', where, why)
     return graph

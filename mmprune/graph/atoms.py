@@ -108,9 +108,10 @@ class Labels:
 
     @staticmethod
     def cat(parts: List['Labels']) -> 'Labels':
-        return Labels(np.concatenate([p.atoms for p in parts]),
-                      np.concatenate([p.via for p in parts]),
-                      all(p.zero_kept for p in parts))
+        return Labels(
+            np.concatenate([p.atoms for p in parts]),
+            np.concatenate([p.via for p in parts]),
+            all(p.zero_kept for p in parts))
 
 
 @dataclass

@@ -80,8 +80,10 @@ class ChannelGroup:
         return int((~self.pinned).sum())
 
     def producers(self) -> List[Member]:
-        return [m for m in self.members
-                if m.axis == 'out' and m.kind in ('conv', 'linear')]
+        return [
+            m for m in self.members
+            if m.axis == 'out' and m.kind in ('conv', 'linear')
+        ]
 
     def __repr__(self):
         if self.reader is not None:
@@ -99,9 +101,13 @@ class ChannelGraph:
     by hand.
     """
 
-    def __init__(self, records: Dict[str, ModuleRecord], roots: np.ndarray,
-                 pinned: Dict[int, str], scatter: Set[str],
-                 residual_mode: str, opaque: Dict[str, str],
+    def __init__(self,
+                 records: Dict[str, ModuleRecord],
+                 roots: np.ndarray,
+                 pinned: Dict[int, str],
+                 scatter: Set[str],
+                 residual_mode: str,
+                 opaque: Dict[str, str],
                  fine_fallbacks: Sequence[str] = (),
                  passthrough: Optional[Dict[str, List[np.ndarray]]] = None,
                  shortcuts: Sequence[str] = (),
@@ -124,8 +130,11 @@ class ChannelGraph:
         self.shortcuts = set(shortcuts)
         # classes summed by a coupled element-wise add (residual streams,
         # FPN top-down paths in coupled mode)
-        self.stream_classes = {int(c) for a in stream_atoms
-                               for c in roots[a].tolist()}
+        self.stream_classes = {
+            int(c)
+            for a in stream_atoms
+            for c in roots[a].tolist()
+        }
         self.groups: List[ChannelGroup] = []
         self.class_to_group: Dict[int, tuple] = {}
         self._full: Dict[str, np.ndarray] = {}  # see full_through
@@ -174,9 +183,11 @@ class ChannelGraph:
             classes = np.asarray(classes, dtype=np.int64)
             pinned = np.array([c in self.pinned_classes for c in classes])
             grp = ChannelGroup(names[g], classes, pinned)
-            grp.pin_reasons = {i: self.pinned_classes[c]
-                               for i, c in enumerate(classes.tolist())
-                               if c in self.pinned_classes}
+            grp.pin_reasons = {
+                i: self.pinned_classes[c]
+                for i, c in enumerate(classes.tolist())
+                if c in self.pinned_classes
+            }
             for i, c in enumerate(classes.tolist()):
                 self.class_to_group[c] = (gi, i)
             self.groups.append(grp)
@@ -186,13 +197,16 @@ class ChannelGraph:
             if r.read is None or not (r.read >= 0).any():
                 continue
             classes = self._cls(r.read[r.read >= 0])
-            grp = ChannelGroup(r.name + READ_SUFFIX, classes,
-                               np.array([c in self.pinned_classes
-                                         for c in classes.tolist()]),
-                               reader=r.name)
-            grp.pin_reasons = {i: self.pinned_classes[c]
-                               for i, c in enumerate(classes.tolist())
-                               if c in self.pinned_classes}
+            grp = ChannelGroup(
+                r.name + READ_SUFFIX,
+                classes,
+                np.array([c in self.pinned_classes for c in classes.tolist()]),
+                reader=r.name)
+            grp.pin_reasons = {
+                i: self.pinned_classes[c]
+                for i, c in enumerate(classes.tolist())
+                if c in self.pinned_classes
+            }
             for i, c in enumerate(classes.tolist()):
                 self.class_to_group[c] = (len(self.groups), i)
             self.groups.append(grp)
@@ -211,15 +225,14 @@ class ChannelGraph:
                     per_group[hit[0]][0].append(pos)
                     per_group[hit[0]][1].append(hit[1])
                 for gi, (pos, idx) in per_group.items():
-                    self.groups[gi].members.append(Member(
-                        r.name, r.kind, axis, np.asarray(pos),
-                        np.asarray(idx)))
+                    self.groups[gi].members.append(
+                        Member(r.name, r.kind, axis, np.asarray(pos),
+                               np.asarray(idx)))
 
     def _set_units(self, gn_blocks: Sequence[np.ndarray]) -> None:
         """``unit`` of each group fed to a GroupNorm: how many output
         positions of its first producer one GroupNorm-tied index covers."""
-        tied = {int(self.roots[b[0]]) for blocks in gn_blocks
-                for b in blocks}
+        tied = {int(self.roots[b[0]]) for blocks in gn_blocks for b in blocks}
         if not tied:
             return
         for g in self.groups:
@@ -227,8 +240,7 @@ class ChannelGraph:
                 continue
             prods = g.producers()
             if prods:
-                counts = np.bincount(prods[0].group_index,
-                                     minlength=g.width)
+                counts = np.bincount(prods[0].group_index, minlength=g.width)
                 g.unit = max(1, int(counts.max()))
 
     def is_stream(self, group: ChannelGroup) -> bool:
@@ -241,10 +253,11 @@ class ChannelGraph:
     def stream_sources(self, group: ChannelGroup) -> List[str]:
         """The modules of ``group`` that write the identity side of an add
         (a shortcut: YOLOX's CSP ``main_conv``, ResNet's ``downsample``)."""
-        return sorted({m.module for m in group.members
-                       if m.module in self.shortcuts and
-                       (m.axis == 'out' or m.kind in ('norm', 'dwconv',
-                                                      'gn'))})
+        return sorted({
+            m.module
+            for m in group.members if m.module in self.shortcuts and (
+                m.axis == 'out' or m.kind in ('norm', 'dwconv', 'gn'))
+        })
 
     # ----------------------------------------------------------- query
     def group(self, name: str) -> ChannelGroup:
@@ -271,8 +284,10 @@ class ChannelGraph:
             full = np.zeros(len(rec.inp), dtype=bool)
             if self.scatter:
                 by_index = {r.index: r for r in self.records.values()}
-                scattered = [r.index for r in self.records.values()
-                             if r.name in self.scatter]
+                scattered = [
+                    r.index for r in self.records.values()
+                    if r.name in self.scatter
+                ]
                 for via in rec.in_vias:
                     full |= np.isin(via, scattered)
                     for i in np.nonzero(~full)[0]:
@@ -280,8 +295,8 @@ class ChannelGraph:
                         if f is None or f is rec or f.inp is None or \
                                 f.kind not in ('dwconv', 'norm', 'gn'):
                             continue
-                        full[i] = bool(self.full_through(f)[
-                            f.inp == rec.inp[i]].any())
+                        full[i] = bool(
+                            self.full_through(f)[f.inp == rec.inp[i]].any())
             self._full[rec.name] = full
         return self._full[rec.name]
 
@@ -298,8 +313,10 @@ class ChannelGraph:
             flags[g.classes] = kg
         return flags
 
-    def module_indices(self, keep: Dict[str, np.ndarray]
-                       ) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
+    def module_indices(
+        self,
+        keep: Dict[str,
+                   np.ndarray]) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
         """For each recorded module, the output rows and input columns to
         keep (``None`` = untouched). Shapes: ``out`` (C_out',), ``in``
         (C_in',) of int64 positions in the module's current layout. A
@@ -332,20 +349,24 @@ class ChannelGraph:
             result[r.name] = entry
         return result
 
-    def passthrough_widths(self, keep: Dict[str, np.ndarray]
-                           ) -> Dict[str, int]:
+    def passthrough_widths(self, keep: Dict[str,
+                                            np.ndarray]) -> Dict[str, int]:
         """Channels each parameter-free leaf module (pool, activation,
         upsample) reads after ``keep``, summed over its calls. Used by the
         latency model only: its time scales with these widths."""
         flags = self.kept_classes(keep)
-        return {name: int(sum(flags[self._cls(a)].sum() for a in calls))
-                for name, calls in self.passthrough.items()}
+        return {
+            name: int(sum(flags[self._cls(a)].sum() for a in calls))
+            for name, calls in self.passthrough.items()
+        }
 
     def summary(self) -> str:
-        lines = [f'{len(self.groups)} channel groups '
-                 f'({len(self.prunable_groups())} prunable), residual mode '
-                 f'{self.residual_mode!r}' +
-                 (' with reader pruning' if self.read_pruning else '')]
+        lines = [
+            f'{len(self.groups)} channel groups '
+            f'({len(self.prunable_groups())} prunable), residual mode '
+            f'{self.residual_mode!r}' +
+            (' with reader pruning' if self.read_pruning else '')
+        ]
         for g in self.groups:
             if g.reader is not None:
                 lines.append(f'  {g.name}: width {g.width}, prunable '
@@ -361,17 +382,23 @@ class ChannelGraph:
         return '\n'.join(lines)
 
 
-def build_channel_graph(model: nn.Module, forward_fn, inputs,
-                        residual_mode: str = 'coupled', fixed=None,
+def build_channel_graph(model: nn.Module,
+                        forward_fn,
+                        inputs,
+                        residual_mode: str = 'coupled',
+                        fixed=None,
                         respect_frozen: bool = True,
                         read_pruning: bool = False) -> ChannelGraph:
     """Trace ``forward_fn(*inputs)`` on ``model`` and return its groups
     (``read_pruning``: fine mode's reader groups, see the module
     docstring)."""
     from .tracer import ChannelTracer
-    tracer = ChannelTracer(model, residual_mode=residual_mode, fixed=fixed,
-                           respect_frozen=respect_frozen,
-                           read_pruning=read_pruning)
+    tracer = ChannelTracer(
+        model,
+        residual_mode=residual_mode,
+        fixed=fixed,
+        respect_frozen=respect_frozen,
+        read_pruning=read_pruning)
     tracer.trace(forward_fn, inputs)
     roots = tracer.atoms.resolve()
     pinned = tracer.atoms.pinned_classes(roots)
@@ -381,11 +408,19 @@ def build_channel_graph(model: nn.Module, forward_fn, inputs,
         if msg not in _LOGGED_FALLBACKS:
             _LOGGED_FALLBACKS.add(msg)
             logger.warning('mmprune: fine mode fallback: %s', msg)
-    return ChannelGraph(tracer.records, roots, pinned, tracer.scatter,
-                        residual_mode, tracer.opaque, tracer.fine_fallbacks,
-                        tracer.passthrough, tracer.shortcuts,
-                        tracer.gn_blocks, tracer.stream_atoms,
-                        read_pruning=read_pruning)
+    return ChannelGraph(
+        tracer.records,
+        roots,
+        pinned,
+        tracer.scatter,
+        residual_mode,
+        tracer.opaque,
+        tracer.fine_fallbacks,
+        tracer.passthrough,
+        tracer.shortcuts,
+        tracer.gn_blocks,
+        tracer.stream_atoms,
+        read_pruning=read_pruning)
 
 
 _LOGGED_FALLBACKS: Set[str] = set()

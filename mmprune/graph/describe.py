@@ -45,8 +45,11 @@ def describe_groups(graph: ChannelGraph) -> dict:
             # a follower is recorded on both axes; list it once
             if key in members:
                 continue
-            members[key] = dict(module=m.module, kind=m.kind, role=role,
-                                channels=int(len(m.positions)))
+            members[key] = dict(
+                module=m.module,
+                kind=m.kind,
+                role=role,
+                channels=int(len(m.positions)))
         reasons = Counter(g.pin_reasons.values())
         pinned = g.width - g.prunable
         if g.prunable == 0:
@@ -56,10 +59,14 @@ def describe_groups(graph: ChannelGraph) -> dict:
             status = f'prunable ({pinned} channels pinned)'
         else:
             status = 'prunable'
-        entry = dict(name=g.name, width=g.width, prunable=g.prunable,
-                     pinned=pinned, status=status,
-                     pin_reasons=dict(sorted(reasons.items())),
-                     members=list(members.values()))
+        entry = dict(
+            name=g.name,
+            width=g.width,
+            prunable=g.prunable,
+            pinned=pinned,
+            status=status,
+            pin_reasons=dict(sorted(reasons.items())),
+            members=list(members.values()))
         if g.reader is not None:  # fine mode: one reader's stream columns
             entry['reader'] = g.reader
         if g.unit > 1:  # GroupNorm: one index = one group of unit channels
@@ -68,21 +75,25 @@ def describe_groups(graph: ChannelGraph) -> dict:
         if sources:  # identity side of a residual add (a shortcut)
             entry['stream_sources'] = sources
         groups.append(entry)
-    return dict(residual_mode=graph.residual_mode,
-                num_groups=len(groups),
-                num_prunable=sum(1 for g in groups if g['prunable'] > 0),
-                groups=groups, opaque=dict(graph.opaque),
-                fine_fallbacks=list(graph.fine_fallbacks))
+    return dict(
+        residual_mode=graph.residual_mode,
+        num_groups=len(groups),
+        num_prunable=sum(1 for g in groups if g['prunable'] > 0),
+        groups=groups,
+        opaque=dict(graph.opaque),
+        fine_fallbacks=list(graph.fine_fallbacks))
 
 
 def format_groups(desc: dict, members: bool = True) -> str:
     """The text :func:`describe_groups` gives, one block per group."""
-    lines = [f'{desc["num_groups"]} channel groups '
-             f'({desc["num_prunable"]} prunable), residual mode '
-             f'{desc["residual_mode"]!r}']
+    lines = [
+        f'{desc["num_groups"]} channel groups '
+        f'({desc["num_prunable"]} prunable), residual mode '
+        f'{desc["residual_mode"]!r}'
+    ]
     for i, g in enumerate(desc['groups']):
-        unit = (f' (GroupNorm groups of {g["unit"]} channels)'
-                if g.get('unit', 1) > 1 else '')
+        unit = (f' (GroupNorm groups of {g["unit"]} channels)' if g.get(
+            'unit', 1) > 1 else '')
         lines.append(f'[{i}] {g["name"]}  width {g["width"]}{unit}  '
                      f'{g["status"]}')
         if g.get('reader'):

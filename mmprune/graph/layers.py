@@ -67,14 +67,14 @@ def _conv_kernel(m):
 
 _CONV_COST = LayerCost(_conv_kernel, _conv_widths)
 # normalise (+ scale, shift) per element; mmengine's counter convention
-_BN_COST = LayerCost(lambda m: 2 if m.affine else 1,
-                     lambda m: (m.num_features, 1, 1))
+_BN_COST = LayerCost(lambda m: 2
+                     if m.affine else 1, lambda m: (m.num_features, 1, 1))
 # mean, var, normalise (+ scale, shift) per element: mmengine counts
 # group_norm like a training-mode norm
-_GN_COST = LayerCost(lambda m: 5 if m.affine else 4,
-                     lambda m: (m.num_channels, 1, 1))
-_LINEAR_COST = LayerCost(lambda m: 1, lambda m: (m.out_features,
-                                                 m.in_features, 1), -1)
+_GN_COST = LayerCost(lambda m: 5
+                     if m.affine else 4, lambda m: (m.num_channels, 1, 1))
+_LINEAR_COST = LayerCost(lambda m: 1, lambda m:
+                         (m.out_features, m.in_features, 1), -1)
 
 _OUT_IN: Slices = {'weight': (('out', 0), ('in', 1)), 'bias': (('out', 0), )}
 _OUT: Slices = {'weight': (('out', 0), ), 'bias': (('out', 0), )}
@@ -145,29 +145,64 @@ def _roi_types() -> tuple:
 
 
 LAYER_KINDS: Tuple[LayerKind, ...] = (
-    LayerKind('conv', lambda: _CONV_TYPES, 'producer',
-              accepts=lambda m: m.groups == 1, slices=_OUT_IN,
-              resize=_resize_conv, width=_weight_rows, cost=_CONV_COST,
-              latency='conv'),
-    LayerKind('dwconv', lambda: _CONV_TYPES, 'follower',
-              accepts=lambda m: m.groups == m.in_channels == m.out_channels,
-              slices=_OUT, resize=_resize_dwconv, width=_weight_rows,
-              cost=_CONV_COST, latency='follow'),
+    LayerKind(
+        'conv',
+        lambda: _CONV_TYPES,
+        'producer',
+        accepts=lambda m: m.groups == 1,
+        slices=_OUT_IN,
+        resize=_resize_conv,
+        width=_weight_rows,
+        cost=_CONV_COST,
+        latency='conv'),
+    LayerKind(
+        'dwconv',
+        lambda: _CONV_TYPES,
+        'follower',
+        accepts=lambda m: m.groups == m.in_channels == m.out_channels,
+        slices=_OUT,
+        resize=_resize_dwconv,
+        width=_weight_rows,
+        cost=_CONV_COST,
+        latency='follow'),
     # pinned by the tracer, so its widths never change; the latency table
     # scales it like a follower (the same prediction, scale 1, either way)
-    LayerKind('gconv', lambda: _CONV_TYPES, 'opaque', cost=_CONV_COST,
-              latency='follow'),
-    LayerKind('linear', lambda: (nn.Linear, ), 'producer', slices=_OUT_IN,
-              resize=_resize_linear, width=_weight_rows, cost=_LINEAR_COST,
-              latency='conv'),
-    LayerKind('norm', lambda: _BN_TYPES, 'follower',
-              slices=dict(_OUT, running_mean=(('out', 0), ),
-                          running_var=(('out', 0), )),
-              resize=_resize_norm, width=_weight_rows, cost=_BN_COST,
-              latency='follow', norm=True),
-    LayerKind('gn', lambda: (nn.GroupNorm, ), 'follower', slices=_OUT,
-              resize=_resize_gn, width=lambda m: m.num_channels,
-              cost=_GN_COST, latency='follow', norm=True),
+    LayerKind(
+        'gconv',
+        lambda: _CONV_TYPES,
+        'opaque',
+        cost=_CONV_COST,
+        latency='follow'),
+    LayerKind(
+        'linear',
+        lambda: (nn.Linear, ),
+        'producer',
+        slices=_OUT_IN,
+        resize=_resize_linear,
+        width=_weight_rows,
+        cost=_LINEAR_COST,
+        latency='conv'),
+    LayerKind(
+        'norm',
+        lambda: _BN_TYPES,
+        'follower',
+        slices=dict(
+            _OUT, running_mean=(('out', 0), ), running_var=(('out', 0), )),
+        resize=_resize_norm,
+        width=_weight_rows,
+        cost=_BN_COST,
+        latency='follow',
+        norm=True),
+    LayerKind(
+        'gn',
+        lambda: (nn.GroupNorm, ),
+        'follower',
+        slices=_OUT,
+        resize=_resize_gn,
+        width=lambda m: m.num_channels,
+        cost=_GN_COST,
+        latency='follow',
+        norm=True),
     LayerKind('ln', lambda: (nn.LayerNorm, ), 'opaque', norm=True),
     LayerKind('roi', _roi_types, 'channelwise'),
 )

@@ -48,15 +48,16 @@ from torch.overrides import TorchFunctionMode
 
 from . import op_table as ops
 from .atoms import AtomTable, Labels, ModuleRecord
+from .layers import kind_name
 from .read_map import BUFFER as READ_BUFFER
 from .read_map import read_sources
-from .layers import kind_name
 from .scatter_map import BUFFER as SCATTER_BUFFER
 from .scatter_map import kept_positions
 
 logger = logging.getLogger('mmprune')
 
 RESIDUAL_MODES = ('coupled', 'fine')
+
 
 def iter_tensors(obj):
     """Yield the tensors inside nested tuples/lists/dicts (and data objects
@@ -89,9 +90,12 @@ class ChannelTracer(TorchFunctionMode):
             (:mod:`mmprune.graph.read_map`). Defaults to False.
     """
 
-    def __init__(self, model: nn.Module, residual_mode: str = 'coupled',
+    def __init__(self,
+                 model: nn.Module,
+                 residual_mode: str = 'coupled',
                  fixed: Optional[Callable[[str, nn.Module], bool]] = None,
-                 respect_frozen: bool = True, read_pruning: bool = False):
+                 respect_frozen: bool = True,
+                 read_pruning: bool = False):
         super().__init__()
         if residual_mode not in RESIDUAL_MODES:
             raise ValueError(f'residual_mode must be one of {RESIDUAL_MODES},'
@@ -136,9 +140,11 @@ class ChannelTracer(TorchFunctionMode):
         self._op: Optional[str] = None  # the torch op running now
         # parameters surgery slices (conv, depthwise conv, linear, BN)
         self._param_owner = {
-            id(p): n for n, m in model.named_modules()
+            id(p): n
+            for n, m in model.named_modules()
             if self._kind(m) in ('conv', 'dwconv', 'linear', 'norm')
-            for p in m.parameters(recurse=False)}
+            for p in m.parameters(recurse=False)
+        }
         self._foreign: Dict[str, str] = {}  # module -> op that read it
         self._writer_atoms: Dict[int, list] = {}  # fine mode, see below
         self._via_lost: Set[int] = set()  # see _lose_via
@@ -161,9 +167,11 @@ class ChannelTracer(TorchFunctionMode):
             # the channel axis is not where we think: stop tracking this
             # tensor and pin what it came from
             self.atoms.pin(lab.atoms, f'shape mismatch after {self._where()}')
-            lab = Labels(self.atoms.new(t.shape[1] if t.dim() >= 2 else 1,
-                                        pin='unknown channel axis'),
-                         np.full(t.shape[1] if t.dim() >= 2 else 1, -1))
+            lab = Labels(
+                self.atoms.new(
+                    t.shape[1] if t.dim() >= 2 else 1,
+                    pin='unknown channel axis'),
+                np.full(t.shape[1] if t.dim() >= 2 else 1, -1))
             if t.dim() < 2:
                 return
         self._labels[id(t)] = (t, lab)
@@ -171,8 +179,10 @@ class ChannelTracer(TorchFunctionMode):
     def _fresh(self, t: torch.Tensor, reason: str) -> None:
         if isinstance(t, torch.Tensor) and t.dim() >= 2:
             c = t.shape[1]
-            self._labels[id(t)] = (t, Labels(self.atoms.new(c, pin=reason),
-                                             np.full(c, -1)))
+            self._labels[id(t)] = (t,
+                                   Labels(
+                                       self.atoms.new(c, pin=reason),
+                                       np.full(c, -1)))
 
     def _where(self):
         if not self._module_stack:
@@ -203,8 +213,8 @@ class ChannelTracer(TorchFunctionMode):
             self._op = None
             return out
         if name not in ops.IGNORED:
-            self._check_foreign_params(name, list(args) +
-                                       list(kwargs.values()))
+            self._check_foreign_params(name,
+                                       list(args) + list(kwargs.values()))
             try:
                 self._propagate(name, args, kwargs, out)
             except _Unsupported:
@@ -221,9 +231,10 @@ class ChannelTracer(TorchFunctionMode):
 
     def _pass_lineage(self, name, args, kwargs, out):
         """An op's outputs depend on every producer its inputs depend on."""
-        ins = [lin for lin in (self._lin(t) for t in
-                               list(iter_tensors(args)) +
-                               list(iter_tensors(kwargs))) if lin]
+        ins = [
+            lin for lin in (self._lin(t) for t in list(iter_tensors(args)) +
+                            list(iter_tensors(kwargs))) if lin
+        ]
         if not ins:
             return
         lin = ins[0].union(*ins[1:])
@@ -253,8 +264,10 @@ class ChannelTracer(TorchFunctionMode):
         """A conv/BN/linear parameter read by an op outside its module (a
         weight used functionally elsewhere) would keep its old width there
         after surgery: remember the module, its channels get pinned."""
-        flat = [b for a in args
-                for b in (a if isinstance(a, (list, tuple)) else (a, ))]
+        flat = [
+            b for a in args
+            for b in (a if isinstance(a, (list, tuple)) else (a, ))
+        ]
         for a in flat:
             if isinstance(a, nn.Parameter):
                 owner = self._param_owner.get(id(a))
@@ -288,9 +301,9 @@ class ChannelTracer(TorchFunctionMode):
         elif name == 'where':
             self._binary('mul', args[1:], {}, out)
         else:
-            if any(self.get(t) is not None
-                   for t in list(iter_tensors(args)) +
-                   list(iter_tensors(kwargs))):
+            if any(
+                    self.get(t) is not None for t in list(iter_tensors(args)) +
+                    list(iter_tensors(kwargs))):
                 raise _Unsupported
 
     # elementwise ------------------------------------------------------
@@ -311,8 +324,10 @@ class ChannelTracer(TorchFunctionMode):
                 if narrow.width != 1:
                     raise _Unsupported
                 self.atoms.pin(narrow.atoms, f'broadcast in {self._where()}')
-                self.put(out, Labels(wide.atoms, wide.via,
-                                     wide.zero_kept and not additive))
+                self.put(
+                    out,
+                    Labels(wide.atoms, wide.via, wide.zero_kept
+                           and not additive))
                 return
             if np.array_equal(la.atoms, lb.atoms):
                 # two functions of the same channels (Swish: x * sigmoid(x)):
@@ -344,13 +359,13 @@ class ChannelTracer(TorchFunctionMode):
         if isinstance(other, torch.Tensor):
             per_channel = other.dim() >= 2 and other.shape[1] == lab.width \
                 and lab.width > 1
-            if per_channel and (other.requires_grad or
-                                bool(torch.count_nonzero(other))):
+            if per_channel and (other.requires_grad
+                                or bool(torch.count_nonzero(other))):
                 # a per-channel tensor no known module owns (e.g. layer
                 # scale): we cannot slice it, so these channels stay
-                self.atoms.pin(lab.atoms,
-                               f"per-channel operand of '{name}' in "
-                               f'{self._where()}')
+                self.atoms.pin(
+                    lab.atoms, f"per-channel operand of '{name}' in "
+                    f'{self._where()}')
             if additive:
                 zero = not bool(torch.count_nonzero(other))
         elif additive:
@@ -367,8 +382,7 @@ class ChannelTracer(TorchFunctionMode):
         becomes a scattered writer, later readers cannot tell that its
         channels are back at full width (see _pin_coupled_writers)."""
         for lab in labs:
-            self._via_lost.update(int(v) for v in np.unique(lab.via)
-                                  if v >= 0)
+            self._via_lost.update(int(v) for v in np.unique(lab.via) if v >= 0)
         return np.full(labs[0].width, -1)
 
     def _fine_add(self, la: Labels, lb: Labels, out) -> bool:
@@ -388,13 +402,13 @@ class ChannelTracer(TorchFunctionMode):
                     f'op), coupled instead')
                 return False
             writers.append(int(vias[0]))
-            self._writer_atoms.setdefault(int(vias[0]), []).append(
-                lab.atoms.copy())
+            self._writer_atoms.setdefault(int(vias[0]),
+                                          []).append(lab.atoms.copy())
         names = list(self._names.values())
         for w in writers:
             self.scatter.add(names[w])
-        stream = self.atoms.new(la.width,
-                                pin=f'residual stream in {self._where()}')
+        stream = self.atoms.new(
+            la.width, pin=f'residual stream in {self._where()}')
         self._stream_ids.update(stream.tolist())
         self.put(out, Labels(stream, np.full(la.width, -1), False))
         return True
@@ -410,8 +424,9 @@ class ChannelTracer(TorchFunctionMode):
         for t, lab in zip(seq, labs):
             if lab is None:  # constant or unseen piece: new pinned channels
                 c = t.shape[1]
-                lab = Labels(self.atoms.new(c, pin='unlabelled concat input'),
-                             np.full(c, -1))
+                lab = Labels(
+                    self.atoms.new(c, pin='unlabelled concat input'),
+                    np.full(c, -1))
             parts.append(lab)
         if dim == 1:
             self.put(out, Labels.cat(parts))
@@ -420,8 +435,10 @@ class ChannelTracer(TorchFunctionMode):
                 if p.width != parts[0].width:
                     raise _Unsupported
                 self.atoms.union_arrays(parts[0].atoms, p.atoms)
-            self.put(out, Labels(parts[0].atoms, self._lose_via(*parts),
-                                 all(p.zero_kept for p in parts)))
+            self.put(
+                out,
+                Labels(parts[0].atoms, self._lose_via(*parts),
+                       all(p.zero_kept for p in parts)))
 
     def _split(self, name, args, kwargs, out):
         x = args[0]
@@ -461,8 +478,11 @@ class ChannelTracer(TorchFunctionMode):
               and out.shape[1] == x[0].numel()):
             # flatten(1): channel c -> columns [c*k, (c+1)*k), k = H*W
             k = int(np.prod(x.shape[2:]))
-            self.put(out, Labels(np.repeat(lab.atoms, k),
-                                 np.repeat(lab.via, k), lab.zero_kept))
+            self.put(
+                out,
+                Labels(
+                    np.repeat(lab.atoms, k), np.repeat(lab.via, k),
+                    lab.zero_kept))
         else:
             raise _Unsupported
 
@@ -515,8 +535,8 @@ class ChannelTracer(TorchFunctionMode):
                     chan = ('take', np.arange(c)[e])
                 elif isinstance(e, torch.Tensor) and e.dim() == 1:
                     sel = e.detach().cpu().numpy()
-                    chan = ('take', np.nonzero(sel)[0] if sel.dtype == bool
-                            else sel.astype(np.int64))
+                    chan = ('take', np.nonzero(sel)[0]
+                            if sel.dtype == bool else sel.astype(np.int64))
                 elif isinstance(e, (list, tuple)):
                     chan = ('take', np.asarray(e, dtype=np.int64))
                 else:
@@ -532,8 +552,8 @@ class ChannelTracer(TorchFunctionMode):
             return
         kind, sel = self._channel_index(x, idx)
         if kind != 'all':
-            if len(sel) == lab.width and np.array_equal(sel,
-                                                        np.arange(lab.width)):
+            if len(sel) == lab.width and np.array_equal(
+                    sel, np.arange(lab.width)):
                 kind = 'all'
             else:
                 # a literal channel slice picks other channels once the
@@ -583,8 +603,8 @@ class ChannelTracer(TorchFunctionMode):
             if next(m.children(), None) is None:
                 lab = self.get(next(iter_tensors(inputs), None))
                 if lab is not None:
-                    self.passthrough.setdefault(name, []).append(
-                        lab.atoms.copy())
+                    self.passthrough.setdefault(name,
+                                                []).append(lab.atoms.copy())
 
     def _record(self, name, kind) -> ModuleRecord:
         rec = self.records.get(name)
@@ -625,8 +645,10 @@ class ChannelTracer(TorchFunctionMode):
             self._lineage[id(t)] = (t, lin)
         lab = self.get(x)
         if lab is None and x is not None and x.dim() >= 2:
-            lab = Labels(self.atoms.new(x.shape[1], pin=f'unlabelled input '
-                                        f'of {name}'), np.full(x.shape[1], -1))
+            lab = Labels(
+                self.atoms.new(
+                    x.shape[1], pin=f'unlabelled input '
+                    f'of {name}'), np.full(x.shape[1], -1))
         out = output if isinstance(output, torch.Tensor) else None
         frozen = self.respect_frozen and any(
             not p.requires_grad for p in m.parameters(recurse=False))
@@ -647,7 +669,8 @@ class ChannelTracer(TorchFunctionMode):
             if frozen:
                 self.atoms.pin(rec.out, f'frozen {name}')
                 self.atoms.pin(lab.atoms, f'frozen {name}')
-            self._put_module_output(m, out, Labels(rec.out, via[:len(rec.out)]))
+            self._put_module_output(m, out, Labels(rec.out,
+                                                   via[:len(rec.out)]))
         elif kind in ('dwconv', 'norm', 'gn'):
             rec = self._record(name, kind)
             self._merge_input(rec, lab)
@@ -668,8 +691,8 @@ class ChannelTracer(TorchFunctionMode):
             if lab is not None:
                 self.atoms.pin(lab.atoms, f'{type(m).__name__} {name}')
             self.opaque[name] = f'{type(m).__name__}: channels pinned' + (
-                f' (applied to a {x.dim()}-D input)' if kind == 'tokens'
-                else '')
+                f' (applied to a {x.dim()}-D input)'
+                if kind == 'tokens' else '')
             if out is not None:
                 self._fresh(out, f'{type(m).__name__} {name}')
 
@@ -692,8 +715,9 @@ class ChannelTracer(TorchFunctionMode):
         if not self.read_pruning:
             return
         cols = lab.atoms[src]  # (C_w,) incoming atom of each column
-        on_stream = np.isin(cols, np.fromiter(self._stream_ids, np.int64,
-                                              len(self._stream_ids)))
+        on_stream = np.isin(
+            cols, np.fromiter(self._stream_ids, np.int64,
+                              len(self._stream_ids)))
         if rec.kind == 'linear' and \
                 len(np.unique(cols[on_stream])) != int(on_stream.sum()):
             # a flattened map repeats a channel over k columns: reading a
@@ -712,14 +736,16 @@ class ChannelTracer(TorchFunctionMode):
         union the atoms of its C/G channels. lab.atoms: (C,)."""
         c, g = lab.width, m.num_groups
         if c != m.num_channels or c % g:
-            self.atoms.pin(lab.atoms, f'GroupNorm {name}: input width {c} '
-                           f'is not its {m.num_channels} channels')
+            self.atoms.pin(
+                lab.atoms, f'GroupNorm {name}: input width {c} '
+                f'is not its {m.num_channels} channels')
             return
         if not m.affine and not lab.zero_kept:
             # no gamma/beta to zero and an input whose pruned channels are
             # not 0: nothing proves the masked block outputs 0
-            self.atoms.pin(lab.atoms, f'GroupNorm {name}: non-affine after '
-                           f'an op that does not keep zeros')
+            self.atoms.pin(
+                lab.atoms, f'GroupNorm {name}: non-affine after '
+                f'an op that does not keep zeros')
             return
         blocks = lab.atoms.reshape(g, c // g)  # (G, C/G)
         for j in range(1, blocks.shape[1]):
@@ -754,8 +780,11 @@ class ChannelTracer(TorchFunctionMode):
         names = list(self._names.values())
         # a follower (BN, depthwise conv) passes a writer's channels on
         # under its own via: a lost follower via loses the writer's too
-        followers = {r.index: r for r in self.records.values()
-                     if r.kind in ('dwconv', 'norm', 'gn')}
+        followers = {
+            r.index: r
+            for r in self.records.values()
+            if r.kind in ('dwconv', 'norm', 'gn')
+        }
         lost, todo = set(self._via_lost), list(self._via_lost)
         while todo:
             rec = followers.get(todo.pop())
@@ -771,8 +800,9 @@ class ChannelTracer(TorchFunctionMode):
                 why = ('its output reaches a module through an op that mixes'
                        ' tensors' if index in lost else
                        'its channels are coupled with another producer\'s')
-                self.atoms.pin(own, f'fine mode: writer {names[index]} is '
-                               f'coupled with other channels')
+                self.atoms.pin(
+                    own, f'fine mode: writer {names[index]} is '
+                    f'coupled with other channels')
                 self.fine_fallbacks.append(
                     f'writer {names[index]} cannot be scattered ({why}): '
                     f'its channels are pinned')
@@ -784,16 +814,19 @@ class ChannelTracer(TorchFunctionMode):
         for m in self.model.modules():
             # a gathering reader's pre-hook was registered at surgery;
             # ours must run first to see the input before the gather
-            handles.append(m.register_forward_pre_hook(
-                self._pre_hook, prepend=hasattr(m, READ_BUFFER)))
+            handles.append(
+                m.register_forward_pre_hook(
+                    self._pre_hook, prepend=hasattr(m, READ_BUFFER)))
             handles.append(m.register_forward_hook(self._post_hook))
         try:
             traced = []
             for x in inputs:
                 x = x.detach().clone().requires_grad_(True)
-                self._labels[id(x)] = (x, Labels(
-                    self.atoms.new(x.shape[1], pin='model input'),
-                    np.full(x.shape[1], -1)))
+                self._labels[id(x)] = (x,
+                                       Labels(
+                                           self.atoms.new(
+                                               x.shape[1], pin='model input'),
+                                           np.full(x.shape[1], -1)))
                 traced.append(x)
             try:
                 with torch.enable_grad(), self:

@@ -21,8 +21,8 @@ from inspect import signature
 from typing import Optional, Sequence
 
 import numpy as np
-from mmengine.hooks import Hook
 from mmdet.registry import HOOKS
+from mmengine.hooks import Hook
 
 from .. import apis
 from ..adapters.hooks import no_augmentation_epochs
@@ -104,10 +104,13 @@ class ChannelPruningHook(Hook):
 
     priority = 40
 
-    def __init__(self, method: Optional[str] = None, by_epoch: bool = True,
+    def __init__(self,
+                 method: Optional[str] = None,
+                 by_epoch: bool = True,
                  input_size: Sequence[int] = (640, 640),
                  trace_size: Sequence[int] = apis.TRACE_SIZE,
-                 ignored_layers: Sequence[str] = (), **settings):
+                 ignored_layers: Sequence[str] = (),
+                 **settings):
         unknown = sorted(set(settings) - set(signature(resolve).parameters))
         if unknown:
             raise TypeError(f'ChannelPruningHook got unknown arguments '
@@ -137,7 +140,8 @@ class ChannelPruningHook(Hook):
             # read through runner.model: DDP may be re-wrapped after a cut
             model._mmprune_loss_terms = [
                 (lambda r=r: r.loss(unwrap(runner.model)))
-                for r in self.regularizers]
+                for r in self.regularizers
+            ]
 
     def before_train(self, runner) -> None:
         total = runner.max_epochs if self.by_epoch else runner.max_iters
@@ -182,11 +186,15 @@ class ChannelPruningHook(Hook):
     def _check_reachable(self, model, graph) -> None:
         """Refuse, before training, a target the allocator's limits cannot
         reach over the schedule's events."""
-        alloc = build_from(ALLOCATORS, dict(self.allocator_cfg,
-                                            ratio=self.target), 'allocator')
+        alloc = build_from(ALLOCATORS,
+                           dict(self.allocator_cfg, ratio=self.target),
+                           'allocator')
         names = self._names(graph)
         smallest = alloc.reachable_cost(
-            model, graph, self.costs.model(model), names,
+            model,
+            graph,
+            self.costs.model(model),
+            names,
             events=self.schedule.num_events) / self.state['dense_cost']
         if smallest > self.target + 1e-9:
             n = len(graph.prunable_groups() if names is None else names)
@@ -232,7 +240,10 @@ class ChannelPruningHook(Hook):
     def _position(self, runner) -> int:
         return (runner.epoch + 1) if self.by_epoch else (runner.iter + 1)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None,
+    def after_train_iter(self,
+                         runner,
+                         batch_idx,
+                         data_batch=None,
                          outputs=None) -> None:
         # LoggerHook averages each train scalar since its last line: values
         # sent only at events would be averaged with older ones, so they go
@@ -262,8 +273,8 @@ class ChannelPruningHook(Hook):
             # rank 0's plan is applied everywhere: a rank whose model
             # differs would fail alone and leave the others waiting
             unit = 'epoch' if self.by_epoch else 'iter'
-            check_ranks(unwrap(runner.model),
-                        f'before the prune step at {unit} {pos}')
+            check_ranks(
+                unwrap(runner.model), f'before the prune step at {unit} {pos}')
         if cut:
             # clear 'pending' first: the re-attach inside _cut then drops the
             # regulariser's selection, whose positions refer to the old
@@ -321,8 +332,10 @@ class ChannelPruningHook(Hook):
             self._mask.apply(model)
             return
         # {group: to-prune indices}: the complement of the kept ones
-        drop = {n: np.setdiff1d(np.arange(plan.widths[n]), k).tolist()
-                for n, k in keep.items() if len(k) < plan.widths[n]}
+        drop = {
+            n: np.setdiff1d(np.arange(plan.widths[n]), k).tolist()
+            for n, k in keep.items() if len(k) < plan.widths[n]
+        }
         # the penalty ramps 0 -> lambda_max over the window to the cut
         window = self.schedule.window(
             len(runner.train_dataloader) if self.by_epoch else 1)
@@ -356,14 +369,15 @@ class ChannelPruningHook(Hook):
         self._update_scalars(model, after)
 
     def _update_scalars(self, model, cost: Optional[float] = None) -> None:
-        self._scalars = self.costs.scalars(
-            model, self.state['dense_cost'], self.state['dense_params'], cost)
+        self._scalars = self.costs.scalars(model, self.state['dense_cost'],
+                                           self.state['dense_params'], cost)
 
     # ---------------------------------------------------- checkpoints
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         model = unwrap(runner.model)
-        state = dict(self.state, regularizers=[r.state_dict()
-                                               for r in self.regularizers])
+        state = dict(
+            self.state,
+            regularizers=[r.state_dict() for r in self.regularizers])
         checkpoint.setdefault('meta', {})[META_KEY] = make_meta(
             apis.model_plans(model), self.trace_size, state)
 
@@ -379,7 +393,8 @@ class ChannelPruningHook(Hook):
             graph = self._graph(model)
         for r, st in zip(self.regularizers, state.get('regularizers', [])):
             r.load_state_dict(st, graph=graph)
-        if self.state.get('pending') and not any(
-                r.selective for r in self.regularizers):
-            self._mask = build_mask(model, graph, PruningPlan.from_dict(
-                self.state['pending']).keep_arrays())
+        if self.state.get('pending') and not any(r.selective
+                                                 for r in self.regularizers):
+            self._mask = build_mask(
+                model, graph,
+                PruningPlan.from_dict(self.state['pending']).keep_arrays())

@@ -4,8 +4,8 @@ from typing import Optional
 import torch.nn as nn
 
 from .. import apis
-from ..runtime.consistency import rank0_result
 from ..costs.latency_table import LatencyTable
+from ..runtime.consistency import rank0_result
 
 
 class CostTracker:
@@ -39,8 +39,9 @@ class CostTracker:
         cost = self.model(model)
         if self.budget == 'flops':
             return float(cost.flops(graph, keep) if keep else cost.flops())
-        return float(cost.params_after(model, graph, keep) if keep else
-                     cost.params(model))
+        return float(
+            cost.params_after(model, graph, keep) if keep else cost.
+            params(model))
 
     def use_latency(self, table: Optional[dict]) -> None:
         if table is not self.latency:
@@ -52,9 +53,8 @@ class CostTracker:
         the dense model's and serves every event (see
         :mod:`mmprune.costs.latency_table`)."""
         table = rank0_result(
-            lambda: apis.cost_model(model, self.input_size,
-                                    latency=True).latency.to_dict(),
-            'latency measurement')
+            lambda: apis.cost_model(model, self.input_size, latency=True).
+            latency.to_dict(), 'latency measurement')
         self.use_latency(table)
         if logger is not None:
             logger.info(f"mmprune: latency table of {len(table['entries'])} "
@@ -63,15 +63,19 @@ class CostTracker:
                         f"{table['meta']['device']}")
         return table
 
-    def scalars(self, model: nn.Module, dense: float,
+    def scalars(self,
+                model: nn.Module,
+                dense: float,
                 dense_params: Optional[int],
                 cost: Optional[float] = None) -> dict:
         """The curves logged every iteration: the budget's fraction of the
         dense model, the parameter count and the parameter sparsity."""
         cost = self(model) if cost is None else cost
         params = sum(p.numel() for p in model.parameters())
-        out = {f'train/prune_{self.budget}_ratio': cost / dense,
-               'train/prune_params_M': params / 1e6}
+        out = {
+            f'train/prune_{self.budget}_ratio': cost / dense,
+            'train/prune_params_M': params / 1e6
+        }
         if dense_params:
             out['train/prune_sparsity'] = 1 - params / dense_params
         return out

@@ -8,17 +8,25 @@ from ..registry import ALLOCATORS, CRITERIA, REGULARIZERS, build_from
 from ..regularizers import BaseRegularizer
 
 
-def resolve(method: Optional[str] = None, family: Optional[str] = None,
-            target: float = 0.5, budget: str = 'flops', criterion=None,
+def resolve(method: Optional[str] = None,
+            family: Optional[str] = None,
+            target: float = 0.5,
+            budget: str = 'flops',
+            criterion=None,
             allocator: Optional[dict] = None,
             regularizers: Optional[Sequence[dict]] = None,
-            residual_mode: Optional[str] = None, by_epoch: bool = True,
-            begin: Optional[int] = None, end: Optional[int] = None,
-            interval: Optional[int] = None, ramp: Optional[str] = None,
+            residual_mode: Optional[str] = None,
+            by_epoch: bool = True,
+            begin: Optional[int] = None,
+            end: Optional[int] = None,
+            interval: Optional[int] = None,
+            ramp: Optional[str] = None,
             soft: Optional[bool] = None,
             scoring_batches: Optional[int] = None,
-            exclude_groups: Optional[dict] = None, min_keep: int = 8,
-            max_prune_ratio: float = 0.8, round_to: int = 1) -> dict:
+            exclude_groups: Optional[dict] = None,
+            min_keep: int = 8,
+            max_prune_ratio: float = 0.8,
+            round_to: int = 1) -> dict:
     """The hook's components and settings (see ChannelPruningHook's Args).
 
     Returns ``dict(method, target, budget, criterion, allocator_cfg,
@@ -46,8 +54,8 @@ def resolve(method: Optional[str] = None, family: Optional[str] = None,
     if residual_mode not in ('coupled', 'fine'):
         raise ValueError(f"residual_mode must be one of ('coupled', "
                          f"'fine'), got {residual_mode!r}")
-    if scoring_batches is not None and not (
-            isinstance(scoring_batches, int) and scoring_batches >= 1):
+    if scoring_batches is not None and not (isinstance(scoring_batches, int)
+                                            and scoring_batches >= 1):
         raise ValueError(f'scoring_batches must be an int >= 1, got '
                          f'{scoring_batches!r}')
     crit = build_from(CRITERIA, criterion or 'L1Criterion', 'criterion')
@@ -60,8 +68,10 @@ def resolve(method: Optional[str] = None, family: Optional[str] = None,
         alloc_cfg.setdefault(k, v)
     alloc_cfg['ratio'] = 1.0  # set per event
     build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
-    regs = [build_from(REGULARIZERS, dict(r), 'regularizer')
-            for r in (regularizers or ())]
+    regs = [
+        build_from(REGULARIZERS, dict(r), 'regularizer')
+        for r in (regularizers or ())
+    ]
     for r in regs:
         if not isinstance(r, BaseRegularizer):
             raise TypeError(f'regularizer {type(r).__name__} must subclass '
@@ -83,15 +93,22 @@ def resolve(method: Optional[str] = None, family: Optional[str] = None,
         def rescaled(max_epochs: int) -> PruningSchedule:
             return PruningSchedule.from_preset(preset.schedule, max_epochs,
                                                what, **sched)
+
         derive = rescaled
     else:
         schedule = PruningSchedule.from_range(
             1 if begin is None else begin, end,
             1 if interval is None else interval, **sched)
-    return dict(method=preset.name if preset is not None else None,
-                target=float(target), budget=budget,
-                criterion=crit, allocator_cfg=alloc_cfg, regularizers=regs,
-                residual_mode=residual_mode, soft=soft,
-                scoring_batches=scoring_batches,
-                exclude_groups=dict(exclude_groups or {}),
-                schedule=schedule, derive=derive)
+    return dict(
+        method=preset.name if preset is not None else None,
+        target=float(target),
+        budget=budget,
+        criterion=crit,
+        allocator_cfg=alloc_cfg,
+        regularizers=regs,
+        residual_mode=residual_mode,
+        soft=soft,
+        scoring_batches=scoring_batches,
+        exclude_groups=dict(exclude_groups or {}),
+        schedule=schedule,
+        derive=derive)

@@ -2,14 +2,18 @@
 run to continue exactly (JSON-safe, stored in ``meta['mmprune']``)."""
 import numpy as np
 
-from ..structures import PruningPlan, StructureError
 from ..costs.latency_table import LatencyTable
+from ..structures import PruningPlan, StructureError
 
 
 def new_state() -> dict:
     """A run before any event."""
-    return dict(events_done=0, dense_cost=None, dense_params=None,
-                pending=None, latency=None)
+    return dict(
+        events_done=0,
+        dense_cost=None,
+        dense_params=None,
+        pending=None,
+        latency=None)
 
 
 def check_state(state: dict) -> dict:
@@ -27,9 +31,9 @@ def check_state(state: dict) -> dict:
             bad('events_done', 'an int >= 0')
     for key in ('dense_cost', 'dense_params'):
         v = state.get(key)
-        if v is not None and (
-                isinstance(v, bool) or not isinstance(v, (int, float))
-                or not np.isfinite(v) or v <= 0):
+        if v is not None and (isinstance(v, bool)
+                              or not isinstance(v, (int, float))
+                              or not np.isfinite(v) or v <= 0):
             bad(key, 'a finite number > 0 or null')
     if state.get('pending') is not None:
         try:
@@ -43,7 +47,7 @@ def check_state(state: dict) -> dict:
         except (ValueError, KeyError, TypeError) as e:
             raise StructureError(f'mmprune training state: {e}') from e
     regs = state.get('regularizers', [])
-    if not isinstance(regs, list) or not all(isinstance(r, dict)
-                                             for r in regs):
+    if not isinstance(regs, list) or not all(
+            isinstance(r, dict) for r in regs):
         bad('regularizers', 'a list of dicts')
     return state

@@ -30,5 +30,7 @@ def get_method(name: str, family: str = None) -> MethodPreset:
                      f'{sorted(METHODS)}')
 
 
-__all__ = ['MethodPreset', 'filter_groups', 'get_method', 'METHODS',
-           'ACPTP', 'BPC', 'FCP', 'GCPFRS']
+__all__ = [
+    'MethodPreset', 'filter_groups', 'get_method', 'METHODS', 'ACPTP', 'BPC',
+    'FCP', 'GCPFRS'
+]

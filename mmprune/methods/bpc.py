@@ -46,23 +46,42 @@ BPC = MethodPreset(
     title='Blending Pruning Criteria for Convolutional Neural Networks',
     paper='He et al., ICANN 2021, LNCS 12894 pp. 3-15, arXiv 2107.05033',
     residual_mode='coupled',
-    criterion=dict(type='BlendedCriterion',
-                   criteria=copy.deepcopy(DEFAULT_POOL),
-                   alphas={'*': {k: 1.0 for k in DEFAULT_POOL}}),
-    allocator=dict(type='UniformAllocator', ratio=0.5, budget='flops',
-                   min_keep=8, max_prune_ratio=0.8, round_to=1),
+    criterion=dict(
+        type='BlendedCriterion',
+        criteria=copy.deepcopy(DEFAULT_POOL),
+        alphas={'*': {
+            k: 1.0
+            for k in DEFAULT_POOL
+        }}),
+    allocator=dict(
+        type='UniformAllocator',
+        ratio=0.5,
+        budget='flops',
+        min_keep=8,
+        max_prune_ratio=0.8,
+        round_to=1),
     regularizers=(),
     # one cut of a trained model, then fine-tuning (tools/prune.py): no
     # in-training default; the hook asks for begin/end
     schedules=dict(yolox=dict(unit='once'), rcnn_1x=dict(unit='once')),
     family='yolox',
     groups=dict(exclude_streams=True, exclude=('^roi_head', )),
-    options=dict(search=dict(pool=sorted(DEFAULT_POOL), rho_threshold=0.9,
-                             vote=0.5, pop_size=32, generations=20, elite=8,
-                             crossover_p=0.5, mutation_sigma=0.2,
-                             mutation_p=0.1, calib_batches=32,
-                             bn_batches=50, fitness_images=200,
-                             fitness='neg_det_loss', allocation='uniform')),
+    options=dict(
+        search=dict(
+            pool=sorted(DEFAULT_POOL),
+            rho_threshold=0.9,
+            vote=0.5,
+            pop_size=32,
+            generations=20,
+            elite=8,
+            crossover_p=0.5,
+            mutation_sigma=0.2,
+            mutation_p=0.1,
+            calib_batches=32,
+            bn_batches=50,
+            fitness_images=200,
+            fitness='neg_det_loss',
+            allocation='uniform')),
     our_choices=(
         'pool {L1, L2, FPGM, BN-gamma, Taylor-FO, HRank}',
         'Spearman, average linkage at rho >= 0.9, medoids, stage vote',

@@ -43,19 +43,29 @@ FCP = MethodPreset(
     'DOI 10.1007/978-3-030-61616-8_1',
     residual_mode='fine',
     criterion=dict(type='BNScaleCriterion'),
-    allocator=dict(type='GlobalThresholdAllocator', ratio=0.5,
-                   budget='flops', normalize='none', min_keep=4,
-                   max_prune_ratio=0.8, round_to=1),
+    allocator=dict(
+        type='GlobalThresholdAllocator',
+        ratio=0.5,
+        budget='flops',
+        normalize='none',
+        min_keep=4,
+        max_prune_ratio=0.8,
+        round_to=1),
     regularizers=(dict(type='BNL1Regularizer', weight=2e-5), ),
     # the hook's default schedule, rescaled to the run: prune once after
     # the sparsity epochs (50 of 50 + 100 fine-tune; R-CNN 12 of 12 + 12)
     schedules=dict(
-        yolox=dict(unit='epoch', begin=50, interval=1, num_events=1,
-                   total_epochs=150),
-        yolox_gradual=dict(unit='epoch', begin=10, interval=10,
-                           num_events=5, total_epochs=150),
-        rcnn_1x=dict(unit='epoch', begin=12, interval=1, num_events=1,
-                     total_epochs=24),
+        yolox=dict(
+            unit='epoch', begin=50, interval=1, num_events=1,
+            total_epochs=150),
+        yolox_gradual=dict(
+            unit='epoch',
+            begin=10,
+            interval=10,
+            num_events=5,
+            total_epochs=150),
+        rcnn_1x=dict(
+            unit='epoch', begin=12, interval=1, num_events=1, total_epochs=24),
     ),
     family='yolox',
     groups=dict(exclude=(r'^neck\.', )),

@@ -54,21 +54,37 @@ GCPFRS = MethodPreset(
     paper='Aketi et al., IEEE Access 8:171924-171932, 2020, '
     'arXiv 2002.09958',
     residual_mode='fine',
-    criterion=dict(type='FeatureRelevanceCriterion',
-                   relevance='grad_x_input', normalize=True),
-    allocator=dict(type='AdaptiveAllocator', ratio=0.5, budget='flops',
-                   ramp='linear', normalize='none', min_keep=8,
-                   max_prune_ratio=0.8, round_to=1),
+    criterion=dict(
+        type='FeatureRelevanceCriterion',
+        relevance='grad_x_input',
+        normalize=True),
+    allocator=dict(
+        type='AdaptiveAllocator',
+        ratio=0.5,
+        budget='flops',
+        ramp='linear',
+        normalize='none',
+        min_keep=8,
+        max_prune_ratio=0.8,
+        round_to=1),
     regularizers=(),
     # the hook's default schedule, rescaled to the run (no retraining
     # phase: the events run inside the ordinary schedule)
     schedules=dict(
-        yolox=dict(unit='epoch', begin=30, interval=15, num_events=12,
-                   total_epochs=300),
-        rcnn_1x=dict(unit='epoch', begin=1, interval=1, num_events=7,
-                     total_epochs=12),
-        cifar_resnet=dict(unit='epoch', begin=21, interval=21,
-                          num_events=7, total_epochs=200),
+        yolox=dict(
+            unit='epoch',
+            begin=30,
+            interval=15,
+            num_events=12,
+            total_epochs=300),
+        rcnn_1x=dict(
+            unit='epoch', begin=1, interval=1, num_events=7, total_epochs=12),
+        cifar_resnet=dict(
+            unit='epoch',
+            begin=21,
+            interval=21,
+            num_events=7,
+            total_epochs=200),
     ),
     family='yolox',
     groups=dict(exclude_streams=True, exclude_stream_sources=True),

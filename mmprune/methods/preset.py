@@ -58,29 +58,43 @@ class MethodPreset:
         return replace(self, family=family)
 
     def build_criterion(self, **overrides):
-        return build_from(CRITERIA, {**copy.deepcopy(self.criterion),
-                                     **overrides}, 'criterion')
+        return build_from(CRITERIA, {
+            **copy.deepcopy(self.criterion),
+            **overrides
+        }, 'criterion')
 
     def build_allocator(self, **overrides):
-        return build_from(ALLOCATORS, {**copy.deepcopy(self.allocator),
-                                       **overrides}, 'allocator')
+        return build_from(ALLOCATORS, {
+            **copy.deepcopy(self.allocator),
+            **overrides
+        }, 'allocator')
 
     def build_regularizers(self) -> List[object]:
-        return [build_from(REGULARIZERS, copy.deepcopy(c), 'regularizer')
-                for c in self.regularizers]
+        return [
+            build_from(REGULARIZERS, copy.deepcopy(c), 'regularizer')
+            for c in self.regularizers
+        ]
 
     def to_dict(self) -> dict:
         """A deep copy as plain dicts (for logs and checkpoints)."""
-        return copy.deepcopy(dict(
-            name=self.name, title=self.title, paper=self.paper,
-            residual_mode=self.residual_mode, criterion=self.criterion,
-            allocator=self.allocator, regularizers=list(self.regularizers),
-            schedule=self.schedules[self.family], family=self.family,
-            groups=self.groups, options=self.options,
-            our_choices=list(self.our_choices)))
+        return copy.deepcopy(
+            dict(
+                name=self.name,
+                title=self.title,
+                paper=self.paper,
+                residual_mode=self.residual_mode,
+                criterion=self.criterion,
+                allocator=self.allocator,
+                regularizers=list(self.regularizers),
+                schedule=self.schedules[self.family],
+                family=self.family,
+                groups=self.groups,
+                options=self.options,
+                our_choices=list(self.our_choices)))
 
 
-def filter_groups(graph, exclude_coupled: bool = False,
+def filter_groups(graph,
+                  exclude_coupled: bool = False,
                   exclude_shared: bool = False,
                   exclude: Sequence[str] = (),
                   exclude_stream_sources: bool = False,

@@ -71,7 +71,10 @@ def _replay_from_state_dict(module, state_dict, prefix, *args):
         return
     plans, size, _ = read_meta(decode(state_dict[key]))  # StructureError
     rebuild_structure(
-        module, plans, size, repr(key),
+        module,
+        plans,
+        size,
+        repr(key),
         mismatch='the {source} buffer of this state dict describes a pruned '
         'structure the {model} built from the config cannot take (weights '
         'of another model or config?)')
@@ -82,8 +85,8 @@ def make_prunable(model: nn.Module) -> nn.Module:
     place, idempotent); returns it."""
     model.__class__ = _prunable_class(type(model))
     if not getattr(model, '_mmprune_prehook', False):
-        model._register_load_state_dict_pre_hook(_replay_from_state_dict,
-                                                 with_module=True)
+        model._register_load_state_dict_pre_hook(
+            _replay_from_state_dict, with_module=True)
         model._mmprune_prehook = True
     if not hasattr(model, '_mmprune_loss_terms'):
         model._mmprune_loss_terms = []

@@ -46,8 +46,8 @@ def set_read_gather(module: nn.Module, gather: torch.Tensor,
     if not hasattr(module, BUFFER) and len(gather) == incoming and \
             torch.equal(gather, torch.arange(incoming)):
         return
-    if len(gather) and (int(gather.min()) < 0 or
-                        int(gather.max()) >= incoming):
+    if len(gather) and (int(gather.min()) < 0
+                        or int(gather.max()) >= incoming):
         raise ValueError(f'read gather of {type(module).__name__} indexes '
                          f'outside its {incoming} input channels')
     device = next((t.device for t in module.parameters()), gather.device)

@@ -55,8 +55,8 @@ class ChannelMask:
                 t.grad.index_fill_(dim, pos.to(t.device), 0)
 
 
-def build_mask(model: nn.Module, graph, keep: Dict[str, np.ndarray]
-               ) -> ChannelMask:
+def build_mask(model: nn.Module, graph, keep: Dict[str,
+                                                   np.ndarray]) -> ChannelMask:
     """The :class:`ChannelMask` of ``keep`` ({group: kept indices}).
 
     Running statistics of BN are left alone: gamma = beta = 0 already makes

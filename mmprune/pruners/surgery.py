@@ -16,11 +16,13 @@ from ..graph.layers import KINDS, current_width, tensor_slices
 from . import scatter as scatter_mod
 from .gather import set_read_gather
 
+
 def _select(t: torch.Tensor, dim: int, idx: torch.Tensor) -> torch.Tensor:
     return t.detach().index_select(dim, idx.to(t.device)).clone()
 
 
-def groupnorm_blocks(module: nn.GroupNorm, kept: np.ndarray,
+def groupnorm_blocks(module: nn.GroupNorm,
+                     kept: np.ndarray,
                      name: str = 'GroupNorm') -> int:
     """Number of GroupNorm blocks ``kept`` ((C',) channel positions) keeps;
     a ValueError naming ``name`` when it would split a block (the compact
@@ -28,8 +30,8 @@ def groupnorm_blocks(module: nn.GroupNorm, kept: np.ndarray,
     one: silently wrong, so refused)."""
     c, g = module.num_channels, module.num_groups
     size = c // g
-    per_block = np.bincount(np.asarray(kept, dtype=np.int64) // size,
-                            minlength=g)
+    per_block = np.bincount(
+        np.asarray(kept, dtype=np.int64) // size, minlength=g)
     split = np.nonzero((per_block != 0) & (per_block != size))[0]
     if len(split):
         b = int(split[0])
@@ -40,8 +42,11 @@ def groupnorm_blocks(module: nn.GroupNorm, kept: np.ndarray,
     return int((per_block == size).sum())
 
 
-def prune_module(module: nn.Module, kind: str, out_idx: Optional[np.ndarray],
-                 in_idx: Optional[np.ndarray], name: str = '') -> bool:
+def prune_module(module: nn.Module,
+                 kind: str,
+                 out_idx: Optional[np.ndarray],
+                 in_idx: Optional[np.ndarray],
+                 name: str = '') -> bool:
     """Slice ``module`` in place to the kept output rows / input columns.
 
     Returns True when something was removed. Parameters are replaced by new
@@ -71,8 +76,8 @@ def prune_module(module: nn.Module, kind: str, out_idx: Optional[np.ndarray],
             continue
         changed = True
         if isinstance(t, nn.Parameter):
-            setattr(module, tname, nn.Parameter(new,
-                                                requires_grad=t.requires_grad))
+            setattr(module, tname,
+                    nn.Parameter(new, requires_grad=t.requires_grad))
         else:
             setattr(module, tname, new)
     if kind == 'gn':
@@ -85,8 +90,10 @@ def prune_module(module: nn.Module, kind: str, out_idx: Optional[np.ndarray],
     return True
 
 
-def apply_compact(model: nn.Module, graph, keep: Dict[str, np.ndarray]
-                  ) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
+def apply_compact(
+        model: nn.Module, graph,
+        keep: Dict[str,
+                   np.ndarray]) -> Dict[str, Dict[str, Optional[np.ndarray]]]:
     """Remove every pruned channel of ``keep`` ({group: kept indices}).
 
     Fine-mode writers are scattered back to full stream width, and readers
@@ -114,9 +121,9 @@ def apply_compact(model: nn.Module, graph, keep: Dict[str, np.ndarray]
     return index_map
 
 
-def check_groupnorms(modules: Dict[str, nn.Module], graph,
-                     index_map: Dict[str, Dict[str, Optional[np.ndarray]]]
-                     ) -> None:
+def check_groupnorms(
+        modules: Dict[str, nn.Module], graph,
+        index_map: Dict[str, Dict[str, Optional[np.ndarray]]]) -> None:
     """Refuse (ValueError naming the module) an index map that splits a
     GroupNorm group; masking and surgery both call it first."""
     for name, entry in index_map.items():

@@ -46,7 +46,9 @@ class BaseRegularizer(metaclass=abc.ABCMeta):
     def attach(self, graph) -> None:
         """Bind to ``graph``, the model's current channel groups."""
 
-    def set_selection(self, graph, selection: Dict[str, Sequence[int]],
+    def set_selection(self,
+                      graph,
+                      selection: Dict[str, Sequence[int]],
                       window: Optional[int] = None) -> None:
         """Penalise ``selection`` (``{group: to-prune group indices}``) of
         ``graph`` from now on, over ``window`` iterations until it is

@@ -40,8 +40,9 @@ class BNL1Regularizer(BaseRegularizer):
     """
 
     def __init__(self, weight: float = 1e-5):
-        if isinstance(weight, bool) or not (isinstance(weight, (int, float))
-                                            and weight >= 0):
+        if isinstance(weight,
+                      bool) or not (isinstance(weight,
+                                               (int, float)) and weight >= 0):
             raise ValueError(f'weight must be a number >= 0, got {weight!r}')
         self.weight = float(weight)
         self._norms: List[Tuple[str, torch.Tensor]] = []
@@ -56,8 +57,10 @@ class BNL1Regularizer(BaseRegularizer):
                     continue
                 hit = np.isin(m.group_index, free)
                 if hit.any():
-                    self._norms.append((m.module, torch.as_tensor(
-                        np.asarray(m.positions)[hit], dtype=torch.long)))
+                    self._norms.append((m.module,
+                                        torch.as_tensor(
+                                            np.asarray(m.positions)[hit],
+                                            dtype=torch.long)))
         if not self._norms:
             raise ValueError('BNL1Regularizer found no BN channel in the '
                              'prunable groups')
@@ -75,8 +78,8 @@ class BNL1Regularizer(BaseRegularizer):
             gamma = getattr(model.get_submodule(name), 'weight', None)
             if gamma is None or not gamma.requires_grad:
                 continue
-            total = total + gamma.index_select(
-                0, pos.to(gamma.device)).abs().sum()
+            total = total + gamma.index_select(0, pos.to(
+                gamma.device)).abs().sum()
         return self.weight * total
 
     def state_dict(self) -> dict:

@@ -70,19 +70,25 @@ class TPPRegularizer(BaseRegularizer):
         >>> loss.backward(); optimizer.step(); reg.step()
     """
 
-    def __init__(self, lw_opp: float = 1000.0, delta: float = 1e-4,
-                 interval: int = 10, lambda_max: float = 1.0,
-                 lambda_init: float = 0.0, gram: bool = True,
-                 l2: bool = True, bn: bool = True):
+    def __init__(self,
+                 lw_opp: float = 1000.0,
+                 delta: float = 1e-4,
+                 interval: int = 10,
+                 lambda_max: float = 1.0,
+                 lambda_init: float = 0.0,
+                 gram: bool = True,
+                 l2: bool = True,
+                 bn: bool = True):
         for name, v in (('lw_opp', lw_opp), ('delta', delta),
-                        ('lambda_max', lambda_max),
-                        ('lambda_init', lambda_init)):
+                        ('lambda_max', lambda_max), ('lambda_init',
+                                                     lambda_init)):
             if isinstance(v, bool) or not (isinstance(v, (int, float))
                                            and math.isfinite(v) and v >= 0):
                 raise ValueError(f'{name} must be a finite number >= 0, got '
                                  f'{v!r}')
-        if isinstance(interval, bool) or not (isinstance(interval, int)
-                                              and interval >= 1):
+        if isinstance(
+                interval,
+                bool) or not (isinstance(interval, int) and interval >= 1):
             raise ValueError(f'interval must be an int >= 1, got '
                              f'{interval!r}')
         if lambda_init > lambda_max:
@@ -117,7 +123,8 @@ class TPPRegularizer(BaseRegularizer):
         self.steps += n
 
     @staticmethod
-    def delta_for_window(window: int, lambda_max: float = 1.0,
+    def delta_for_window(window: int,
+                         lambda_max: float = 1.0,
                          interval: int = 1) -> float:
         """``delta`` that ramps 0 -> ``lambda_max`` over ``window``
         iterations (ACP-TP: the window between two prune events)."""
@@ -126,7 +133,9 @@ class TPPRegularizer(BaseRegularizer):
         return lambda_max * interval / window
 
     # --------------------------------------------------------- selection
-    def set_selection(self, graph, selection: Dict[str, Sequence[int]],
+    def set_selection(self,
+                      graph,
+                      selection: Dict[str, Sequence[int]],
                       window: Optional[int] = None,
                       reset_lambda: bool = False) -> None:
         """Regularise ``selection`` (``{group: to-prune group indices}``)
@@ -167,8 +176,8 @@ class TPPRegularizer(BaseRegularizer):
                 hit = np.isin(m.group_index, sel)
                 if not hit.any():
                     continue
-                pos = torch.as_tensor(np.asarray(m.positions)[hit],
-                                      dtype=torch.long)
+                pos = torch.as_tensor(
+                    np.asarray(m.positions)[hit], dtype=torch.long)
                 if m.axis == 'out' and m.kind in ('conv', 'linear'):
                     self._producers.append((m.module, pos))
                 elif m.axis == 'in' and m.kind == 'norm':
@@ -205,11 +214,11 @@ class TPPRegularizer(BaseRegularizer):
         if self.use_bn:
             for name, pos in self._norms:
                 mod = model.get_submodule(name)
-                for t in (getattr(mod, 'weight', None),
-                          getattr(mod, 'bias', None)):
+                for t in (getattr(mod, 'weight',
+                                  None), getattr(mod, 'bias', None)):
                     if t is not None and t.requires_grad:
-                        sq = sq + t.index_select(0, pos.to(t.device)).pow(
-                            2).sum()
+                        sq = sq + t.index_select(0, pos.to(
+                            t.device)).pow(2).sum()
         total = total + self.lw_opp * lam * gram + 0.5 * lam * sq
         return total
 
@@ -228,11 +237,16 @@ class TPPRegularizer(BaseRegularizer):
     def state_dict(self) -> dict:
         """JSON-safe state: hyper-parameters, step, lambda, selection by
         group name."""
-        return dict(version=STATE_VERSION, steps=int(self.steps),
-                    lambda_=float(self.lambda_),
-                    **{k: getattr(self, k) for k in _HYPER},
-                    selection={k: [int(i) for i in v]
-                               for k, v in sorted(self.selection.items())})
+        return dict(
+            version=STATE_VERSION,
+            steps=int(self.steps),
+            lambda_=float(self.lambda_),
+            **{k: getattr(self, k)
+               for k in _HYPER},
+            selection={
+                k: [int(i) for i in v]
+                for k, v in sorted(self.selection.items())
+            })
 
     def load_state_dict(self, state: dict, graph=None) -> None:
         """Restore :meth:`state_dict` output; ``graph`` (defaults to the
@@ -243,8 +257,8 @@ class TPPRegularizer(BaseRegularizer):
             raise ValueError(f'not a version {STATE_VERSION} '
                              f'TPPRegularizer state: {state!r}')
         steps = state.get('steps')
-        if isinstance(steps, bool) or not (isinstance(steps, int)
-                                           and steps >= 0):
+        if isinstance(steps,
+                      bool) or not (isinstance(steps, int) and steps >= 0):
             raise ValueError(f"state['steps'] must be an int >= 0, got "
                              f'{steps!r}')
         sel = state.get('selection')
@@ -269,8 +283,8 @@ class TPPRegularizer(BaseRegularizer):
                 f'{self.steps}, groups={len(self.selection)})')
 
 
-def selected_norm_ratio(model: nn.Module, graph, selection: Dict[str, list]
-                        ) -> Optional[float]:
+def selected_norm_ratio(model: nn.Module, graph,
+                        selection: Dict[str, list]) -> Optional[float]:
     """Mean L2 norm of the selected producer rows over that of the kept
     rows (a diagnostic: TPP drives it towards 0)."""
     sel_n, kept_n = [], []

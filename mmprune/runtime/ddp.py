@@ -18,8 +18,8 @@ class MMPruneDDP(MMDistributedDataParallel):
 
     def __init__(self, module, device_ids=None, **kwargs):
         on_cpu = all(p.device.type == 'cpu' for p in module.parameters())
-        super().__init__(module=module,
-                         device_ids=None if on_cpu else device_ids, **kwargs)
+        super().__init__(
+            module=module, device_ids=None if on_cpu else device_ids, **kwargs)
 
 
 def init_cpu_dist(launcher: str) -> bool:

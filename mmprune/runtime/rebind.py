@@ -52,9 +52,10 @@ def _slice_like(t: torch.Tensor, dims, old_shape) -> torch.Tensor:
     return t.clone()
 
 
-def rebind_optimizer(optimizer: torch.optim.Optimizer, old: Dict[str, nn.Parameter],
-                     new: Dict[str, nn.Parameter], slices: Dict[str, list]
-                     ) -> None:
+def rebind_optimizer(optimizer: torch.optim.Optimizer, old: Dict[str,
+                                                                 nn.Parameter],
+                     new: Dict[str, nn.Parameter], slices: Dict[str,
+                                                                list]) -> None:
     """Point ``optimizer`` at the new parameters and slice their state."""
     name_of = {id(p): n for n, p in old.items()}
     for group in optimizer.param_groups:
@@ -69,7 +70,8 @@ def rebind_optimizer(optimizer: torch.optim.Optimizer, old: Dict[str, nn.Paramet
                 state = optimizer.state.pop(p)
                 optimizer.state[q] = {
                     k: _slice_like(v, slices.get(name, ()), p.shape)
-                    for k, v in state.items()}
+                    for k, v in state.items()
+                }
             params.append(q)
         group['params'] = params
 

@@ -45,12 +45,14 @@ def build_detector(cfg) -> nn.Module:
 def strip_module(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Keys without DDP's ``module.`` prefix (mmengine's load_checkpoint
     removes the same prefix by default)."""
-    return {(k[7:] if k.startswith('module.') else k): v
-            for k, v in state.items()}
+    return {
+        (k[7:] if k.startswith('module.') else k): v
+        for k, v in state.items()
+    }
 
 
-def checkpoint_structure(ckpt: dict
-                         ) -> Tuple[List[PruningPlan], Tuple[int, int]]:
+def checkpoint_structure(
+        ckpt: dict) -> Tuple[List[PruningPlan], Tuple[int, int]]:
     """The plans and trace size a checkpoint's model was pruned with: from
     ``meta['mmprune']``, else from the ``mmprune_structure`` buffer of its
     state dict (a checkpoint saved from a bare state dict); no plans and
@@ -65,8 +67,10 @@ def checkpoint_structure(ckpt: dict
     return plans, size
 
 
-def rebuild_structure(model: nn.Module, plans: List[PruningPlan],
-                      trace_size: Tuple[int, int], source: str,
+def rebuild_structure(model: nn.Module,
+                      plans: List[PruningPlan],
+                      trace_size: Tuple[int, int],
+                      source: str,
                       mismatch: str = MISMATCH) -> int:
     """Replay ``plans`` onto ``model`` (plans it already carries are
     skipped); returns how many were applied now.
@@ -88,7 +92,8 @@ def rebuild_structure(model: nn.Module, plans: List[PruningPlan],
             f': {e}') from e
 
 
-def load_pruned_detector(cfg, ckpt: dict,
+def load_pruned_detector(cfg,
+                         ckpt: dict,
                          state_dict: Optional[Dict[str, torch.Tensor]] = None,
                          source: str = 'checkpoint',
                          model: Optional[nn.Module] = None,
@@ -118,8 +123,8 @@ def load_pruned_detector(cfg, ckpt: dict,
     plans, size = checkpoint_structure(ckpt)
     if plans:
         rebuild_structure(model, plans, size, source, mismatch)
-    state = strip_module(ckpt['state_dict'] if state_dict is None
-                         else state_dict)
+    state = strip_module(ckpt['state_dict'] if state_dict is
+                         None else state_dict)
     what = (f'{source} does not fit the config\'s model after replaying its '
             f'{len(plans)} plan(s)')
     try:

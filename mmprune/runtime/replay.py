@@ -19,8 +19,7 @@ from ..structures import PruningPlan, StructureError
 from ..structures.model_record import model_plans, record_plans
 
 
-def make_plan(graph: ChannelGraph, keep: Dict[str, np.ndarray]
-              ) -> PruningPlan:
+def make_plan(graph: ChannelGraph, keep: Dict[str, np.ndarray]) -> PruningPlan:
     """Wrap ``{group: kept indices}`` into a checked, JSON-safe plan."""
     widths = {g.name: g.width for g in graph.groups}
     for name, kept in keep.items():
@@ -37,14 +36,19 @@ def make_plan(graph: ChannelGraph, keep: Dict[str, np.ndarray]
                     f'plan would remove every {axis}put channel of module '
                     f'{mod!r}; keep at least one channel of each producer '
                     f'in its group')
-    return PruningPlan(keep={k: sorted(int(i) for i in v)
-                             for k, v in keep.items()},
-                       residual_mode=graph.residual_mode,
-                       widths={k: widths[k] for k in keep},
-                       read_pruning=getattr(graph, 'read_pruning', False))
+    return PruningPlan(
+        keep={
+            k: sorted(int(i) for i in v)
+            for k, v in keep.items()
+        },
+        residual_mode=graph.residual_mode,
+        widths={k: widths[k]
+                for k in keep},
+        read_pruning=getattr(graph, 'read_pruning', False))
 
 
-def prune(model: nn.Module, plan: PruningPlan,
+def prune(model: nn.Module,
+          plan: PruningPlan,
           graph: Optional[ChannelGraph] = None,
           input_size: Tuple[int, int] = TRACE_SIZE) -> dict:
     """Physically remove ``plan``'s channels from ``model`` (in place).
@@ -54,15 +58,20 @@ def prune(model: nn.Module, plan: PruningPlan,
     if graph is None:
         # read_pruning: trace the reader groups again, so the readers'
         # gathers (non-persistent buffers) are rebuilt
-        graph = analyze(model, plan.residual_mode, input_size, replay=True,
-                        read_pruning=plan.read_pruning)
+        graph = analyze(
+            model,
+            plan.residual_mode,
+            input_size,
+            replay=True,
+            read_pruning=plan.read_pruning)
     plan.check_against(graph)
     index_map = apply_compact(model, graph, plan.keep_arrays())
     record_plans(model, model_plans(model) + [plan], input_size)
     return index_map
 
 
-def replay(model: nn.Module, plans: List[PruningPlan],
+def replay(model: nn.Module,
+           plans: List[PruningPlan],
            trace_size: Tuple[int, int] = TRACE_SIZE) -> int:
     """Bring ``model`` to the structure ``plans`` describe.
 

@@ -18,14 +18,16 @@ import torch
 
 from ..structures import META_KEY, PruningPlan, StructureError, read_meta
 from ..structures.model_record import model_plans, record_plans
-from .rebind import find_ema, rebind_optimizer, refresh_ema_cache, rewrap, \
-    unwrap
+from .rebind import (find_ema, rebind_optimizer, refresh_ema_cache, rewrap,
+                     unwrap)
 from .rebuild import rebuild_structure
 
 
-def replay_runner(runner, checkpoint: dict,
-                  check_state: Optional[Callable[[dict], dict]] = None
-                  ) -> Optional[dict]:
+def replay_runner(
+        runner,
+        checkpoint: dict,
+        check_state: Optional[Callable[[dict],
+                                       dict]] = None) -> Optional[dict]:
     """Replay the structure ``checkpoint`` records onto ``runner``.
 
     Args:
@@ -54,8 +56,8 @@ def replay_runner(runner, checkpoint: dict,
     if applied:
         # the optimizer was built on the dense parameters; its state (when
         # resuming) is loaded after this, already pruned: no slicing
-        optimizer = getattr(getattr(runner, 'optim_wrapper', None),
-                            'optimizer', None)
+        optimizer = getattr(
+            getattr(runner, 'optim_wrapper', None), 'optimizer', None)
         if isinstance(optimizer, torch.optim.Optimizer):
             rebind_optimizer(optimizer, old, dict(model.named_parameters()),
                              {})
@@ -67,8 +69,8 @@ def replay_runner(runner, checkpoint: dict,
     return state or {}
 
 
-def record_runner(runner, plan: PruningPlan,
-                  trace_size: Tuple[int, int]) -> None:
+def record_runner(runner, plan: PruningPlan, trace_size: Tuple[int,
+                                                               int]) -> None:
     """Append ``plan`` (just applied by ``prune_runner``) to the structure
     record of the runner's model and of its EMA copy."""
     model = unwrap(runner.model)

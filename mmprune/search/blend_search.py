@@ -31,8 +31,7 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import (Callable, Dict, Iterable, Optional, Sequence, Tuple,
-                    Union)
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -42,8 +41,8 @@ from ..criteria.blended import (DEFAULT_POOL, BlendLayout, blend_scores,
                                 cluster_pool, make_stage_fn)
 from ..registry import ALLOCATORS, CRITERIA, build_from
 from .evolution import EAConfig, evolve
-from .fitness import (BlendFitness, MaskedEvaluator, calibrate_pool,
-                      counts_of, mmdet_forward, mmdet_loss, negative_loss)
+from .fitness import (BlendFitness, MaskedEvaluator, calibrate_pool, counts_of,
+                      mmdet_forward, mmdet_loss, negative_loss)
 
 FITNESSES = ('neg_det_loss', )
 ALLOCATIONS = ('uniform', 'global')
@@ -112,8 +111,8 @@ class BlendSearchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
                 raise ValueError(f'{name} must be an int >= 1, got {v!r}')
-        if not (isinstance(self.rho_threshold, (int, float))
-                and -1 <= self.rho_threshold <= 1):
+        if not (isinstance(self.rho_threshold,
+                           (int, float)) and -1 <= self.rho_threshold <= 1):
             raise ValueError(f'rho_threshold must be in [-1, 1], got '
                              f'{self.rho_threshold!r}')
         if not (isinstance(self.vote, (int, float)) and 0 <= self.vote <= 1):
@@ -162,13 +161,17 @@ class BlendSearchConfig:
         return pool
 
     def ea_config(self) -> EAConfig:
-        return EAConfig(pop_size=self.pop_size, generations=self.generations,
-                        elite=self.elite, crossover_p=self.crossover_p,
-                        mutation_sigma=self.mutation_sigma,
-                        mutation_p=self.mutation_p,
-                        tournament=self.tournament, seed=self.seed,
-                        max_evals=self.max_evals,
-                        time_budget_s=self.time_budget_s)
+        return EAConfig(
+            pop_size=self.pop_size,
+            generations=self.generations,
+            elite=self.elite,
+            crossover_p=self.crossover_p,
+            mutation_sigma=self.mutation_sigma,
+            mutation_p=self.mutation_p,
+            tournament=self.tournament,
+            seed=self.seed,
+            max_evals=self.max_evals,
+            time_budget_s=self.time_budget_s)
 
 
 @dataclass
@@ -242,14 +245,21 @@ def build_allocator(allocator, what: str = 'allocator'):
     return allocator
 
 
-def search_blend(model: nn.Module, graph, groups: Sequence[str],
-                 calib_data: Iterable, heldout_data: Iterable, *, cost,
-                 allocator, options=None, seed: Optional[int] = None,
-                 loss_fn: Callable = mmdet_loss,
-                 forward_fn: Callable = mmdet_forward,
-                 eval_fn: Optional[Callable[[nn.Module], float]] = None,
-                 log: Optional[Callable[[str], None]] = None
-                 ) -> BlendSearchResult:
+def search_blend(
+        model: nn.Module,
+        graph,
+        groups: Sequence[str],
+        calib_data: Iterable,
+        heldout_data: Iterable,
+        *,
+        cost,
+        allocator,
+        options=None,
+        seed: Optional[int] = None,
+        loss_fn: Callable = mmdet_loss,
+        forward_fn: Callable = mmdet_forward,
+        eval_fn: Optional[Callable[[nn.Module], float]] = None,
+        log: Optional[Callable[[str], None]] = None) -> BlendSearchResult:
     """Search BPC's calibration factors for ``groups`` of ``model``.
 
     Deterministic given ``seed`` (and the batches), unless
@@ -319,21 +329,28 @@ def search_blend(model: nn.Module, graph, groups: Sequence[str],
                          f'prunable groups of the graph')
     alloc = build_allocator(allocator)
     pool_cfg = cfg.pool_cfg()
-    criteria = {k: build_from(CRITERIA, c, f'pool[{k!r}]')
-                for k, c in pool_cfg.items()}
+    criteria = {
+        k: build_from(CRITERIA, c, f'pool[{k!r}]')
+        for k, c in pool_cfg.items()
+    }
     calib = take_batches(calib_data, max(cfg.calib_batches, cfg.bn_batches),
                          'calib_data')
     heldout = None
     if eval_fn is None:
-        heldout = take_images(heldout_data, cfg.fitness_images,
-                              'heldout_data')
+        heldout = take_images(heldout_data, cfg.fitness_images, 'heldout_data')
         eval_fn = negative_loss(heldout, loss_fn)
 
     # 1. the pool, on the searched groups only
     say(f'BPC: scoring the pool {sorted(criteria)} on {len(groups)} groups '
         f'({min(len(calib), cfg.calib_batches)} calibration batches)')
-    pool = calibrate_pool(model, graph, criteria, calib, loss_fn,
-                          cfg.calib_batches, names=groups)
+    pool = calibrate_pool(
+        model,
+        graph,
+        criteria,
+        calib,
+        loss_fn,
+        cfg.calib_batches,
+        names=groups)
     t_pool = time.perf_counter() - t0
 
     # 2. clusters, medoids, genes
@@ -357,8 +374,8 @@ def search_blend(model: nn.Module, graph, groups: Sequence[str],
         seeds = seeds[:-1]  # BlendLayout.seeds() puts uniform last
     t1 = time.perf_counter()
     try:
-        res = evolve(fitness, len(layout), cfg.ea_config(), seeds=seeds,
-                     log=say)
+        res = evolve(
+            fitness, len(layout), cfg.ea_config(), seeds=seeds, log=say)
         # the baseline: the uniform blend under the same fitness (a cache
         # hit when it was seeded)
         uniform_fitness = fitness(uniform)
@@ -366,26 +383,37 @@ def search_blend(model: nn.Module, graph, groups: Sequence[str],
         evaluator.restore()
         model.zero_grad(set_to_none=True)
     t_search = time.perf_counter() - t1
-    blend = dict(criteria={k: dict(pool_cfg[k]) for k in layout.keys},
-                 alphas=layout.alphas(res.best), normalize=cfg.normalize)
+    blend = dict(
+        criteria={k: dict(pool_cfg[k])
+                  for k in layout.keys},
+        alphas=layout.alphas(res.best),
+        normalize=cfg.normalize)
     if cfg.stages:
         blend['stages'] = [list(s) for s in cfg.stages]
     calls = max(1, evaluator.calls)
     report = dict(
-        evaluations=res.evaluations, evaluator_calls=evaluator.calls,
-        seconds=time.perf_counter() - t0, seconds_pool=t_pool,
-        seconds_search=t_search, seconds_per_eval=t_search / calls,
+        evaluations=res.evaluations,
+        evaluator_calls=evaluator.calls,
+        seconds=time.perf_counter() - t0,
+        seconds_pool=t_pool,
+        seconds_search=t_search,
+        seconds_per_eval=t_search / calls,
         best_fitness=res.best_fitness,
         uniform_fitness=float(uniform_fitness),
-        first_best=res.first_best, stopped=res.stopped,
-        generations_run=max(0, len(res.history) - 1),
+        first_best=res.first_best,
+        stopped=res.stopped,
+        generations_run=max(0,
+                            len(res.history) - 1),
         best_genome=[float(x) for x in res.best],
-        genes=[list(g) for g in layout.genes], clusters=clusters,
-        counts=counts, history=res.history,
+        genes=[list(g) for g in layout.genes],
+        clusters=clusters,
+        counts=counts,
+        history=res.history,
         calib_batches=min(len(calib), cfg.calib_batches),
         bn_batches=min(len(calib), cfg.bn_batches),
-        heldout_images=(sum(batch_images(b) for b in heldout)
-                        if heldout is not None else None),
+        heldout_images=(sum(
+            batch_images(b)
+            for b in heldout) if heldout is not None else None),
         ea=asdict(cfg.ea_config()))
     say(f'BPC: best fitness {res.best_fitness:.6g} vs uniform '
         f'{uniform_fitness:.6g}; {evaluator.calls} evaluations in '
@@ -395,5 +423,5 @@ def search_blend(model: nn.Module, graph, groups: Sequence[str],
         raise RuntimeError(f'BPC search: no genome had a finite fitness '
                            f'(held-out loss is NaN/inf for all '
                            f'{res.evaluations} evaluated blends)')
-    return BlendSearchResult(blend=blend, scores=fitness.scores(res.best),
-                             report=report)
+    return BlendSearchResult(
+        blend=blend, scores=fitness.scores(res.best), report=report)

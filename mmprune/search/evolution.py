@@ -72,10 +72,13 @@ class EAConfig:
     time_budget_s: Optional[float] = None
 
     def __post_init__(self):
+
         def integer(name, lo):
             v = getattr(self, name)
-            if isinstance(v, bool) or not (isinstance(v, (int, np.integer))
-                                           and v >= lo):
+            if isinstance(
+                    v,
+                    bool) or not (isinstance(v,
+                                             (int, np.integer)) and v >= lo):
                 raise ValueError(f'{name} must be an int >= {lo}, got {v!r}')
 
         integer('pop_size', 2)
@@ -85,10 +88,9 @@ class EAConfig:
         integer('seed', 0)
         if self.max_evals is not None:
             integer('max_evals', 1)
-        if self.time_budget_s is not None and not (
-                isinstance(self.time_budget_s, (int, float))
-                and not isinstance(self.time_budget_s, bool)
-                and self.time_budget_s > 0):
+        t = self.time_budget_s
+        number = isinstance(t, (int, float)) and not isinstance(t, bool)
+        if t is not None and not (number and t > 0):
             raise ValueError(f'time_budget_s must be a number > 0 or None, '
                              f'got {self.time_budget_s!r}')
         if self.elite >= self.pop_size:
@@ -98,8 +100,8 @@ class EAConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and 0 <= v <= 1):
                 raise ValueError(f'{name} must be in [0, 1], got {v!r}')
-        if not (isinstance(self.mutation_sigma, (int, float))
-                and self.mutation_sigma >= 0):
+        if not (isinstance(self.mutation_sigma,
+                           (int, float)) and self.mutation_sigma >= 0):
             raise ValueError(f'mutation_sigma must be >= 0, got '
                              f'{self.mutation_sigma!r}')
         if not (math.isfinite(self.low) and math.isfinite(self.high)
@@ -141,7 +143,8 @@ class _OutOfBudget(Exception):
     the budget; never leaves it."""
 
 
-def evolve(fitness: Callable[[np.ndarray], float], dim: int,
+def evolve(fitness: Callable[[np.ndarray], float],
+           dim: int,
            config: Optional[EAConfig] = None,
            seeds: Sequence[Sequence[float]] = (),
            log: Optional[Callable[[str], None]] = None) -> EAResult:
@@ -162,8 +165,10 @@ def evolve(fitness: Callable[[np.ndarray], float], dim: int,
     if isinstance(dim, bool) or not (isinstance(dim, int) and dim >= 1):
         raise ValueError(f'dim must be an int >= 1, got {dim!r}')
     rng = np.random.default_rng(cfg.seed)
-    pop = [np.clip(np.asarray(s, dtype=np.float64), cfg.low, cfg.high)
-           for s in list(seeds)[:cfg.pop_size]]
+    pop = [
+        np.clip(np.asarray(s, dtype=np.float64), cfg.low, cfg.high)
+        for s in list(seeds)[:cfg.pop_size]
+    ]
     for s in pop:
         if s.shape != (dim, ):
             raise ValueError(f'seed genomes must have shape ({dim},), got '
@@ -195,9 +200,11 @@ def evolve(fitness: Callable[[np.ndarray], float], dim: int,
 
     def record(gen: int, fit: np.ndarray) -> None:
         finite = fit[np.isfinite(fit)]
-        history.append(dict(gen=gen, best=float(fit.max()),
-                            mean=float(finite.mean()) if len(finite)
-                            else -math.inf))
+        history.append(
+            dict(
+                gen=gen,
+                best=float(fit.max()),
+                mean=float(finite.mean()) if len(finite) else -math.inf))
         if log:
             log(f'generation {gen}: best {fit.max():.6g} '
                 f'({evaluations} evaluations)')
@@ -238,7 +245,11 @@ def evolve(fitness: Callable[[np.ndarray], float], dim: int,
         raise RuntimeError('evolve evaluated no genome')
     if not math.isfinite(first_best):
         first_best = best['fitness']  # stopped inside generation 0
-    return EAResult(best=best['genome'], best_fitness=float(best['fitness']),
-                    first_best=first_best, history=history,
-                    evaluations=evaluations,
-                    seconds=time.perf_counter() - start, stopped=stopped)
+    return EAResult(
+        best=best['genome'],
+        best_fitness=float(best['fitness']),
+        first_best=first_best,
+        history=history,
+        evaluations=evaluations,
+        seconds=time.perf_counter() - start,
+        stopped=stopped)

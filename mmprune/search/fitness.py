@@ -53,8 +53,9 @@ def mmdet_forward(model: nn.Module, data: dict) -> None:
     model(data['inputs'], data['data_samples'], mode='tensor')
 
 
-def negative_loss(batches: Sequence, loss_fn: Callable = mmdet_loss
-                  ) -> Callable[[nn.Module], float]:
+def negative_loss(
+        batches: Sequence,
+        loss_fn: Callable = mmdet_loss) -> Callable[[nn.Module], float]:
     """``eval_fn`` returning minus the mean loss over ``batches`` (no
     gradients, model as it is: eval mode after recalibration)."""
     batches = list(batches)
@@ -70,7 +71,9 @@ def negative_loss(batches: Sequence, loss_fn: Callable = mmdet_loss
 
 
 # -------------------------------------------------------------- pieces
-def adaptive_bn(model: nn.Module, batches: Iterable, forward_fn: Callable,
+def adaptive_bn(model: nn.Module,
+                batches: Iterable,
+                forward_fn: Callable,
                 num_batches: Optional[int] = None) -> int:
     """Recompute BN running statistics from ``batches``; returns the number
     of batches used.
@@ -83,9 +86,11 @@ def adaptive_bn(model: nn.Module, batches: Iterable, forward_fn: Callable,
     mode (as EagleEye's recalibration does). Afterwards every module's
     ``training`` flag and every BN's ``momentum`` are what they were.
     """
-    bns = [m for m in model.modules()
-           if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m.track_running_stats]
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and m.track_running_stats
+    ]
     momenta = [m.momentum for m in bns]
     modes = [(m, m.training) for m in model.modules()]
     for m in bns:
@@ -140,18 +145,23 @@ class GroupSubset:
         self._graph, self._names = graph, set(names)
 
     def prunable_groups(self):
-        return [g for g in self._graph.prunable_groups()
-                if g.name in self._names]
+        return [
+            g for g in self._graph.prunable_groups() if g.name in self._names
+        ]
 
     def __getattr__(self, key):
         return getattr(self._graph, key)
 
 
-def calibrate_pool(model: nn.Module, graph, criteria: Dict[str, object],
-                   batches: Iterable = (), loss_fn: Optional[Callable] = None,
-                   num_batches: Optional[int] = None,
-                   names: Optional[Sequence[str]] = None
-                   ) -> Dict[str, Dict[str, torch.Tensor]]:
+def calibrate_pool(
+    model: nn.Module,
+    graph,
+    criteria: Dict[str, object],
+    batches: Iterable = (),
+    loss_fn: Optional[Callable] = None,
+    num_batches: Optional[int] = None,
+    names: Optional[Sequence[str]] = None
+) -> Dict[str, Dict[str, torch.Tensor]]:
     """Score every criterion of ``criteria`` (``{key: criterion}``) on the
     groups ``names`` of ``graph`` (default: every prunable group).
 
@@ -164,8 +174,10 @@ def calibrate_pool(model: nn.Module, graph, criteria: Dict[str, object],
         dict: ``{criterion key: {group: (G,) float32 scores}}``.
     """
     view = graph if names is None else GroupSubset(graph, names)
-    data_driven = {k: c for k, c in criteria.items()
-                   if callable(getattr(c, 'attach', None))}
+    data_driven = {
+        k: c
+        for k, c in criteria.items() if callable(getattr(c, 'attach', None))
+    }
     if data_driven:
         if loss_fn is None:
             raise ValueError(f'criteria {sorted(data_driven)} need '
@@ -216,9 +228,13 @@ class MaskedEvaluator:
         num_bn_batches (int | None): cap on ``bn_batches`` used.
     """
 
-    def __init__(self, model: nn.Module, graph, counts: Dict[str, int],
+    def __init__(self,
+                 model: nn.Module,
+                 graph,
+                 counts: Dict[str, int],
                  eval_fn: Callable[[nn.Module], float],
-                 bn_batches: Sequence, forward_fn: Callable,
+                 bn_batches: Sequence,
+                 forward_fn: Callable,
                  num_bn_batches: Optional[int] = None):
         groups = {g.name: g for g in graph.groups}
         for name, k in counts.items():
@@ -236,12 +252,14 @@ class MaskedEvaluator:
         self.bn_batches = list(bn_batches)
         self.forward_fn = forward_fn
         self.num_bn_batches = num_bn_batches
-        self.state = {k: v.detach().clone()
-                      for k, v in model.state_dict().items()}
+        self.state = {
+            k: v.detach().clone()
+            for k, v in model.state_dict().items()
+        }
         self.calls = 0
 
-    def keep_from_scores(self, scores: Dict[str, torch.Tensor]
-                         ) -> Dict[str, np.ndarray]:
+    def keep_from_scores(
+            self, scores: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
         keep = {}
         for name, k in self.counts.items():
             g = self.groups[name]
@@ -250,8 +268,8 @@ class MaskedEvaluator:
             free = np.nonzero(~g.pinned)[0]
             # best first; ties broken by index (stable)
             best = free[np.argsort(-s[free], kind='stable')]
-            keep[name] = np.sort(np.concatenate(
-                [pinned, best[:k - len(pinned)]]))
+            keep[name] = np.sort(
+                np.concatenate([pinned, best[:k - len(pinned)]]))
         return keep
 
     def restore(self) -> None:
@@ -288,7 +306,11 @@ class BlendFitness:
         normalize (str): ``'rank'`` or ``'minmax'``.
     """
 
-    def __init__(self, pool, layout, evaluator, stage_fn=default_stage,
+    def __init__(self,
+                 pool,
+                 layout,
+                 evaluator,
+                 stage_fn=default_stage,
                  normalize: str = 'rank'):
         self.pool, self.layout = pool, layout
         self.evaluator, self.stage_fn = evaluator, stage_fn
@@ -302,8 +324,9 @@ class BlendFitness:
 
     def __call__(self, genome) -> float:
         # the key is what the evaluator sees: alphas are rounded to 1e-6
-        key = repr(sorted((s, sorted(w.items())) for s, w in
-                          self.layout.alphas(genome).items())).encode()
+        key = repr(
+            sorted((s, sorted(w.items()))
+                   for s, w in self.layout.alphas(genome).items())).encode()
         if key not in self._memo:
             f = float(self.evaluator(self.scores(genome)))
             self._memo[key] = f

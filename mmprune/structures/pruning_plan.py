@@ -33,10 +33,17 @@ class PruningPlan:
     read_pruning: bool = False
 
     def to_dict(self) -> dict:
-        d = dict(version=self.version, residual_mode=self.residual_mode,
-                 keep={k: [int(i) for i in v]
-                       for k, v in sorted(self.keep.items())},
-                 widths={k: int(v) for k, v in sorted(self.widths.items())})
+        d = dict(
+            version=self.version,
+            residual_mode=self.residual_mode,
+            keep={
+                k: [int(i) for i in v]
+                for k, v in sorted(self.keep.items())
+            },
+            widths={
+                k: int(v)
+                for k, v in sorted(self.widths.items())
+            })
         if self.read_pruning:
             d['read_pruning'] = True
         return d
@@ -50,8 +57,8 @@ class PruningPlan:
                              f'{d.get("version")!r} (expected {PLAN_VERSION})')
         keep = d.get('keep')
         if not isinstance(keep, dict) or not all(
-                isinstance(k, str) and isinstance(v, list) and
-                all(isinstance(i, int) and i >= 0 for i in v)
+                isinstance(k, str) and isinstance(v, list) and all(
+                    isinstance(i, int) and i >= 0 for i in v)
                 for k, v in keep.items()):
             raise ValueError('pruning plan "keep" must map group names to '
                              'lists of non-negative ints')
@@ -80,9 +87,11 @@ class PruningPlan:
         if read_pruning and d.get('residual_mode') != 'fine':
             raise ValueError('pruning plan "read_pruning" needs residual_mode '
                              '"fine"')
-        return cls(keep=keep, residual_mode=d.get('residual_mode', 'coupled'),
-                   widths=dict(d.get('widths', {})),
-                   read_pruning=read_pruning)
+        return cls(
+            keep=keep,
+            residual_mode=d.get('residual_mode', 'coupled'),
+            widths=dict(d.get('widths', {})),
+            read_pruning=read_pruning)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

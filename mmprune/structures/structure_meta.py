@@ -28,10 +28,13 @@ class StructureError(ValueError):
     """A structure record is malformed or does not fit the model."""
 
 
-def make_meta(plans: List[PruningPlan], trace_size: Tuple[int, int],
+def make_meta(plans: List[PruningPlan],
+              trace_size: Tuple[int, int],
               state: dict = None) -> dict:
-    meta = dict(version=META_VERSION, trace_size=[int(s) for s in trace_size],
-                plans=[p.to_dict() for p in plans])
+    meta = dict(
+        version=META_VERSION,
+        trace_size=[int(s) for s in trace_size],
+        plans=[p.to_dict() for p in plans])
     if state is not None:
         json.dumps(state)  # must be JSON-safe: fail at save time, not load
         meta['state'] = state
@@ -48,8 +51,8 @@ def read_meta(meta) -> Tuple[List[PruningPlan], Tuple[int, int], dict]:
                              f'{meta.get("version")!r} (this mmprune reads '
                              f'version {META_VERSION})')
     size = meta.get('trace_size')
-    if not (isinstance(size, list) and len(size) == 2 and
-            all(isinstance(s, int) and 32 <= s <= 4096 for s in size)):
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(s, int) and 32 <= s <= 4096 for s in size)):
         raise StructureError(f'mmprune structure: bad trace_size {size!r}')
     plans = meta.get('plans')
     if not isinstance(plans, list):
@@ -73,8 +76,8 @@ def encode(meta: dict) -> torch.Tensor:
 
 def decode(t: torch.Tensor) -> dict:
     try:
-        return json.loads(bytes(t.detach().cpu().to(torch.uint8).tolist())
-                          .decode('utf-8'))
+        return json.loads(
+            bytes(t.detach().cpu().to(torch.uint8).tolist()).decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StructureError(f'{BUFFER} buffer is not valid JSON: {e}') \
             from None

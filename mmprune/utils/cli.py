@@ -94,8 +94,8 @@ def _load_reason(exc: BaseException, head: bytes) -> str:
         return 'the file is truncated or corrupt'
     first = text.strip().splitlines()[0] if text.strip() else ''
     first = first if len(first) <= 120 else first[:117] + '...'
-    return f'torch.load failed: {type(exc).__name__}' + (
-        f': {first}' if first else '')
+    return f'torch.load failed: {type(exc).__name__}' + (f': {first}'
+                                                         if first else '')
 
 
 def checkpoint_error(path: str) -> Optional[str]:
@@ -129,8 +129,11 @@ def checkpoint_error(path: str) -> Optional[str]:
 
     import mmprune  # noqa: F401  (torch.load safe globals, mmprune.compat)
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=True,
-                         mmap=zipfile.is_zipfile(path))
+        obj = torch.load(
+            path,
+            map_location='cpu',
+            weights_only=True,
+            mmap=zipfile.is_zipfile(path))
     except Exception as e:  # noqa: BLE001  (any failure: reported, not raised)
         return f'{path!r} is not a checkpoint: {_load_reason(e, head)}'
     if not isinstance(obj, dict):
@@ -139,15 +142,15 @@ def checkpoint_error(path: str) -> Optional[str]:
     return None
 
 
-def arg_error(parser: argparse.ArgumentParser, arg: str,
-              msg: str) -> NoReturn:
+def arg_error(parser: argparse.ArgumentParser, arg: str, msg: str) -> NoReturn:
     """Exit like argparse does for a bad flag, in one line: ``prog: error:
     argument ARG: MSG`` on stderr, exit status 2 (no usage text)."""
     msg = ' '.join(str(msg).split())  # one line, whatever the reason held
     parser.exit(2, f'{parser.prog}: error: argument {arg}: {msg}\n')
 
 
-def check_config_arg(parser: argparse.ArgumentParser, path: Optional[str],
+def check_config_arg(parser: argparse.ArgumentParser,
+                     path: Optional[str],
                      arg: str = 'config') -> None:
     """:func:`arg_error` unless ``path`` (when given) can be a config."""
     if path is not None:

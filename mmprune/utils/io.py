@@ -38,8 +38,8 @@ def atomic_write(path: str, write: Callable[[str], Any]) -> None:
     folder = osp.dirname(osp.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder,
-                                   prefix='.tmp_' + osp.basename(path))
+        fd, tmp = tempfile.mkstemp(
+            dir=folder, prefix='.tmp_' + osp.basename(path))
         os.close(fd)
     except OSError as e:
         raise OSError(e.errno, f'cannot write {path!r}: {e.strerror}') from e
@@ -75,5 +75,5 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_json_atomic(obj: Any, path: str, indent: int = 2) -> None:
     """Write ``obj`` as JSON (sorted keys, trailing newline) atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True)
-                      + '\n')
+    write_text_atomic(path,
+                      json.dumps(obj, indent=indent, sort_keys=True) + '\n')

@@ -281,4 +281,3 @@ def check_offline_weights(cfg: Any,
             OfflineWeightsWarning,
             stacklevel=2)
     return cfg
-

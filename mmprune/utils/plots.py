@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
-from .io import atomic_write
 from ..adapters.stages import stage_of
+from .io import atomic_write
 from .report import module_widths
 
 #: (layer, channels before, channels after)
@@ -70,8 +70,7 @@ def find_scalars(path: str) -> str:
     newest run (timestamp folder) in the work dir ``path``."""
     if osp.isfile(path):
         return path
-    found = sorted(glob.glob(osp.join(path, '*', 'vis_data',
-                                      'scalars.json')))
+    found = sorted(glob.glob(osp.join(path, '*', 'vis_data', 'scalars.json')))
     if not found:
         raise FileNotFoundError(
             f'no <timestamp>/vis_data/scalars.json under {path!r} (is it '
@@ -111,30 +110,38 @@ def training_curves(records: Sequence[dict]) -> dict:
     by_epoch = any('epoch' in r for r in train)
     if by_epoch:
         # record (e, i) means (e - 1) * L < i <= e * L
-        per_epoch = max((math.ceil(r['iter'] / r['epoch']) for r in train
-                         if r.get('epoch')), default=1)
+        per_epoch = max((math.ceil(r['iter'] / r['epoch'])
+                         for r in train if r.get('epoch')),
+                        default=1)
 
         def x_train(r):
             return r['iter'] / per_epoch
     else:
+
         def x_train(r):
             return r['iter']
 
     def series(rows, key, x_of):
         pts = [(x_of(r), r[key]) for r in rows if key in r]
-        return dict(key=key, x=[p[0] for p in pts],
-                    y=[p[1] for p in pts]) if pts else None
+        return dict(
+            key=key, x=[p[0] for p in pts], y=[p[1]
+                                               for p in pts]) if pts else None
 
-    budget = next((s for s in (series(train, k, x_train) for k in
-                               BUDGET_KEYS) if s), None)
+    budget = next((s for s in (series(train, k, x_train)
+                               for k in BUDGET_KEYS) if s), None)
     params = series(train, PARAMS_KEY, x_train)
-    metric_keys = list(METRIC_KEYS) + sorted(
-        {k for r in val for k in r
-         if k.endswith('/bbox_mAP') or k.endswith('/mAP')})
+    metric_keys = list(METRIC_KEYS) + sorted({
+        k
+        for r in val
+        for k in r if k.endswith('/bbox_mAP') or k.endswith('/mAP')
+    })
     metric = next((s for s in (series(val, k, lambda r: r['step'])
                                for k in metric_keys) if s), None)
-    return dict(xlabel='epoch' if by_epoch else 'iteration', budget=budget,
-                params=params, metric=metric)
+    return dict(
+        xlabel='epoch' if by_epoch else 'iteration',
+        budget=budget,
+        params=params,
+        metric=metric)
 
 
 # ------------------------------------------------------------------ plots
@@ -150,7 +157,8 @@ def _save(fig, path: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'))
 
 
-def plot_channels(rows: Sequence[WidthRow], path: str,
+def plot_channels(rows: Sequence[WidthRow],
+                  path: str,
                   title: Optional[str] = None) -> str:
     """Bars of each layer's channels before (grey) and after (blue), with
     the kept fraction below; x ticks at stage boundaries. Writes ``path``
@@ -159,8 +167,8 @@ def plot_channels(rows: Sequence[WidthRow], path: str,
         raise ValueError('plot_channels: no layers to plot')
     n = len(rows)
     fig = _figure(max(8.0, min(0.08 * n + 4, 40.0)), 6.5)
-    top, bottom = fig.subplots(2, 1, sharex=True,
-                               gridspec_kw=dict(height_ratios=[3, 1]))
+    top, bottom = fig.subplots(
+        2, 1, sharex=True, gridspec_kw=dict(height_ratios=[3, 1]))
     xs = list(range(n))
     before = [r[1] for r in rows]
     after = [r[2] for r in rows]
@@ -171,8 +179,11 @@ def plot_channels(rows: Sequence[WidthRow], path: str,
     kept = sum(after) / max(sum(before), 1)
     top.set_title(title or f'{n} layers, {sum(after)}/{sum(before)} '
                   f'channels kept ({kept:.1%})')
-    bottom.plot(xs, [a / b if b else 1.0 for _, b, a in rows],
-                color='#1f77b4', marker='.', linewidth=0.8)
+    bottom.plot(
+        xs, [a / b if b else 1.0 for _, b, a in rows],
+        color='#1f77b4',
+        marker='.',
+        linewidth=0.8)
     bottom.set_ylim(0, 1.05)
     bottom.set_ylabel('kept')
     ticks, labels, last = [], [], None
@@ -190,45 +201,66 @@ def plot_channels(rows: Sequence[WidthRow], path: str,
     return path
 
 
-def plot_training(curves: Dict, path: str,
-                  title: Optional[str] = None) -> str:
+def plot_training(curves: Dict, path: str, title: Optional[str] = None) -> str:
     """FLOPs (or params) ratio and params over training on top, the
     validation mAP below, sharing the x axis. Writes ``path`` (PNG)."""
-    budget, params, metric = (curves.get(k) for k in ('budget', 'params',
-                                                      'metric'))
+    budget, params, metric = (
+        curves.get(k) for k in ('budget', 'params', 'metric'))
     if budget is None and metric is None:
-        raise ValueError(
-            'plot_training: the scalars hold no pruning budget '
-            f'({", ".join(BUDGET_KEYS)}) and no validation mAP '
-            f'({", ".join(METRIC_KEYS)})')
+        raise ValueError('plot_training: the scalars hold no pruning budget '
+                         f'({", ".join(BUDGET_KEYS)}) and no validation mAP '
+                         f'({", ".join(METRIC_KEYS)})')
     fig = _figure(8, 6)
     top, bottom = fig.subplots(2, 1, sharex=True)
     if budget is not None:
         # a training record at iteration i describes the iteration that
         # ends at x: hold its value over the iteration before it ('pre')
-        top.step(budget['x'], budget['y'], where='pre', color='#1f77b4',
-                 label=budget['key'])
+        top.step(
+            budget['x'],
+            budget['y'],
+            where='pre',
+            color='#1f77b4',
+            label=budget['key'])
         top.set_ylim(0, 1.05)
-        top.set_ylabel(budget['key'].replace('prune_', '').replace(
-            '_', ' ') + ' of dense')
+        top.set_ylabel(budget['key'].replace('prune_', '').replace('_', ' ') +
+                       ' of dense')
         top.legend(loc='upper right')
         if params is not None:
             right = top.twinx()
-            right.step(params['x'], params['y'], where='pre',
-                       color='#ff7f0e', linestyle='--', label='params (M)')
+            right.step(
+                params['x'],
+                params['y'],
+                where='pre',
+                color='#ff7f0e',
+                linestyle='--',
+                label='params (M)')
             right.set_ylabel('params (M)')
             right.legend(loc='lower left')
     else:
-        top.text(0.5, 0.5, 'no pruning scalars logged', ha='center',
-                 va='center', transform=top.transAxes)
+        top.text(
+            0.5,
+            0.5,
+            'no pruning scalars logged',
+            ha='center',
+            va='center',
+            transform=top.transAxes)
     if metric is not None:
-        bottom.plot(metric['x'], metric['y'], color='#2ca02c', marker='o',
-                    label=metric['key'])
+        bottom.plot(
+            metric['x'],
+            metric['y'],
+            color='#2ca02c',
+            marker='o',
+            label=metric['key'])
         bottom.set_ylabel(metric['key'])
         bottom.legend(loc='lower right')
     else:
-        bottom.text(0.5, 0.5, 'no validation mAP logged', ha='center',
-                    va='center', transform=bottom.transAxes)
+        bottom.text(
+            0.5,
+            0.5,
+            'no validation mAP logged',
+            ha='center',
+            va='center',
+            transform=bottom.transAxes)
     bottom.set_xlabel(curves.get('xlabel', 'epoch'))
     top.set_title(title or 'pruning over training', fontsize=10)
     fig.tight_layout()

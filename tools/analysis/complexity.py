@@ -19,24 +19,32 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+sys.path.insert(0,
+                osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--checkpoint', help='pruned checkpoint')
-    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
-                   metavar=('H', 'W'))
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'))
     p.add_argument('--runs', type=int, default=20, help='timed rounds')
     p.add_argument('--warmup', type=int, default=3, help='untimed rounds')
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch intra-op threads')
-    p.add_argument('--use-ema', action='store_true',
-                   help='EMA weights of the checkpoint (same structure)')
-    p.add_argument('--stages', action='store_true',
-                   help='print per-stage channels/FLOPs/params')
+    p.add_argument(
+        '--threads', type=int, default=1, help='torch intra-op threads')
+    p.add_argument(
+        '--use-ema',
+        action='store_true',
+        help='EMA weights of the checkpoint (same structure)')
+    p.add_argument(
+        '--stages',
+        action='store_true',
+        help='print per-stage channels/FLOPs/params')
     p.add_argument('--json', help='write the result here')
     args = p.parse_args(argv)
     if min(args.input_size) < 32:
@@ -54,9 +62,13 @@ def parse_args(argv=None):
 
 def _measures(model, cost):
     from mmprune.utils.report import stage_rows
-    return dict(flops=cost.flops(), params=cost.params(model),
-                stages=[dict(stage=s, channels=c, flops=f, params=p)
-                        for s, c, f, p in stage_rows(model, cost)])
+    return dict(
+        flops=cost.flops(),
+        params=cost.params(model),
+        stages=[
+            dict(stage=s, channels=c, flops=f, params=p)
+            for s, c, f, p in stage_rows(model, cost)
+        ])
 
 
 def main(argv=None):
@@ -67,10 +79,10 @@ def main(argv=None):
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.adapters import tensor_forward
+    from mmprune.costs import measure_latency
     from mmprune.export import (ExportError, build_detector,
                                 load_pruned_detector, read_checkpoint)
     from mmprune.utils.io import write_json_atomic
-    from mmprune.costs import measure_latency
     from mmprune.utils.report import stage_table
 
     size = tuple(args.input_size)
@@ -83,9 +95,13 @@ def main(argv=None):
                 args.checkpoint)
         except ExportError as e:
             raise SystemExit(f'complexity: {e}') from None
-    result = dict(config=args.config, checkpoint=args.checkpoint,
-                  input_shape=[1, 3, *size], threads=args.threads,
-                  runs=args.runs, warmup=args.warmup)
+    result = dict(
+        config=args.config,
+        checkpoint=args.checkpoint,
+        input_shape=[1, 3, *size],
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup)
     fns, costs = {}, {}
     for name, model in models.items():
         costs[name] = apis.cost_model(model, size)
@@ -105,10 +121,12 @@ def main(argv=None):
         d, p = result['dense'], result['pruned']
         flops_speedup = d['flops'] / max(p['flops'], 1)
         speedup = d['latency_ms'] / p['latency_ms']
-        result.update(flops_ratio=p['flops'] / d['flops'],
-                      params_ratio=p['params'] / d['params'],
-                      speedup=speedup, flops_speedup=flops_speedup,
-                      speedup_over_flops_speedup=speedup / flops_speedup)
+        result.update(
+            flops_ratio=p['flops'] / d['flops'],
+            params_ratio=p['params'] / d['params'],
+            speedup=speedup,
+            flops_speedup=flops_speedup,
+            speedup_over_flops_speedup=speedup / flops_speedup)
 
     print(f'input 1x3x{size[0]}x{size[1]}, {args.threads} thread(s), median '
           f'of {args.runs} runs')

@@ -19,8 +19,8 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+sys.path.insert(0,
+                osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None):
@@ -29,20 +29,35 @@ def parse_args(argv=None):
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--out', required=True, help='table.json to write')
     p.add_argument('--backend', default='torch', choices=BACKENDS)
-    p.add_argument('--input-size', type=int, nargs=2, default=[640, 640],
-                   metavar=('H', 'W'))
+    p.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'))
     p.add_argument('--batch', type=int, default=1)
-    p.add_argument('--points', type=int, default=5,
-                   help='widths per axis of each layer grid (1..16)')
-    p.add_argument('--align', type=int, default=8,
-                   help='grid widths are multiples of this (and dense)')
+    p.add_argument(
+        '--points',
+        type=int,
+        default=5,
+        help='widths per axis of each layer grid (1..16)')
+    p.add_argument(
+        '--align',
+        type=int,
+        default=8,
+        help='grid widths are multiples of this (and dense)')
     p.add_argument('--runs', type=int, default=5, help='timed calls/point')
     p.add_argument('--warmup', type=int, default=2)
-    p.add_argument('--threads', type=int, default=1,
-                   help='torch (and onnxruntime) intra-op threads')
-    p.add_argument('--residual-mode', default='coupled',
-                   choices=['coupled', 'fine'],
-                   help='channel graph deciding which axes can change')
+    p.add_argument(
+        '--threads',
+        type=int,
+        default=1,
+        help='torch (and onnxruntime) intra-op threads')
+    p.add_argument(
+        '--residual-mode',
+        default='coupled',
+        choices=['coupled', 'fine'],
+        help='channel graph deciding which axes can change')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     if min(args.input_size) < 32:
@@ -65,9 +80,9 @@ def main(argv=None):
 
     import mmprune  # noqa: F401
     from mmprune import apis
-    from mmprune.export import build_detector
     from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import measure_grid
+    from mmprune.export import build_detector
 
     torch.set_num_threads(args.threads)
     kw = dict(threads=args.threads) if args.backend == 'onnxruntime' else {}
@@ -77,9 +92,15 @@ def main(argv=None):
         raise SystemExit(f'--backend: {e}')
     model = build_detector(apis.load_config(args.config)).eval()
     graph = apis.analyze(model, args.residual_mode)
-    grid = measure_grid(model, args.input_size, args.batch, backend, graph,
-                        points=args.points, align=args.align,
-                        progress=not args.no_progress)
+    grid = measure_grid(
+        model,
+        args.input_size,
+        args.batch,
+        backend,
+        graph,
+        points=args.points,
+        align=args.align,
+        progress=not args.no_progress)
     grid.save(args.out)
     m, k = grid.data['meta'], grid.key
     print(f"{len(grid.data['modules'])} layers, {m['curves']} curves, "

@@ -19,8 +19,8 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+sys.path.insert(0,
+                osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None):
@@ -30,8 +30,10 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument('--checkpoint', help='pruned checkpoint (with --config)')
     src.add_argument('--report', help="tools/prune.py's report.json")
-    p.add_argument('--use-ema', action='store_true',
-                   help='load the EMA weights (the structure is the same)')
+    p.add_argument(
+        '--use-ema',
+        action='store_true',
+        help='load the EMA weights (the structure is the same)')
     runs = p.add_mutually_exclusive_group()
     runs.add_argument('--work-dir', help='mmengine work dir of a training')
     runs.add_argument('--scalars', help='a vis_data/scalars.json file')
@@ -64,9 +66,9 @@ def main(argv=None):
                                     load_pruned_detector, read_checkpoint)
         cfg = load_config(args.config)
         try:
-            pruned, _ = load_pruned_detector(
-                cfg, read_checkpoint(args.checkpoint), args.use_ema,
-                args.checkpoint)
+            pruned, _ = load_pruned_detector(cfg,
+                                             read_checkpoint(args.checkpoint),
+                                             args.use_ema, args.checkpoint)
         except ExportError as e:
             raise SystemExit(f'plot_pruning: {e}') from None
         rows = plots.layer_widths_from_models(build_detector(cfg), pruned)

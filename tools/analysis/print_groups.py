@@ -14,21 +14,27 @@ import argparse
 import os.path as osp
 import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(
-    osp.abspath(__file__)))))
+sys.path.insert(0,
+                osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
-    p.add_argument('--residual-mode', default='coupled',
-                   choices=['coupled', 'fine'])
-    p.add_argument('--trace-size', type=int, nargs=2, default=[128, 128],
-                   metavar=('H', 'W'), help='dummy image size for the trace')
-    p.add_argument('--checkpoint', help='pruned checkpoint: analyse its '
-                   'structure')
-    p.add_argument('--no-members', action='store_true',
-                   help='one line per group')
+    p.add_argument(
+        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    p.add_argument(
+        '--trace-size',
+        type=int,
+        nargs=2,
+        default=[128, 128],
+        metavar=('H', 'W'),
+        help='dummy image size for the trace')
+    p.add_argument(
+        '--checkpoint', help='pruned checkpoint: analyse its '
+        'structure')
+    p.add_argument(
+        '--no-members', action='store_true', help='one line per group')
     p.add_argument('--json', help='also write the description here')
     args = p.parse_args(argv)
     if min(args.trace_size) < 32:
@@ -60,8 +66,10 @@ def main(argv=None):
         raise SystemExit(f'print_groups: {e}') from None
     graph = apis.analyze(model, args.residual_mode, tuple(args.trace_size))
     desc = describe_groups(graph)
-    desc.update(config=args.config, checkpoint=args.checkpoint,
-                trace_size=list(args.trace_size))
+    desc.update(
+        config=args.config,
+        checkpoint=args.checkpoint,
+        trace_size=list(args.trace_size))
     print(format_groups(desc, members=not args.no_members))
     if args.json:
         try:
