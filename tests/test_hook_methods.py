@@ -373,20 +373,29 @@ def test_data_driven_scoring_after_one_short_epoch(method, tmp_path,
     # behind; an eval-mode scoring pass then overflows
     cfg.param_scheduler = []
     cfg.optim_wrapper.optimizer.lr = 0.04
+    if method == 'bpc':  # the event searches the blend (a short search)
+        cfg.custom_hooks[-1]['search'] = dict(max_evals=4)
     runner = Runner.from_cfg(cfg)
-    orig = ChannelPruningHook._scores
-    changed = []
+    changed, called = [], []
 
-    def spy(hook, runner, model, graph):
-        before = {k: v.clone() for k, v in model.state_dict().items()}
-        scores = orig(hook, runner, model, graph)
-        changed.extend(k for k, v in model.state_dict().items()
-                       if not torch.equal(v, before[k]))
-        assert all(torch.isfinite(s).all() for s in scores.values())
-        return scores
+    def spy_on(name):
+        orig = getattr(ChannelPruningHook, name)
 
-    monkeypatch.setattr(ChannelPruningHook, '_scores', spy)
+        def spy(hook, runner, model, graph, *args):
+            called.append(name)
+            before = {k: v.clone() for k, v in model.state_dict().items()}
+            scores = orig(hook, runner, model, graph, *args)
+            changed.extend(k for k, v in model.state_dict().items()
+                           if not torch.equal(v, before[k]))
+            assert all(torch.isfinite(s).all() for s in scores.values())
+            return scores
+
+        monkeypatch.setattr(ChannelPruningHook, name, spy)
+
+    spy_on('_scores')
+    spy_on('_search')
     runner.train()
+    assert called == ['_search' if method == 'bpc' else '_scores']
     assert len(apis.model_plans(unwrap(runner.model))) == 1
     assert 0.6 <= flops_ratio(runner) <= 0.7 + 1e-9
     assert changed == []  # no weight, running statistic or counter moved
@@ -450,3 +459,87 @@ def test_lrp_relevance_refuses_silu_yolox_before_training(
             r"'backbone\.stem.*\((Swish|SiLU)\)"):
         runner.train()
     assert runner.iter == 0
+
+
+# ------------------------------------------------------------ BPC search
+TINY_SEARCH = dict(
+    pop_size=4,
+    elite=1,
+    generations=2,
+    max_evals=6,
+    calib_batches=1,
+    bn_batches=1,
+    fitness_images=4)
+
+
+def test_bpc_searches_the_blend_in_training_and_resume_reuses_it(
+        tmp_path, mmdet_config, synth_data, monkeypatch):
+    """Issue 14 item 1: the first event searches the calibration factors
+    (the kept set is not the uniform blend's on the same model state), the
+    report and the blend go into the checkpointed state, and a resumed run
+    rebuilds the blend from it for the next event without searching."""
+    import mmprune.search as search_pkg
+    from mmprune.registry import ALLOCATORS, build_from
+    real = search_pkg.search_blend
+    calls, uniform = [], []
+
+    def cfg_for(work):
+        return quiet(
+            pruning_cfg(
+                mmdet_config,
+                synth_data,
+                work,
+                max_epochs=2,
+                method='bpc',
+                target=0.7,
+                begin=1,
+                end=2,
+                interval=1,
+                search=TINY_SEARCH))
+
+    first = Runner.from_cfg(cfg_for(tmp_path))
+    ph = pruning_hook(first)
+    assert ph.search['max_evals'] == 6 and ph.search['pop_size'] == 4
+
+    def spy(model, graph, names, calib, heldout, *, cost, allocator, **kw):
+        # what the fixed uniform blend (the preset's criterion) keeps on
+        # this very model state
+        scores = ph._scores(first, model, graph)
+        keep = build_from(ALLOCATORS, allocator,
+                          'allocator').allocate(model, graph, scores, cost)
+        uniform.append(apis.make_plan(graph, keep).keep)
+        calls.append(names)
+        return real(
+            model,
+            graph,
+            names,
+            calib,
+            heldout,
+            cost=cost,
+            allocator=allocator,
+            **kw)
+
+    monkeypatch.setattr(search_pkg, 'search_blend', spy)
+    first.register_hook(KillAfterEpoch(1))
+    with pytest.raises(_Stop):
+        first.train()
+    assert len(calls) == 1
+    report, blend = ph.state['search'], ph.state['blend']
+    assert report['evaluator_calls'] >= 1 and report['evaluations'] >= 1
+    assert report['best_fitness'] >= report['uniform_fitness']
+    assert type(ph.criterion).__name__ == 'BlendedCriterion'
+    (plan, ) = apis.model_plans(unwrap(first.model))
+    alphas = [a for stage in blend['alphas'].values() for a in stage.values()]
+    assert plan.keep != uniform[0] or any(a != 1.0 for a in alphas)
+
+    cfg = cfg_for(tmp_path)
+    cfg.resume = True
+    cfg.load_from = str(tmp_path / 'epoch_1.pth')
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    rh = pruning_hook(resumed)
+    assert len(calls) == 1  # no second search
+    assert rh.state['blend'] == blend and rh.state['search'] == report
+    assert rh.criterion.alphas == ph.criterion.alphas
+    assert rh.state['events_done'] == 2
+    assert len(apis.model_plans(unwrap(resumed.model))) == 2

@@ -23,11 +23,11 @@ custom_hooks = [  # mmdet's config has no custom hooks
         # one cut (end defaults to begin) after 4 dense epochs, then
         # 8 fine-tuning epochs (LR steps after epochs 8 and 11)
         begin=4,
-        # criterion: the preset's uniform blend of L1, L2, FPGM,
-        # BN-gamma, Taylor and HRank (32 calibration batches); for the
-        # searched blend run tools/search_blend.py on a trained
-        # checkpoint and add criterion=dict(type='BlendedCriterion',
-        # **blend)
+        # criterion: the event searches the blend of L1, L2, FPGM,
+        # BN-gamma, Taylor and HRank (BPC's EA, at most 24 evaluations:
+        # search=dict(max_evals=..., ...) to change; methods.md 2B(c));
+        # a blend from tools/search_blend.py instead:
+        # criterion=dict(type='BlendedCriterion', **blend)
         # (H, W) the FLOPs are counted at: the test image size
         input_size=(800, 1333)),
 ]

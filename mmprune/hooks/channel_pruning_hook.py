@@ -17,6 +17,7 @@ consistent after a cut and rebuilds the structure on resume; regularisers
 Every rank computes the same plan (rank 0's plan is broadcast) and a hash of
 the resulting structure is compared across ranks after each event.
 """
+import json
 from inspect import signature
 from typing import Optional, Sequence
 
@@ -31,7 +32,7 @@ from ..criteria.scoring import score_event
 from ..methods import filter_groups
 from ..models.prunable_detector import make_prunable
 from ..pruners.masking import build_mask
-from ..registry import ALLOCATORS, build_from
+from ..registry import ALLOCATORS, CRITERIA, build_from
 from ..runtime.atomic_checkpoint import make_checkpoints_atomic
 from ..runtime.consistency import check_ranks, rank0_result
 from ..runtime.rebind import prune_runner, unwrap
@@ -40,6 +41,25 @@ from ..structures import META_KEY, PruningPlan, make_meta
 from .costs import CostTracker
 from .settings import resolve
 from .state import check_state, new_state
+
+# what the checkpointed state keeps of a BPC search report
+SEARCH_REPORT = ('evaluations', 'evaluator_calls', 'seconds', 'seconds_pool',
+                 'seconds_search', 'seconds_per_eval', 'best_fitness',
+                 'uniform_fitness', 'first_best', 'stopped', 'generations_run',
+                 'best_genome', 'genes', 'counts', 'calib_batches',
+                 'bn_batches', 'heldout_images', 'ea')
+
+
+def cycle(loader):
+    """Batches of ``loader``, epoch after epoch (a small training set
+    still gives the search its calibration and held-out batches)."""
+    while True:
+        seen = False
+        for batch in loader:
+            seen = True
+            yield batch
+        if not seen:
+            return
 
 
 @HOOKS.register_module()
@@ -56,7 +76,23 @@ class ChannelPruningHook(Hook):
             default (e.g. ``'yolox_pretrained'``). Defaults to the preset's.
         target (float): fraction of the dense FLOPs (or params) to keep,
             in (0, 1]. Defaults to 0.5.
-        budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
+        budget (str): ``'flops'``, ``'params'`` or ``'latency'`` (ms
+            predicted by ``latency_table``; ``target`` is then a fraction
+            of the dense model's predicted latency). Defaults to 'flops'.
+        latency_table (str, optional): with ``budget='latency'`` (and
+            only then, where it is required): a table written by
+            ``tools/analysis/latency_table.py`` for this model at
+            ``input_size``. Read once before training, checked against the
+            model (a table of another model or input size is refused by
+            name) and kept in the checkpointed state, so a resumed run
+            needs no file.
+        search (dict | bool, optional): ``method='bpc'``: options of the
+            blend search the first event runs
+            (:class:`~mmprune.search.BlendSearchConfig` fields, over the
+            preset's bounded in-training budget, see
+            :mod:`mmprune.methods.bpc`), or False to score with the
+            preset's uniform blend. An explicit ``criterion`` also skips
+            the search.
         criterion (str | dict): a registered criterion. Defaults to
             'L1Criterion'.
         allocator (dict, optional): allocator cfg; ``ratio`` is set per
@@ -121,7 +157,7 @@ class ChannelPruningHook(Hook):
         for key, value in settings.items():
             setattr(self, key, value)
         self.by_epoch = by_epoch
-        self.costs = CostTracker(self.budget, input_size)
+        self.costs = CostTracker(self.budget, input_size, self._graph)
         self.input_size = tuple(input_size)
         self.trace_size = tuple(trace_size)
         self.ignored_layers = tuple(ignored_layers)
@@ -155,6 +191,10 @@ class ChannelPruningHook(Hook):
         self.criterion.check_model(model)  # e.g. LRP on SiLU: refuse now
         check_ranks(model, 'before training')
         graph = self._graph(model)  # fails before training if it cannot
+        if self.budget == 'latency':
+            self._load_latency_grid(runner, model)
+        if self.search:
+            self._check_search_budget()
         if self.state['dense_cost'] is None:
             self.state['dense_cost'] = self._cost(model, graph)
             runner.logger.info('mmprune: ' + graph.summary().split('\n')[0])
@@ -179,9 +219,40 @@ class ChannelPruningHook(Hook):
         self._attach(model, graph)
 
     def _wants_latency(self) -> bool:
+        """The latency-aware order wants the linear LatencyTable (with a
+        latency budget the grid serves it)."""
         cfg = self.allocator_cfg
         return cfg.get('cost_measure') == 'latency' and \
-            cfg.get('cost_weight', 0) > 0
+            cfg.get('cost_weight', 0) > 0 and self.budget != 'latency'
+
+    def _load_latency_grid(self, runner, model) -> None:
+        """budget='latency': the table, read once (a resumed run takes it
+        from the state) and checked against the model before training."""
+        from ..costs.latency_grid import LatencyGrid
+        if self.state.get('latency_grid') is None:
+            grid = LatencyGrid.load(self.latency_table)
+        else:
+            grid = LatencyGrid.from_dict(
+                self.state['latency_grid'],
+                source='latency table (from the checkpoint)')
+        # a table of another model, input size or structure: refused here
+        grid.check(model, input_size=self.input_size)
+        self.state['latency_grid'] = grid.to_dict()
+        self.costs.use_grid(grid)
+        k = grid.key
+        runner.logger.info(
+            f"mmprune: latency budget: {grid.source}, backend "
+            f"{k['backend']} on {k['device_name']}, batch {k['batch']}, "
+            f"{k['input_size']}; dense {grid.total_ms:.2f} ms predicted")
+
+    def _check_search_budget(self) -> None:
+        from mmengine.dist import get_world_size
+        if get_world_size() > 1 and self.search.get('time_budget_s'):
+            raise ValueError(
+                "ChannelPruningHook(method='bpc'): search time_budget_s "
+                'would let ranks evaluate different numbers of blends '
+                '(SyncBN/all-reduced statistics then hang); bound the '
+                'search with max_evals in distributed training')
 
     def _check_reachable(self, model, graph) -> None:
         """Refuse, before training, a target the allocator's limits cannot
@@ -292,10 +363,14 @@ class ChannelPruningHook(Hook):
         goal = self.schedule.target_at(k) * self.state['dense_cost']
         plan = None
         if current > goal:
-            scores = self._scores(runner, model, graph)
+            ratio = min(1.0, goal / current)
+            if self.search and self.state.get('blend') is None:
+                scores = self._search(runner, model, graph, ratio)
+            else:
+                scores = self._scores(runner, model, graph)
 
             def allocate():
-                cfg = dict(self.allocator_cfg, ratio=min(1.0, goal / current))
+                cfg = dict(self.allocator_cfg, ratio=ratio)
                 keep = build_from(ALLOCATORS, cfg, 'allocator').allocate(
                     model, graph, scores, self.costs.model(model))
                 return apis.make_plan(graph, keep).to_dict()
@@ -322,6 +397,54 @@ class ChannelPruningHook(Hook):
             self.scoring_batches and self.criterion.data_driven else None
         return score_event(model, self.criterion, graph, self._names(graph),
                            runner.train_dataloader, self.scoring_batches, bar)
+
+    def _search(self, runner, model, graph, ratio: float) -> dict:
+        """BPC: search the blend on this event's model (every rank: the
+        pool's data-driven statistics are all-reduced; rank 0's plan is
+        applied), keep it for later events, return its scores."""
+        from ..search import search_blend
+        names = self._names(graph)
+        if names is None:
+            names = [g.name for g in graph.prunable_groups()]
+        data = cycle(runner.train_dataloader)  # calibration, then held-out
+        res = search_blend(
+            model,
+            graph,
+            names,
+            data,
+            data,
+            cost=self.costs.model(model),
+            allocator=dict(self.allocator_cfg, ratio=ratio),
+            options=self.search,
+            seed=getattr(runner, 'seed', None) or 0,
+            log=runner.logger.info)
+        rep = res.report
+        found = json.loads(
+            json.dumps(
+                dict(
+                    blend=res.blend,
+                    search={k: rep[k]
+                            for k in SEARCH_REPORT if k in rep}),
+                default=float))
+        # ranks search on their own batches: all keep rank 0's blend (the
+        # plan of this event is rank 0's too)
+        found = rank0_result(lambda: found, 'BPC search')
+        self.state.update(found)
+        self._use_blend()
+        runner.logger.info(
+            f"mmprune: BPC search: {rep['evaluator_calls']} evaluations in "
+            f"{rep['seconds']:.1f} s ({rep['seconds_per_eval']:.2f} s each, "
+            f"stopped by {rep['stopped']}); fitness (-det loss) best "
+            f"{rep['best_fitness']:.5g} vs uniform blend "
+            f"{rep['uniform_fitness']:.5g}; blend {res.blend['alphas']}")
+        return res.scores
+
+    def _use_blend(self) -> None:
+        """Score with the searched blend from now on (also on resume)."""
+        self.criterion.detach()
+        self.criterion = build_from(
+            CRITERIA, dict(type='BlendedCriterion', **self.state['blend']),
+            'criterion')
 
     def _select(self, runner, model, graph, plan: PruningPlan) -> None:
         """Soft event: penalise (TPP) or mask the selected channels."""
@@ -387,6 +510,8 @@ class ChannelPruningHook(Hook):
         if not state or not getattr(runner, '_resume', False):
             return
         self.state.update({k: state[k] for k in self.state if k in state})
+        if self.search and self.state.get('blend') is not None:
+            self._use_blend()  # the searched blend, not a new search
         model = unwrap(runner.model)
         graph = None
         if self.state.get('pending') or self.regularizers:

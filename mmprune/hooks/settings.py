@@ -2,6 +2,7 @@
 overridden by the arguments given, built and validated before training."""
 from typing import Optional, Sequence
 
+from ..allocators.base import BUDGETS
 from ..allocators.schedule import PruningSchedule
 from ..methods import get_method
 from ..registry import ALLOCATORS, CRITERIA, REGULARIZERS, build_from
@@ -26,17 +27,30 @@ def resolve(method: Optional[str] = None,
             exclude_groups: Optional[dict] = None,
             min_keep: int = 8,
             max_prune_ratio: float = 0.8,
-            round_to: int = 1) -> dict:
+            round_to: int = 1,
+            search=None,
+            latency_table: Optional[str] = None) -> dict:
     """The hook's components and settings (see ChannelPruningHook's Args).
 
     Returns ``dict(method, target, budget, criterion, allocator_cfg,
-    regularizers,
-    residual_mode, soft, scoring_batches, exclude_groups, schedule,
-    derive)``: ``schedule`` is a :class:`PruningSchedule`, or None with
-    ``derive(max_epochs)`` building it from the preset's schedule rescaled
-    to the run (a method without ``begin``).
+    regularizers, residual_mode, soft, scoring_batches, exclude_groups,
+    schedule, derive, search, latency_table)``: ``schedule`` is a
+    :class:`PruningSchedule`, or None with ``derive(max_epochs)`` building
+    it from the preset's schedule rescaled to the run (a method without
+    ``begin``); ``search`` is the BPC search options the first event runs
+    (:func:`search_options`), or None.
     """
+    if budget not in BUDGETS:
+        raise ValueError(f'budget must be one of {BUDGETS}, got {budget!r}')
+    if budget == 'latency' and not latency_table:
+        raise ValueError("budget='latency' needs latency_table: the path of "
+                         'a table from tools/analysis/latency_table.py, '
+                         'measured on the deployment machine at input_size')
+    if latency_table and budget != 'latency':
+        raise ValueError(f"latency_table is read only with budget="
+                         f"'latency' (budget is {budget!r})")
     preset = get_method(method, family) if method is not None else None
+    search = search_options(preset, search, criterion)
     if preset is not None:
         criterion = criterion or preset.criterion
         allocator = allocator or preset.allocator
@@ -46,9 +60,11 @@ def resolve(method: Optional[str] = None,
         if exclude_groups is None:
             exclude_groups = dict(preset.groups)
         if scoring_batches is None:
-            # GCP-FRS's scoring subset, BPC's calibration batches
+            # GCP-FRS's scoring subset, BPC's calibration batches (those of
+            # the in-training search when it runs)
             scoring_batches = preset.options.get('scoring_batches') or \
-                preset.options.get('search', {}).get('calib_batches')
+                (search or preset.options.get('search', {})).get(
+                    'calib_batches')
         ramp = ramp or preset.allocator.get('ramp')
     residual_mode = residual_mode or 'coupled'
     if residual_mode not in ('coupled', 'fine'):
@@ -63,9 +79,15 @@ def resolve(method: Optional[str] = None,
         raise ValueError(f'criterion {type(crit).__name__} needs a scoring '
                          f'pass at each event: set scoring_batches')
     alloc_cfg = dict(allocator or dict(type='BudgetAllocator'))
+    if preset is not None and allocator is preset.allocator:
+        alloc_cfg['budget'] = budget  # the preset's is only a default
     for k, v in (('min_keep', min_keep), ('max_prune_ratio', max_prune_ratio),
                  ('round_to', round_to), ('budget', budget)):
         alloc_cfg.setdefault(k, v)
+    if alloc_cfg['budget'] != budget:
+        raise ValueError(f"allocator budget={alloc_cfg['budget']!r} differs "
+                         f'from the hook\'s budget={budget!r}: set budget= '
+                         f'on the hook only')
     alloc_cfg['ratio'] = 1.0  # set per event
     build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
     regs = [
@@ -111,4 +133,35 @@ def resolve(method: Optional[str] = None,
         scoring_batches=scoring_batches,
         exclude_groups=dict(exclude_groups or {}),
         schedule=schedule,
-        derive=derive)
+        derive=derive,
+        search=search,
+        latency_table=latency_table)
+
+
+def search_options(preset, search, criterion) -> Optional[dict]:
+    """The BPC search the hook runs at its first event, or None.
+
+    A preset with ``options['hook_search']`` (BPC) searches unless
+    ``search=False`` or a ``criterion`` is given (e.g. a blend found
+    offline by ``tools/search_blend.py``). The options are the preset's
+    ``options['search']``, then its in-training budget
+    ``options['hook_search']``, then ``search`` (a dict of
+    :class:`~mmprune.search.BlendSearchConfig` fields); validated now.
+    """
+    if search is not None and not isinstance(search, (bool, dict)):
+        raise ValueError(f'search must be a dict of BPC search options, '
+                         f'True or False, got {search!r}')
+    hook_search = preset.options.get('hook_search') \
+        if preset is not None else None
+    if hook_search is None:
+        if search:
+            raise ValueError('search= applies to a method with an '
+                             "in-training search (method='bpc')")
+        return None
+    if search is False or (criterion is not None and not search):
+        return None
+    from ..search import BlendSearchConfig
+    opts = dict(preset.options['search'], **hook_search)
+    opts.update(search if isinstance(search, dict) else {})
+    BlendSearchConfig.from_options(opts)  # unknown or bad keys: now
+    return opts

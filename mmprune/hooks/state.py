@@ -13,7 +13,10 @@ def new_state() -> dict:
         dense_cost=None,
         dense_params=None,
         pending=None,
-        latency=None)
+        latency=None,
+        latency_grid=None,
+        blend=None,
+        search=None)
 
 
 def check_state(state: dict) -> dict:
@@ -46,6 +49,20 @@ def check_state(state: dict) -> dict:
             LatencyTable.from_dict(state['latency'])
         except (ValueError, KeyError, TypeError) as e:
             raise StructureError(f'mmprune training state: {e}') from e
+    if state.get('latency_grid') is not None:
+        from ..costs.latency_grid import LatencyGrid
+        try:
+            LatencyGrid.from_dict(state['latency_grid'],
+                                  'mmprune training state: latency_grid')
+        except (ValueError, KeyError, TypeError) as e:
+            raise StructureError(str(e)) from e
+    for key in ('blend', 'search'):
+        if state.get(key) is not None and not isinstance(state[key], dict):
+            bad(key, 'a dict or null')
+    blend = state.get('blend')
+    if blend is not None and not (isinstance(blend.get('criteria'), dict)
+                                  and isinstance(blend.get('alphas'), dict)):
+        bad('blend', "a BlendedCriterion's kwargs (criteria, alphas)")
     regs = state.get('regularizers', [])
     if not isinstance(regs, list) or not all(
             isinstance(r, dict) for r in regs):

@@ -6,8 +6,11 @@ candidate, with **our choices** marked:
 
 1. the criteria pool is computed once (:func:`calibrate_pool`);
    data-driven members (Taylor, HRank) see ``num_batches`` calibration
-   batches with the model in *eval* mode (our choice: BN running stats stay
-   untouched and the gate identity holds in either mode);
+   batches with the model in *eval* mode but BN on batch statistics (our
+   choice, as the hook's scoring pass: running stats stay untouched, the
+   gate identity holds in either mode, and a model early in training,
+   whose running statistics lag its weights, does not overflow: issue 14
+   item 11);
 2. for a genome: blend the pool, keep each group's top channels at counts
    fixed once for the whole search (our choice: the EA compares criteria,
    not allocations), zero the rest with masks (§0.2);
@@ -31,6 +34,8 @@ import torch
 import torch.nn as nn
 
 from ..criteria.blended import blend_scores, default_stage
+from ..criteria.scoring import batch_statistics
+from ..graph.layers import is_batchnorm
 from ..pruners.masking import build_mask
 
 
@@ -165,18 +170,21 @@ def calibrate_pool(
     """Score every criterion of ``criteria`` (``{key: criterion}``) on the
     groups ``names`` of ``graph`` (default: every prunable group).
 
-    Criteria with ``attach`` are attached to those groups only (see
-    :class:`GroupSubset`) and get one calibration pass over ``batches``
-    (``loss_fn(model, batch).backward()``, eval mode); parameter gradients
-    are cleared afterwards and every module's mode restored.
+    Data-driven criteria (``data_driven``) are attached to those groups
+    only (see :class:`GroupSubset`) and get one calibration pass over
+    ``batches`` (``loss_fn(model, batch).backward()``, eval mode, BN on
+    batch statistics without updating them); parameter gradients are
+    cleared afterwards and every module's mode restored.
 
     Returns:
         dict: ``{criterion key: {group: (G,) float32 scores}}``.
     """
     view = graph if names is None else GroupSubset(graph, names)
+    # every criterion has attach() (a no-op for weight criteria): ask
+    # data_driven, or L1/FPGM would take a pointless calibration pass
     data_driven = {
         k: c
-        for k, c in criteria.items() if callable(getattr(c, 'attach', None))
+        for k, c in criteria.items() if getattr(c, 'data_driven', False)
     }
     if data_driven:
         if loss_fn is None:
@@ -187,13 +195,15 @@ def calibrate_pool(
         for c in data_driven.values():
             c.attach(model, view)
         used = 0
+        norms = [m for m in model.modules() if is_batchnorm(m)]
         try:
-            for b in batches:
-                if num_batches is not None and used >= num_batches:
-                    break
-                model.zero_grad(set_to_none=True)
-                loss_fn(model, b).backward()
-                used += 1
+            with batch_statistics(model, norms):
+                for b in batches:
+                    if num_batches is not None and used >= num_batches:
+                        break
+                    model.zero_grad(set_to_none=True)
+                    loss_fn(model, b).backward()
+                    used += 1
             if used == 0:
                 raise ValueError('calibrate_pool got no calibration batch')
             for c in data_driven.values():
