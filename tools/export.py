@@ -33,17 +33,12 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from mmprune.utils.cli import add_input_size_arg
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('checkpoint', help='pruned checkpoint')
     p.add_argument('--work-dir', required=True, help='output folder')
-    p.add_argument(
-        '--input-size',
-        type=int,
-        nargs=2,
-        default=[640, 640],
-        metavar=('H', 'W'),
-        help='ONNX input size')
+    add_input_size_arg(p, 'ONNX input size')
     p.add_argument(
         '--batch-size',
         type=int,

@@ -47,6 +47,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from mmprune.utils.cli import (add_input_size_arg, add_limit_args,
+                                   add_residual_mode_arg)
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--checkpoint', help='dense (or already pruned) weights')
@@ -81,22 +83,14 @@ def parse_args(argv=None):
         '--criterion',
         default='l1',
         help='importance criterion name (l1, l2, bn_scale, ...)')
-    p.add_argument(
-        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    add_residual_mode_arg(p)
     p.add_argument(
         '--round-to',
         type=int,
         default=1,
         help='kept channel counts are multiples of this')
-    p.add_argument('--min-keep', type=int, default=8)
-    p.add_argument('--max-prune-ratio', type=float, default=0.8)
-    p.add_argument(
-        '--input-size',
-        type=int,
-        nargs=2,
-        default=[640, 640],
-        metavar=('H', 'W'),
-        help='input size for FLOPs')
+    add_limit_args(p)
+    add_input_size_arg(p)
     p.add_argument(
         '--order',
         default='score',

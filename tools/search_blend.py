@@ -49,6 +49,8 @@ def blend_source(blend: dict, header: Sequence[str] = ()) -> str:
 
 
 def parse_args(argv=None):
+    from mmprune.utils.cli import (add_input_size_arg, add_limit_args,
+                                   add_residual_mode_arg)
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('checkpoint', help='trained dense weights')
@@ -62,8 +64,7 @@ def parse_args(argv=None):
         '--pool',
         default='l1,l2,fpgm,bn_scale,taylor,hrank',
         help='comma-separated criteria of the default pool')
-    p.add_argument(
-        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    add_residual_mode_arg(p)
     p.add_argument(
         '--include-coupled',
         action='store_true',
@@ -95,16 +96,9 @@ def parse_args(argv=None):
     p.add_argument('--calib-batches', type=int, default=32)
     p.add_argument('--bn-batches', type=int, default=50)
     p.add_argument('--fitness-images', type=int, default=200)
-    p.add_argument('--min-keep', type=int, default=8)
-    p.add_argument('--max-prune-ratio', type=float, default=0.8)
+    add_limit_args(p)
     p.add_argument('--round-to', type=int, default=1)
-    p.add_argument(
-        '--input-size',
-        type=int,
-        nargs=2,
-        default=[640, 640],
-        metavar=('H', 'W'),
-        help='input size for FLOPs')
+    add_input_size_arg(p)
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
     if not 0 < args.flops_ratio <= 1:

@@ -28,14 +28,12 @@ assigned from a preset target). Reconstruction, docs/methods.md §1B(b), all
 * ``min_keep``, ``max_prune_ratio``, ``round_to``, ``fill`` as in
   :mod:`mmprune.allocators.base`.
 """
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
-import torch
 
 from ..registry import ALLOCATORS
-from .base import (NORMALIZATIONS, BaseAllocator, GlobalOrder, fill_budget,
-                   global_entries)
+from .base import NORMALIZATIONS, BaseAllocator, fill_budget, global_entries
 from .schedule import RAMPS, PruningSchedule, _check_int
 
 COST_MEASURES = ('budget', 'latency')
@@ -109,18 +107,16 @@ class AdaptiveAllocator(BaseAllocator):
         return PruningSchedule.from_range(
             1, num_events, 1, target=self.ratio, ramp=self.ramp)
 
-    def allocate(
-        self,
-        model,
-        graph,
-        scores: Dict[str, torch.Tensor],
-        cost,
-        event: Optional[int] = None,
-        num_events: Optional[int] = None,
-        pruned: Optional[dict] = None,
-        dense_cost: Optional[float] = None,
-        dense_widths: Optional[Dict[str,
-                                    int]] = None) -> Dict[str, np.ndarray]:
+    def _allocate(self,
+                  model,
+                  graph,
+                  scores,
+                  cost,
+                  event=None,
+                  num_events=None,
+                  pruned=None,
+                  dense_cost=None,
+                  dense_widths=None):
         """Return ``{group name: kept indices}`` for event ``event``.
 
         Args:
@@ -130,9 +126,7 @@ class AdaptiveAllocator(BaseAllocator):
             pruned (dict | None): ``{group: indices}`` pruned earlier.
             dense_cost (float | None): reference cost of the unpruned
                 model. Defaults to the current model's cost.
-            dense_widths (dict | None): ``{group: width}`` before any
-                pruning, for the caps (default: from the model's applied
-                plans, :meth:`BaseAllocator.dense_widths`).
+            dense_widths: see :meth:`BaseAllocator.allocate`.
         """
         keep_ratio = self.target_ratio(event, num_events)
         gs = self.prepare(graph, scores)
@@ -159,10 +153,7 @@ class AdaptiveAllocator(BaseAllocator):
             else:
                 weights = self._cost_weights(groups, measure, base)
         entries = global_entries(gs, self.normalize, weights)
-        order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            self.floors(model, groups, dense_widths),
-                            [self.round_unit(g) for g in groups],
-                            self.forced_drops(groups, pruned))
+        order = self.global_order(model, groups, entries, dense_widths, pruned)
         target = keep_ratio * dense_cost
         when = 'the final target' if event is None else \
             f'event {event}/{num_events}'

@@ -136,10 +136,41 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         self.fill = bool(fill)
         self._warned = set()
 
-    @abc.abstractmethod
     def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,
-                 **kwargs) -> Dict[str, np.ndarray]:
-        """Return ``{group name: kept indices}`` meeting the target."""
+                 *args, **kwargs) -> Dict[str, np.ndarray]:
+        """Return ``{group name: kept indices}`` meeting the target.
+
+        Args:
+            model: the model being pruned.
+            graph: its channel graph.
+            scores (dict): ``{group: (G,) scores}``.
+            cost: the exact cost model.
+            *args, **kwargs: the allocator's options (its ``_allocate``);
+                every allocator takes ``dense_widths`` (dict | None):
+                ``{group: width}`` before any pruning, for the caps
+                (default: from the model's applied plans,
+                :meth:`BaseAllocator.dense_widths`).
+        """
+        return self._allocate(model, graph, scores, cost, *args, **kwargs)
+
+    @abc.abstractmethod
+    def _allocate(self, model, graph, scores, cost, *args,
+                  **kwargs) -> Dict[str, np.ndarray]:
+        """:meth:`allocate` with the allocator's own options."""
+
+    def global_order(self,
+                     model,
+                     groups,
+                     entries,
+                     dense_widths: Optional[Dict[str, int]] = None,
+                     pruned: Optional[dict] = None) -> 'GlobalOrder':
+        """A :class:`GlobalOrder` over ``groups`` in the order of
+        ``entries`` (``(score, slot, channel)``), with this allocator's
+        floors, rounding and (with ``pruned``) forced drops."""
+        floors = self.floors(model, groups, dense_widths)
+        rounds = [self.round_unit(g) for g in groups]
+        return GlobalOrder(groups, [(gi, c) for _, gi, c in entries], floors,
+                           rounds, self.forced_drops(groups, pruned))
 
     # ------------------------------------------------------------ helpers
     def floor(self,

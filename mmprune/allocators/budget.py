@@ -15,13 +15,9 @@ and evaluate the exact cost model at each step (~log2(#channels) passes).
 The machinery is shared with the other allocators
 (:mod:`mmprune.allocators.base`).
 """
-from typing import Dict, Optional
-
-import numpy as np
-import torch
 
 from ..registry import ALLOCATORS
-from .base import BaseAllocator, GlobalOrder, fill_budget, global_entries
+from .base import BaseAllocator, fill_budget, global_entries
 
 
 @ALLOCATORS.register_module()
@@ -54,27 +50,12 @@ class BudgetAllocator(BaseAllocator):
         super().__init__(ratio, budget, min_keep, max_prune_ratio, round_to,
                          nan_policy, fill)
 
-    def allocate(
-        self,
-        model,
-        graph,
-        scores: Dict[str, torch.Tensor],
-        cost,
-        dense_widths: Optional[Dict[str,
-                                    int]] = None) -> Dict[str, np.ndarray]:
-        """Return ``{group name: kept indices}`` meeting the target.
-
-        Args:
-            dense_widths (dict | None): ``{group: width}`` before any
-                pruning, for the caps (default: from the model's applied
-                plans, :meth:`BaseAllocator.dense_widths`).
-        """
+    def _allocate(self, model, graph, scores, cost, dense_widths=None):
+        """See :meth:`BaseAllocator.allocate`."""
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         entries = global_entries(gs, self.normalize)
-        order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            self.floors(model, groups, dense_widths),
-                            [self.round_unit(g) for g in groups])
+        order = self.global_order(model, groups, entries, dense_widths)
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base

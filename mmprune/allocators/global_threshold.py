@@ -17,14 +17,11 @@ channels under ``tau`` are pruned unless their group hits its floor
 budget. After :meth:`allocate`, ``threshold_`` holds ``tau``, the highest
 normalised score the cut dropped (before filling).
 """
-from typing import Dict, Optional
 
 import numpy as np
-import torch
 
 from ..registry import ALLOCATORS
-from .base import (NORMALIZATIONS, BaseAllocator, GlobalOrder, fill_budget,
-                   global_entries)
+from .base import NORMALIZATIONS, BaseAllocator, fill_budget, global_entries
 
 
 @ALLOCATORS.register_module()
@@ -47,31 +44,24 @@ class GlobalThresholdAllocator(BaseAllocator):
                              f'got {normalize!r}')
         self.normalize = normalize
 
-    def allocate(
-        self,
-        model,
-        graph,
-        scores: Dict[str, torch.Tensor],
-        cost,
-        pruned: Optional[dict] = None,
-        dense_widths: Optional[Dict[str,
-                                    int]] = None) -> Dict[str, np.ndarray]:
+    def _allocate(self,
+                  model,
+                  graph,
+                  scores,
+                  cost,
+                  pruned=None,
+                  dense_widths=None):
         """Return ``{group name: kept indices}`` meeting the target.
 
         Args:
             pruned (dict | None): ``{group: indices}`` already pruned; they
                 stay pruned and count towards the target.
-            dense_widths (dict | None): ``{group: width}`` before any
-                pruning, for the caps (default: from the model's applied
-                plans, :meth:`BaseAllocator.dense_widths`).
+            dense_widths: see :meth:`BaseAllocator.allocate`.
         """
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         entries = global_entries(gs, self.normalize)
-        order = GlobalOrder(groups, [(gi, c) for _, gi, c in entries],
-                            self.floors(model, groups, dense_widths),
-                            [self.round_unit(g) for g in groups],
-                            self.forced_drops(groups, pruned))
+        order = self.global_order(model, groups, entries, dense_widths, pruned)
         measure = self.measure_fn(model, graph, cost)
         base = measure({})
         target = self.ratio * base

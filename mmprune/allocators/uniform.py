@@ -15,10 +15,9 @@ most about one unit from a common ratio and the target is met tightly.
 Scores only choose *which* channels go; the counts do not depend on them.
 """
 import math
-from typing import Dict, List, Optional
+from typing import List
 
 import numpy as np
-import torch
 
 from ..registry import ALLOCATORS
 from .base import BaseAllocator, SliceGuard, fill_budget
@@ -38,21 +37,8 @@ class UniformAllocator(BaseAllocator):
 
     prune_ratio_ = None
 
-    def allocate(
-        self,
-        model,
-        graph,
-        scores: Dict[str, torch.Tensor],
-        cost,
-        dense_widths: Optional[Dict[str,
-                                    int]] = None) -> Dict[str, np.ndarray]:
-        """Return ``{group name: kept indices}`` meeting the target.
-
-        Args:
-            dense_widths (dict | None): ``{group: width}`` before any
-                pruning, for the caps (default: from the model's applied
-                plans, :meth:`BaseAllocator.dense_widths`).
-        """
+    def _allocate(self, model, graph, scores, cost, dense_widths=None):
+        """See :meth:`BaseAllocator.allocate`."""
         gs = self.prepare(graph, scores)
         groups = [g for g, _ in gs]
         orders = []

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..graph.layers import kept_cost_widths, layer_kind, tensor_slices
+from .forward import forward_with_hooks
 
 
 class CostModel:
@@ -46,7 +47,6 @@ class CostModel:
         self.latency = None
         names = {m: n for n, m in model.named_modules()}
         costs = {}  # module -> its kind's LayerCost
-        handles = []
 
         def hook(mod, inp, out):
             name, cost = names[mod], costs[mod]
@@ -59,13 +59,7 @@ class CostModel:
             kind = layer_kind(m)
             if kind is not None and kind.cost is not None:
                 costs[m] = kind.cost
-                handles.append(m.register_forward_hook(hook))
-        try:
-            with torch.no_grad():
-                forward_fn(*inputs)
-        finally:
-            for h in handles:
-                h.remove()
+        forward_with_hooks(costs, hook, forward_fn, inputs)
         self._modules = {
             n: m
             for n, m in model.named_modules() if n in self.mult

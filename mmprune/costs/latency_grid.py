@@ -73,6 +73,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.io import write_json_atomic
+from .forward import forward_with_hooks
 from .latency_backends import threads_note
 
 FORMAT = 'mmprune.latency_grid'
@@ -699,15 +700,11 @@ def _capture(model, forward_fn, inputs):
             shape = tuple(args[0].shape)
         calls.append((names[mod], mod, kind, shape, kept))
 
-    handles = [m.register_forward_hook(hook) for m in names]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            forward_fn(*inputs)
+        forward_with_hooks(names, hook, forward_fn, inputs)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return calls
 

@@ -161,17 +161,13 @@ class BlendSearchConfig:
         return pool
 
     def ea_config(self) -> EAConfig:
+        """The :class:`EAConfig` of the fields both configs share."""
+        own = {f.name for f in fields(self)}
         return EAConfig(
-            pop_size=self.pop_size,
-            generations=self.generations,
-            elite=self.elite,
-            crossover_p=self.crossover_p,
-            mutation_sigma=self.mutation_sigma,
-            mutation_p=self.mutation_p,
-            tournament=self.tournament,
-            seed=self.seed,
-            max_evals=self.max_evals,
-            time_budget_s=self.time_budget_s)
+            **{
+                f.name: getattr(self, f.name)
+                for f in fields(EAConfig) if f.name in own
+            })
 
 
 @dataclass

@@ -179,3 +179,32 @@ def check_file_arg(parser: argparse.ArgumentParser, path: Optional[str],
         arg_error(parser, arg, f'no such file {path!r}')
     if osp.isdir(path):
         arg_error(parser, arg, f'{path!r} is a folder, not a file')
+
+
+def add_input_size_arg(parser: argparse.ArgumentParser,
+                       help: Optional[str] = 'input size for FLOPs') -> None:
+    """``--input-size H W`` (default 640 640), shared by the tools."""
+    parser.add_argument(
+        '--input-size',
+        type=int,
+        nargs=2,
+        default=[640, 640],
+        metavar=('H', 'W'),
+        help=help)
+
+
+def add_residual_mode_arg(parser: argparse.ArgumentParser,
+                          help: Optional[str] = None) -> None:
+    """``--residual-mode`` (``coupled``/``fine``) of the channel graph."""
+    parser.add_argument(
+        '--residual-mode',
+        default='coupled',
+        choices=['coupled', 'fine'],
+        help=help)
+
+
+def add_limit_args(parser: argparse.ArgumentParser) -> None:
+    """The allocator limits ``--min-keep`` and ``--max-prune-ratio``
+    (:class:`mmprune.allocators.base.BaseAllocator` defaults)."""
+    parser.add_argument('--min-keep', type=int, default=8)
+    parser.add_argument('--max-prune-ratio', type=float, default=0.8)

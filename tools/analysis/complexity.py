@@ -24,15 +24,11 @@ sys.path.insert(0,
 
 
 def parse_args(argv=None):
+    from mmprune.utils.cli import add_input_size_arg
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--checkpoint', help='pruned checkpoint')
-    p.add_argument(
-        '--input-size',
-        type=int,
-        nargs=2,
-        default=[640, 640],
-        metavar=('H', 'W'))
+    add_input_size_arg(p, None)
     p.add_argument('--runs', type=int, default=20, help='timed rounds')
     p.add_argument('--warmup', type=int, default=3, help='untimed rounds')
     p.add_argument(

@@ -25,16 +25,12 @@ sys.path.insert(0,
 
 def parse_args(argv=None):
     from mmprune.costs.latency_backends import BACKENDS
+    from mmprune.utils.cli import add_input_size_arg, add_residual_mode_arg
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
     p.add_argument('--out', required=True, help='table.json to write')
     p.add_argument('--backend', default='torch', choices=BACKENDS)
-    p.add_argument(
-        '--input-size',
-        type=int,
-        nargs=2,
-        default=[640, 640],
-        metavar=('H', 'W'))
+    add_input_size_arg(p, None)
     p.add_argument('--batch', type=int, default=1)
     p.add_argument(
         '--points',
@@ -53,11 +49,7 @@ def parse_args(argv=None):
         type=int,
         default=1,
         help='torch (and onnxruntime) intra-op threads')
-    p.add_argument(
-        '--residual-mode',
-        default='coupled',
-        choices=['coupled', 'fine'],
-        help='channel graph deciding which axes can change')
+    add_residual_mode_arg(p, 'channel graph deciding which axes can change')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     if min(args.input_size) < 32:

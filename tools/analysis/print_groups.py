@@ -19,10 +19,10 @@ sys.path.insert(0,
 
 
 def parse_args(argv=None):
+    from mmprune.utils.cli import add_residual_mode_arg
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('config', help='config file (or mmdet::path)')
-    p.add_argument(
-        '--residual-mode', default='coupled', choices=['coupled', 'fine'])
+    add_residual_mode_arg(p)
     p.add_argument(
         '--trace-size',
         type=int,
