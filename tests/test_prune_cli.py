@@ -72,10 +72,31 @@ def test_prune_cli_meets_target_and_reloads(tmp_path, mode):
     assert [c.shape[1] for c in cls] == [80, 80, 80]
 
 
-def test_prune_cli_latency_order(tmp_path):
+def test_prune_cli_latency_order(tmp_path, monkeypatch):
     """--order latency: the FLOPs budget still holds, the SPP group (whose
     max-pools the FLOPs order never sees) is thinned, and the report
-    carries the table's prediction."""
+    carries the table's prediction.
+
+    The table is measured for real (the timing path runs), then its times
+    are replaced by a fixed function of each module's widths in which
+    parameter-free modules (pools, activations) cost time but no FLOPs, as
+    on a CPU: measured per-module times on a loaded 2-core machine made the
+    SPP group's fate depend on the load (it stayed whole in some runs).
+    """
+    from mmprune.costs.latency_table import LatencyTable
+    measure = LatencyTable.measure.__func__
+
+    def fixed_times(cls, *args, **kwargs):
+        table = measure(cls, *args, **kwargs)
+        per_kind = dict(
+            conv=lambda e: 1e-5 * e['out'] * e['in'],
+            follow=lambda e: 1e-3 * e['out'],
+            **{'pass': lambda e: 5e-3 * e['out']})
+        for e in table.entries.values():
+            e['ms'] = per_kind.get(e['kind'], lambda e: 0.0)(e)
+        return table
+
+    monkeypatch.setattr(LatencyTable, 'measure', classmethod(fixed_times))
     work = str(tmp_path / 'lat')
     report = load_cli().main([
         CFG, '--flops-ratio', '0.5', '--order', 'latency', '--round-to', '8',
