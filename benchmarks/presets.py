@@ -140,7 +140,8 @@ PRESETS = {
             models=dict(
                 yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR),
                 retinanet_r18=dict(
-                    methods=('dense', ) + RESNET_MODES + FLOOR,
+                    methods=('dense', ) + RESNET_MODES + FLOOR +
+                    ('l1_backbone', ),
                     reference=dict(epochs=24, val_interval=4, seed=0))),
             latency_runs=20),
         speed=_QUICK_SPEED,

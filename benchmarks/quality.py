@@ -34,7 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.env import environment  # noqa: E402
-from benchmarks.methods import LABELS, method_spec  # noqa: E402
+from benchmarks.methods import BUDGET_FREE, LABELS, method_spec  # noqa: E402
 from benchmarks.presets import model_setting, seeds_for  # noqa: E402
 
 MODEL_FILE = 'final_model.pt'
@@ -113,8 +113,9 @@ def quality_jobs(preset: dict,
             for budget in q['budgets']:
                 for seed in seeds_for(q, budget):
                     for method in m['methods']:
-                        if method == 'dense' and budget != q['budgets'][0]:
-                            continue  # dense does not depend on the budget
+                        if method in BUDGET_FREE and \
+                                budget != q['budgets'][0]:
+                            continue  # its FLOPs do not follow the budget
                         jid = job_id(model, budget, method, seed, protocol)
                         jobs.append(
                             dict(
