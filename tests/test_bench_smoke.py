@@ -282,6 +282,9 @@ def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
         assert f'yolox_tiny__tr__f50__{method}__s2' in ids
     for method in M.RESIDUAL_METHODS:
         assert f'retinanet_r18__tr__f50__{method}__s2' in ids
+    # the backbone-only row runs once per seed, not once per budget
+    assert 'retinanet_r18__tr__f50__l1_backbone__s2' in ids
+    assert not any('f30__l1_backbone' in i for i in ids)
     wall = float(text.split('estimated ')[1].split(' min')[0])
     assert wall <= 150, text
     assert schedule([], 2)['wall_seconds'] == 0
@@ -320,3 +323,37 @@ def test_report_cli_on_smoke_results(tmp_path):
         assert line.endswith('**PASS** |' if want else '**FAIL** |')
     for png in ('speed.png', 'graph_time.png'):
         assert (d / 'plots' / png).stat().st_size > 1000
+
+
+def test_backbone_only_row_is_at_its_lowest_reachable_flops():
+    """``l1_backbone``'s fixed target is reachable with the neck and head
+    left whole (else its run would be refused) and no more than 1 point
+    above the lowest such cut (else it would not be "the lowest FLOPs
+    backbone-only reaches"), while the whole model reaches 0.5."""
+    import numpy as np
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from benchmarks.train_config import MODELS as BENCH_MODELS
+    from mmprune import apis
+    from mmprune.allocators import BudgetAllocator
+    from mmprune.methods import filter_groups
+    register_all_modules()
+    cfg = apis.load_config(BENCH_MODELS['retinanet_r18'][0])
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model).eval()
+    graph = apis.analyze(model, 'coupled', (128, 128), ())
+    cost = apis.cost_model(model)
+    dense = cost.flops(
+        graph, {g.name: np.arange(g.width)
+                for g in graph.prunable_groups()})
+    alloc = BudgetAllocator(ratio=0.5)
+    names = filter_groups(graph, exclude=list(M.NECK_AND_HEAD))
+    assert names and all(n.startswith('backbone.') for n in names)
+    low = alloc.reachable_cost(model, graph, cost, names) / dense
+    assert low <= M.BACKBONE_ONLY_TARGET <= low + 0.01, low
+    assert alloc.reachable_cost(model, graph, cost) / dense < 0.5
+    spec = M.method_spec(M.BACKBONE_ONLY, 6, 0.5, (128, 128), 40,
+                         'trained')['hook']
+    assert spec['target'] == M.BACKBONE_ONLY_TARGET
+    assert spec['exclude_groups'] == dict(exclude=list(M.NECK_AND_HEAD))
