@@ -12,6 +12,10 @@ import sys
 from typing import Optional
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from mmprune.costs.latency_backends import cpu_name  # noqa: E402
 
 #: distributions whose versions decide the numbers (None when not installed;
 #: read from the installed metadata: torch_pruning 1.6.1's ``__version__``
@@ -42,17 +46,6 @@ def git_info() -> dict:
         dirty=None if status is None else bool(status))
 
 
-def _cpu_model() -> Optional[str]:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def _memory_gib() -> Optional[float]:
     try:
         with open('/proc/meminfo') as f:
@@ -79,7 +72,7 @@ def machine(device: str = 'cpu') -> dict:
     import torch
     rec = dict(
         platform=platform.platform(),
-        cpu=_cpu_model(),
+        cpu=cpu_name(),
         cpus=os.cpu_count(),
         memory_gib=_memory_gib(),
         hostname=platform.node(),

@@ -223,6 +223,18 @@ def get_preset(name: str, difficulty: str = None) -> dict:
     return preset
 
 
+def run_fields(quality: dict, data: dict, device: str, threads: int) -> dict:
+    """The fields every training job of a quality preset carries (the
+    references' and the runs'): batch, size, data, device, threads."""
+    return dict(
+        batch_size=quality['batch_size'],
+        size=quality['data']['size'],
+        data_spec=quality['data'],
+        data=data,
+        device=device,
+        threads=threads)
+
+
 def seeds_for(quality: dict, budget: float):
     """The seeds run at ``budget`` (``seeds_by_budget`` overrides
     ``seeds``)."""

@@ -35,7 +35,8 @@ if ROOT not in sys.path:
 
 from benchmarks.env import environment  # noqa: E402
 from benchmarks.methods import BUDGET_FREE, LABELS, method_spec  # noqa: E402
-from benchmarks.presets import model_setting, seeds_for  # noqa: E402
+from benchmarks.presets import model_setting  # noqa: E402
+from benchmarks.presets import run_fields, seeds_for  # noqa: E402
 
 MODEL_FILE = 'final_model.pt'
 
@@ -128,17 +129,12 @@ def quality_jobs(preset: dict,
                                 budget=budget,
                                 seed=seed,
                                 epochs=epochs,
-                                batch_size=q['batch_size'],
-                                size=q['data']['size'],
-                                data_spec=q['data'],
-                                data=data,
-                                device=device,
-                                threads=threads,
                                 reference=ref,
                                 needs=[ref['job']] if ref else [],
                                 work_dir=osp.join(work_root, 'quality', jid),
                                 out=osp.join(results_dir, 'quality',
-                                             jid + '.json')))
+                                             jid + '.json'),
+                                **run_fields(q, data, device, threads)))
     return jobs
 
 

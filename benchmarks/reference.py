@@ -48,7 +48,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.env import environment  # noqa: E402
-from benchmarks.presets import model_setting  # noqa: E402
+from benchmarks.presets import model_setting, run_fields  # noqa: E402
 
 #: bump when what a reference is changes in a way the config does not show
 RECIPE_VERSION = 1
@@ -169,16 +169,11 @@ def reference_jobs(preset: dict,
                 model=model,
                 key=key,
                 reference=ref,
-                batch_size=q['batch_size'],
-                size=q['data']['size'],
-                data_spec=q['data'],
-                data=data,
-                device=device,
-                threads=threads,
                 cache_dir=cache_dir,
                 checkpoint=osp.join(cache_dir, CHECKPOINT),
                 work_dir=osp.join(work_root, 'references', f'{model}-{key}'),
-                out=osp.join(results_dir, 'references', f'{model}.json')))
+                out=osp.join(results_dir, 'references', f'{model}.json'),
+                **run_fields(q, data, device, threads)))
     return jobs
 
 

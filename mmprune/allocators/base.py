@@ -97,9 +97,14 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         nan_policy (str): non-finite scores in a group: ``'raise'`` a
             ValueError naming it, or ``'skip'`` the group (kept whole,
             logged once). Defaults to 'raise'.
-        fill (bool): fill the leftover budget (see module docstring).
-            Defaults to True.
+        fill (bool, optional): fill the leftover budget (see module
+            docstring). Defaults to the class's ``default_fill`` (True
+            here; a subclass that follows a paper's plain prefix of the
+            global order sets it False).
     """
+
+    #: ``fill`` when the config does not say
+    default_fill = True
 
     def __init__(self,
                  ratio: float = 0.5,
@@ -108,7 +113,7 @@ class BaseAllocator(metaclass=abc.ABCMeta):
                  max_prune_ratio: float = 0.8,
                  round_to: int = 1,
                  nan_policy: str = 'raise',
-                 fill: bool = True):
+                 fill: Optional[bool] = None):
         self.ratio = check_ratio(ratio)
         if budget not in BUDGETS:
             raise ValueError(f'budget must be one of {BUDGETS}, got '
@@ -133,7 +138,7 @@ class BaseAllocator(metaclass=abc.ABCMeta):
         self.min_keep, self.max_prune_ratio = min_keep, float(max_prune_ratio)
         self.round_to = round_to
         self.nan_policy = nan_policy
-        self.fill = bool(fill)
+        self.fill = self.default_fill if fill is None else bool(fill)
         self._warned = set()
 
     def allocate(self, model, graph, scores: Dict[str, torch.Tensor], cost,

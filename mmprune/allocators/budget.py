@@ -22,33 +22,14 @@ from .base import BaseAllocator, fill_budget, global_entries
 
 @ALLOCATORS.register_module()
 class BudgetAllocator(BaseAllocator):
-    """Args:
-        ratio (float): target cost as a fraction of the current cost, in
-            (0, 1]. 0.5 means "keep half the FLOPs".
-        budget (str): ``'flops'`` or ``'params'``. Defaults to 'flops'.
-        min_keep (int): fewest channels kept per group. Defaults to 8.
-        max_prune_ratio (float): largest fraction removed from one group.
-            Defaults to 0.8.
-        round_to (int): kept counts are multiples of this. Defaults to 1.
-        nan_policy (str): ``'raise'`` or ``'skip'`` groups with non-finite
-            scores. Defaults to 'raise'.
-        fill (bool): re-add channels into the leftover budget (see
-            :func:`mmprune.allocators.base.fill_budget`). Defaults to False,
-            the original behaviour (a prefix of the global order).
+    """The global order cut as a plain prefix: the arguments are
+    :class:`~mmprune.allocators.base.BaseAllocator`'s, with ``fill``
+    defaulting to False (the original behaviour; see
+    :func:`mmprune.allocators.base.fill_budget` for what True adds).
     """
 
     normalize = 'mean'
-
-    def __init__(self,
-                 ratio: float = 0.5,
-                 budget: str = 'flops',
-                 min_keep: int = 8,
-                 max_prune_ratio: float = 0.8,
-                 round_to: int = 1,
-                 nan_policy: str = 'raise',
-                 fill: bool = False):
-        super().__init__(ratio, budget, min_keep, max_prune_ratio, round_to,
-                         nan_policy, fill)
+    default_fill = False
 
     def _allocate(self, model, graph, scores, cost, dense_widths=None):
         """See :meth:`BaseAllocator.allocate`."""

@@ -49,7 +49,7 @@ ALLOCATIONS = ('uniform', 'global')
 
 
 @dataclass
-class BlendSearchConfig:
+class BlendSearchConfig(EAConfig):
     """BPC search options (defaults: docs/methods.md §2B(e)); the keys of
     ``get_method('bpc').options['search']`` plus the search budget.
 
@@ -64,7 +64,8 @@ class BlendSearchConfig:
         stages (Sequence | None): ``(regex, stage)`` overrides of the
             default stage map. Defaults to None.
         pop_size, generations, elite, crossover_p, mutation_sigma,
-        mutation_p, tournament: the EA (see :class:`EAConfig`).
+        mutation_p, tournament, low, high: the EA, inherited from
+        :class:`EAConfig`.
         calib_batches (int): calibration batches for the data-driven
             criteria. Defaults to 32.
         bn_batches (int): adaptive-BN batches per genome (the first ones of
@@ -89,24 +90,15 @@ class BlendSearchConfig:
     vote: float = 0.5
     normalize: str = 'rank'
     stages: Optional[Sequence[Tuple[str, str]]] = None
-    pop_size: int = 32
-    generations: int = 20
-    elite: int = 8
-    crossover_p: float = 0.5
-    mutation_sigma: float = 0.2
-    mutation_p: float = 0.1
-    tournament: int = 2
     calib_batches: int = 32
     bn_batches: int = 50
     fitness_images: int = 200
     fitness: str = 'neg_det_loss'
     allocation: str = 'uniform'
-    max_evals: Optional[int] = None
-    time_budget_s: Optional[float] = None
     seed_uniform: bool = True
-    seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()  # the EA's own checks
         for name in ('calib_batches', 'bn_batches', 'fitness_images'):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, int) and v >= 1):
@@ -127,7 +119,6 @@ class BlendSearchConfig:
             raise ValueError(f'allocation must be one of {ALLOCATIONS}, got '
                              f'{self.allocation!r}')
         self.pool_cfg()  # validate the pool now
-        self.ea_config()  # and the EA settings
 
     @classmethod
     def from_options(cls, options=None, **overrides) -> 'BlendSearchConfig':
@@ -161,13 +152,10 @@ class BlendSearchConfig:
         return pool
 
     def ea_config(self) -> EAConfig:
-        """The :class:`EAConfig` of the fields both configs share."""
-        own = {f.name for f in fields(self)}
+        """The EA part of this config (its :class:`EAConfig` fields)."""
         return EAConfig(
-            **{
-                f.name: getattr(self, f.name)
-                for f in fields(EAConfig) if f.name in own
-            })
+            **{f.name: getattr(self, f.name)
+               for f in fields(EAConfig)})
 
 
 @dataclass
