@@ -9,6 +9,7 @@ function of a conv's widths (with a 1.3x cliff at widths that are not
 multiples of 8), through the real TorchBackend/CudaBackend code.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import os.path as osp
@@ -380,3 +381,39 @@ def test_prune_cli_latency_ratio(tmp_path):
             '--backend', 'onnxruntime', '--input-size', '96', '96',
             '--work-dir', work
         ])
+
+
+def test_grid_kinds_come_from_the_layer_table():
+    """The grid reads what a module is from ``graph.layers.LAYER_KINDS``:
+    a grouped conv and a LayerNorm (pinned by the tracer) are timed once
+    ('fixed'), a depthwise conv and GroupNorm along their one channel axis,
+    and a new table entry changes the grid's kind with no other edit."""
+    from mmprune.costs import latency_grid as LG
+    from mmprune.graph import layers as L
+    x = torch.randn(1, 8, 4, 4)
+    cases = [
+        (nn.Conv2d(8, 16, 3), 'conv', [16, 8]),
+        (nn.Conv2d(8, 8, 3, groups=8), 'dw', [8, 8]),
+        (nn.Conv2d(8, 16, 3, groups=2), 'fixed', [16, 8]),
+        (nn.BatchNorm2d(8), 'norm', [8]),
+        (nn.GroupNorm(2, 8), 'gn', [8]),
+        (nn.LayerNorm(4), 'fixed', []),
+        (nn.MaxPool2d(2), 'pass', []),
+        (nn.Linear(8, 3), 'conv', [3, 8]),
+    ]
+    for mod, kind, widths in cases:
+        assert LG.layer_kind(mod, (x, )) == kind, mod
+        assert LG.module_widths(mod) == widths, mod
+    assert LG._channel_dim(nn.Linear(8, 3)) == -1
+    # one table entry decides: relabel GroupNorm's grid kind and the grid
+    # follows (restored afterwards)
+    i = next(i for i, k in enumerate(L.LAYER_KINDS) if k.name == 'gn')
+    old = L.LAYER_KINDS
+    patched = list(old)
+    patched[i] = dataclasses.replace(old[i], grid='fixed')
+    try:
+        L.LAYER_KINDS = tuple(patched)
+        assert LG.layer_kind(nn.GroupNorm(2, 8), (x, )) == 'fixed'
+    finally:
+        L.LAYER_KINDS = old
+    assert LG.layer_kind(nn.GroupNorm(2, 8), (x, )) == 'gn'

@@ -72,6 +72,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..graph.layers import kind_name
+from ..graph.layers import layer_kind as table_kind
 from ..utils.io import write_json_atomic
 from .forward import forward_with_hooks
 from .latency_backends import threads_note
@@ -79,8 +81,8 @@ from .latency_backends import threads_note
 FORMAT = 'mmprune.latency_grid'
 VERSION = 1
 KINDS = ('conv', 'dw', 'norm', 'gn', 'pass', 'fixed')
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = nn.modules.batchnorm._BatchNorm
+#: a fresh conv of the captured input's rank (N, C, *spatial)
+_CONV_BY_DIM = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class LatencyTableMismatch(ValueError):
@@ -164,22 +166,16 @@ def curve_ms(curve: dict, widths: Sequence[int]) -> float:
 
 
 # ------------------------------------------------------- module knowledge
+# What a module is comes from the one layer-kind table
+# (mmprune.graph.layers.LAYER_KINDS: its ``grid`` field names the kind
+# here); this section only says how the grid describes and rebuilds it.
 def layer_kind(mod: nn.Module, args: Sequence) -> str:
     """The kind of one call (see module docstring)."""
     if len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return 'fixed'
-    if isinstance(mod, _CONVS):
-        if mod.groups == 1:
-            return 'conv'
-        if mod.groups == mod.in_channels == mod.out_channels:
-            return 'dw'
-        return 'fixed'  # grouped convs: the tracer pins their channels
-    if isinstance(mod, nn.Linear):
-        return 'conv'
-    if isinstance(mod, nn.GroupNorm):
-        return 'gn'
-    if isinstance(mod, _BN):
-        return 'norm'
+    k = table_kind(mod)
+    if k is not None:
+        return k.grid  # grouped convs, LayerNorm: 'fixed' (pinned)
     if next(mod.parameters(), None) is None and \
             next(mod.buffers(), None) is None and args[0].dim() >= 2:
         return 'pass'
@@ -189,10 +185,11 @@ def layer_kind(mod: nn.Module, args: Sequence) -> str:
 def module_config(mod: nn.Module) -> dict:
     """What a module computes, without its widths (stable under pruning)."""
     t = type(mod).__name__
-    if isinstance(mod, _CONVS):
+    k = table_kind(mod)
+    name = None if k is None else k.name
+    if name in ('conv', 'dwconv', 'gconv'):
         g = mod.groups
-        groups = 1 if g == 1 else (
-            'dw' if g == mod.in_channels == mod.out_channels else g)
+        groups = 1 if name == 'conv' else ('dw' if name == 'dwconv' else g)
         pad = mod.padding if isinstance(mod.padding, str) else list(
             mod.padding)
         return dict(
@@ -203,28 +200,26 @@ def module_config(mod: nn.Module) -> dict:
             dilation=list(mod.dilation),
             groups=groups,
             bias=mod.bias is not None)
-    if isinstance(mod, nn.Linear):
+    if name == 'linear':
         return dict(type=t, bias=mod.bias is not None)
-    if isinstance(mod, nn.GroupNorm):
+    if name == 'gn':
         return dict(
             type=t,
             per_group=mod.num_channels // mod.num_groups,
             affine=mod.affine)
-    if isinstance(mod, _BN):
+    if name == 'norm':
         return dict(type=t, affine=mod.affine)
     return dict(type=t, repr=repr(mod))
 
 
 def module_widths(mod: nn.Module) -> List[int]:
-    if isinstance(mod, _CONVS):
-        return [mod.out_channels, mod.in_channels]
-    if isinstance(mod, nn.Linear):
-        return [mod.out_features, mod.in_features]
-    if isinstance(mod, nn.GroupNorm):
-        return [mod.num_channels]
-    if isinstance(mod, _BN):
-        return [mod.num_features]
-    return []
+    """Dense widths the table keys on: ``[C_out, C_in]`` of a conv or
+    linear, ``[C]`` of a norm, ``[]`` of anything without a cost entry."""
+    k = table_kind(mod)
+    if k is None or k.cost is None:
+        return []
+    c_out, c_in, _ = k.cost.widths(mod)
+    return [c_out] if k.norm else [c_out, c_in]
 
 
 def _parametric(mod: nn.Module) -> bool:
@@ -233,17 +228,19 @@ def _parametric(mod: nn.Module) -> bool:
 
 
 def _channel_dim(mod: nn.Module) -> int:
-    return -1 if isinstance(mod, nn.Linear) else 1
+    """The axis of the call's input that holds channels (-1 for linear)."""
+    k = table_kind(mod)
+    return 1 if k is None or k.cost is None else k.cost.positions_dim
 
 
 def _build_layer(kind: str, mod: nn.Module, widths: Sequence[int],
                  ndim: int) -> nn.Module:
     """A fresh layer like ``mod`` at ``widths`` (random weights: time does
     not depend on their values)."""
-    if kind == 'conv' and isinstance(mod, nn.Linear):
+    if kind == 'conv' and kind_name(mod) == 'linear':
         return nn.Linear(widths[1], widths[0], bias=mod.bias is not None)
     if kind in ('conv', 'dw'):
-        cls = _CONVS[mod.weight.dim() - 3]
+        cls = _CONV_BY_DIM[mod.weight.dim() - 3]
         c_out, c_in = widths if kind == 'conv' else (widths[0], widths[0])
         return cls(
             c_in,

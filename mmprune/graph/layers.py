@@ -19,8 +19,9 @@ stages need to know about it:
   side (``slices``), and how it refreshes its width attributes afterwards
   (``resize``);
 * how its FLOPs scale (``cost``, see :mod:`mmprune.costs.flops`) and what
-  the latency table calls it (``latency``, see
-  :mod:`mmprune.costs.latency_table`).
+  the latency models call it (``latency``, see
+  :mod:`mmprune.costs.latency_table`; ``grid``, see
+  :mod:`mmprune.costs.latency_grid`).
 
 A new layer type is one entry in :data:`LAYER_KINDS`. Order matters: the
 first entry that accepts a module wins (``dwconv`` before ``conv``).
@@ -126,6 +127,9 @@ class LayerKind:
     width: Optional[Callable[[nn.Module], int]] = None
     cost: Optional[LayerCost] = None
     latency: str = 'pass'  # 'conv' | 'follow' | 'pass'
+    # the measured grid's kind: 'conv' (axes C_out, C_in), 'dw', 'norm',
+    # 'gn' (one axis C) or 'fixed' (timed once at its dense size)
+    grid: str = 'fixed'
     norm: bool = False  # a normalisation layer (no channels of its own)
 
     def matches(self, m: nn.Module) -> bool:
@@ -154,7 +158,8 @@ LAYER_KINDS: Tuple[LayerKind, ...] = (
         resize=_resize_conv,
         width=_weight_rows,
         cost=_CONV_COST,
-        latency='conv'),
+        latency='conv',
+        grid='conv'),
     LayerKind(
         'dwconv',
         lambda: _CONV_TYPES,
@@ -164,7 +169,8 @@ LAYER_KINDS: Tuple[LayerKind, ...] = (
         resize=_resize_dwconv,
         width=_weight_rows,
         cost=_CONV_COST,
-        latency='follow'),
+        latency='follow',
+        grid='dw'),
     # pinned by the tracer, so its widths never change; the latency table
     # scales it like a follower (the same prediction, scale 1, either way)
     LayerKind(
@@ -181,7 +187,8 @@ LAYER_KINDS: Tuple[LayerKind, ...] = (
         resize=_resize_linear,
         width=_weight_rows,
         cost=_LINEAR_COST,
-        latency='conv'),
+        latency='conv',
+        grid='conv'),
     LayerKind(
         'norm',
         lambda: _BN_TYPES,
@@ -192,6 +199,7 @@ LAYER_KINDS: Tuple[LayerKind, ...] = (
         width=_weight_rows,
         cost=_BN_COST,
         latency='follow',
+        grid='norm',
         norm=True),
     LayerKind(
         'gn',
@@ -202,6 +210,7 @@ LAYER_KINDS: Tuple[LayerKind, ...] = (
         width=lambda m: m.num_channels,
         cost=_GN_COST,
         latency='follow',
+        grid='gn',
         norm=True),
     LayerKind('ln', lambda: (nn.LayerNorm, ), 'opaque', norm=True),
     LayerKind('roi', _roi_types, 'channelwise'),
