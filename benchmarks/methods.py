@@ -11,7 +11,9 @@ Methods:
 * mmprune's four method presets through ``ChannelPruningHook(method=...)``;
 * ``l1_coupled`` / ``l1_fine``: L1 with the hook's default global
   :class:`~mmprune.allocators.BudgetAllocator`, one-shot, in coupled and
-  in fine residual mode (the ResNet comparison);
+  in fine residual mode (the ResNet comparison; fine with
+  ``read_pruning``: each reader of a full-width stream keeps its own
+  subset, so fine mode's choices include every coupled one);
 * ``random``: the floor. :class:`~mmprune.criteria.RandomCriterion`
   (seeded with the run's seed) with the same global allocator, coupled
   mode and one-shot cut as ``l1_coupled``: any criterion worth its cost
@@ -81,7 +83,7 @@ LABELS = dict(
     fcp='mmprune FCP',
     gcp_frs='mmprune GCP-FRS',
     l1_coupled='L1 global, coupled residuals',
-    l1_fine='L1 global, fine residuals',
+    l1_fine='L1 global, fine residuals (readers gather)',
     random='random channels (floor)',
     l1_backbone='L1 global, backbone only (lowest reachable FLOPs)')
 
@@ -198,8 +200,13 @@ def method_spec(method: str,
         hook.update(
             criterion='L1Criterion', allocator=dict(type='UniformAllocator'))
     elif method in RESIDUAL_METHODS:
+        mode = method.split('_')[1]
+        # fine: readers gather their own stream subsets, so every coupled
+        # choice is also a fine one (FCP's claim, docs/methods.md §3(d))
         hook.update(
-            criterion='L1Criterion', residual_mode=method.split('_')[1])
+            criterion='L1Criterion',
+            residual_mode=mode,
+            read_pruning=mode == 'fine')
     elif method == BACKBONE_ONLY:
         hook.update(
             criterion='L1Criterion',

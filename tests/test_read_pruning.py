@@ -483,3 +483,57 @@ if __name__ == '__main__':
         for label, f, p, widths in rows:
             print(f'{label:<13} FLOPs {f:.3f} params {p:.3f}')
             print('   per block (in > mid > out):', ' '.join(widths))
+
+
+def test_hook_prunes_readers_in_training_and_resumes(tmp_path, mmdet_config,
+                                                     synth_data):
+    """``ChannelPruningHook(residual_mode='fine', read_pruning=True)`` in
+    the real Runner on YOLOX-tiny (its CSP blocks add into streams): the
+    cut gives readers their own stream subsets (gather buffers), reaches
+    the target, records ``read_pruning`` in the plan, and a run resumed
+    after the cut rebuilds the same structure and gathers."""
+    import os.path as osp
+
+    from mmengine.runner import Runner
+    from test_hook_training import KillAfterEpoch, _Stop, pruning_cfg, shapes
+
+    from mmprune.graph.read_map import read_sources
+
+    def cfg(work):
+        return pruning_cfg(
+            mmdet_config,
+            synth_data,
+            work,
+            max_epochs=2,
+            end=1,
+            residual_mode='fine',
+            read_pruning=True)
+
+    def gathers(model):
+        return {
+            n: read_sources(m).tolist()
+            for n, m in model.named_modules() if read_sources(m) is not None
+        }
+
+    from mmprune.hooks import ChannelPruningHook
+    with pytest.raises(ValueError, match='read_pruning=True needs'):
+        ChannelPruningHook(read_pruning=True, residual_mode='coupled')
+    runner = Runner.from_cfg(cfg(tmp_path / 'a'))
+    runner.register_hook(KillAfterEpoch(2))
+    with pytest.raises(_Stop):
+        runner.train()
+    plans = apis.model_plans(runner.model)
+    assert len(plans) == 1 and plans[0].read_pruning
+    got = gathers(runner.model)
+    assert got, 'no reader gathers its own stream subset'
+    assert any(READ_SUFFIX in name for name in plans[0].keep)
+    hook = next(h for h in runner.hooks if isinstance(h, ChannelPruningHook))
+    ratio = hook._cost(runner.model) / hook.state['dense_cost']
+    assert ratio <= 0.5 + 0.01, ratio
+    resumed_cfg = cfg(tmp_path / 'b')
+    resumed_cfg.resume = True
+    resumed_cfg.load_from = osp.join(str(tmp_path / 'a'), 'epoch_1.pth')
+    resumed = Runner.from_cfg(resumed_cfg)
+    resumed.train()
+    assert shapes(resumed.model) == shapes(runner.model)
+    assert gathers(resumed.model) == got

@@ -100,6 +100,12 @@ class ChannelPruningHook(Hook):
             ``max_prune_ratio`` and ``round_to``.
         residual_mode (str): ``'coupled'`` or ``'fine'``. Defaults to
             'coupled'.
+        read_pruning (bool): fine mode only: each conv/linear reading a
+            full-width residual stream keeps its own subset of it (a reader
+            group, gathered in the compact model; docs/methods.md §3(d)),
+            so every coupled choice is also a fine one. Scored by criteria
+            that can score input columns (``scores_readers``: L1, BN
+            scale); others leave the readers whole. Defaults to False.
         by_epoch (bool): schedule in epochs (else iterations).
         begin (int, optional): first event, after this many epochs/iters.
             Without it, a ``method``'s schedule is the preset's rescaled to
@@ -281,8 +287,12 @@ class ChannelPruningHook(Hook):
                 f'target')
 
     def _graph(self, model):
-        return apis.analyze(model, self.residual_mode, self.trace_size,
-                            self.ignored_layers)
+        return apis.analyze(
+            model,
+            self.residual_mode,
+            self.trace_size,
+            self.ignored_layers,
+            read_pruning=self.read_pruning)
 
     def _names(self, graph):
         """The groups this method prunes (None: every prunable group)."""

@@ -17,6 +17,7 @@ def resolve(method: Optional[str] = None,
             allocator: Optional[dict] = None,
             regularizers: Optional[Sequence[dict]] = None,
             residual_mode: Optional[str] = None,
+            read_pruning: bool = False,
             by_epoch: bool = True,
             begin: Optional[int] = None,
             end: Optional[int] = None,
@@ -33,12 +34,12 @@ def resolve(method: Optional[str] = None,
     """The hook's components and settings (see ChannelPruningHook's Args).
 
     Returns ``dict(method, target, budget, criterion, allocator_cfg,
-    regularizers, residual_mode, soft, scoring_batches, exclude_groups,
-    schedule, derive, search, latency_table)``: ``schedule`` is a
-    :class:`PruningSchedule`, or None with ``derive(max_epochs)`` building
-    it from the preset's schedule rescaled to the run (a method without
-    ``begin``); ``search`` is the BPC search options the first event runs
-    (:func:`search_options`), or None.
+    regularizers, residual_mode, read_pruning, soft, scoring_batches,
+    exclude_groups, schedule, derive, search, latency_table)``:
+    ``schedule`` is a :class:`PruningSchedule`, or None with
+    ``derive(max_epochs)`` building it from the preset's schedule rescaled
+    to the run (a method without ``begin``); ``search`` is the BPC search
+    options the first event runs (:func:`search_options`), or None.
     """
     if budget not in BUDGETS:
         raise ValueError(f'budget must be one of {BUDGETS}, got {budget!r}')
@@ -70,6 +71,10 @@ def resolve(method: Optional[str] = None,
     if residual_mode not in ('coupled', 'fine'):
         raise ValueError(f"residual_mode must be one of ('coupled', "
                          f"'fine'), got {residual_mode!r}")
+    if read_pruning and residual_mode != 'fine':
+        raise ValueError(f"read_pruning=True needs residual_mode='fine' "
+                         f'(the readers of a full-width stream gather their '
+                         f'own subset of it), got {residual_mode!r}')
     if scoring_batches is not None and not (isinstance(scoring_batches, int)
                                             and scoring_batches >= 1):
         raise ValueError(f'scoring_batches must be an int >= 1, got '
@@ -129,6 +134,7 @@ def resolve(method: Optional[str] = None,
         allocator_cfg=alloc_cfg,
         regularizers=regs,
         residual_mode=residual_mode,
+        read_pruning=bool(read_pruning),
         soft=soft,
         scoring_batches=scoring_batches,
         exclude_groups=dict(exclude_groups or {}),
