@@ -107,9 +107,16 @@ def _copy_with_grads(model: nn.Module) -> nn.Module:
     return clone
 
 
-def find_ratio(model: nn.Module, kind: str, target: float,
-               input_size: Sequence[int], dense_flops: float) -> dict:
-    """Bisect Torch-Pruning's channel ratio for ``target`` x dense FLOPs.
+def find_ratio(model: nn.Module,
+               kind: str,
+               target: float,
+               input_size: Sequence[int],
+               dense_flops: float,
+               trace_size: Optional[Sequence[int]] = None) -> dict:
+    """Bisect Torch-Pruning's channel ratio for ``target`` x dense FLOPs
+    (counted at ``input_size``; Torch-Pruning traces at ``trace_size``,
+    default ``input_size``: its channel groups do not depend on the size,
+    and a full-size trace of a large detector costs seconds per trial).
 
     Returns:
         dict: ``ratio``, ``flops_ratio`` reached, ``trials``.
@@ -121,7 +128,7 @@ def find_ratio(model: nn.Module, kind: str, target: float,
     for _ in range(BISECT_STEPS):
         mid = (lo + hi) / 2
         clone = _copy_with_grads(model)
-        tp_prune(clone, kind, mid, input_size)
+        tp_prune(clone, kind, mid, trace_size or input_size)
         frac = cost_model(clone, input_size).flops() / dense_flops
         trials.append([round(mid, 5), round(frac, 5)])
         if frac > target:

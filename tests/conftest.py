@@ -63,6 +63,21 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True, scope='session')
+def _own_cache(tmp_path_factory):
+    """Tools cache measured latency tables under $MMPRUNE_CACHE: tests
+    (and the CLIs they start, which inherit the variable) use a fresh one,
+    so no result depends on a table a user or an earlier run timed."""
+    import os
+    old = os.environ.get('MMPRUNE_CACHE')
+    os.environ['MMPRUNE_CACHE'] = str(tmp_path_factory.mktemp('cache'))
+    yield
+    if old is None:
+        os.environ.pop('MMPRUNE_CACHE', None)
+    else:
+        os.environ['MMPRUNE_CACHE'] = old
+
+
+@pytest.fixture(autouse=True, scope='session')
 def _no_network():
     socket.socket.connect = _guarded_connect
     yield

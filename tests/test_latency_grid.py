@@ -335,6 +335,36 @@ def test_latency_table_tool_end_to_end(tmp_path, capsys):
         backend='torch',
         device='cpu')
     assert grid.data['meta']['points_timed'] < 4 * grid.data['meta']['calls']
+    assert 'timed in' in capsys.readouterr().out
+    # cached: the same call reads the table back without timing (the
+    # backend is never asked), another grid setting or --no-cache times
+    args = [
+        YOLOX, '--input-size', '64', '64', '--points', '2', '--runs', '1',
+        '--warmup', '0', '--no-progress'
+    ]
+    from mmprune.costs import latency_backends as LB
+    real_time = LB.TorchBackend.time
+    LB.TorchBackend.time = lambda *a, **k: (_ for _ in ()).throw(
+        AssertionError('timed a cached table'))
+    try:
+        again = tool.main(args + ['--out', str(tmp_path / 'again.json')])
+    finally:
+        LB.TorchBackend.time = real_time
+    assert again.cached and again.data == grid.data
+    assert 'read from the cache' in capsys.readouterr().out
+    # a corrupt cache file is measured again and replaced
+    with open(again.cached, 'w') as f:
+        f.write('{not json')
+    fresh = tool.main(args + ['--out', str(tmp_path / 'fresh.json')])
+    assert fresh.cached is None
+    assert LatencyGrid.load(again.cached).key == grid.key
+    other = tool.main(args[:5] + ['3'] + args[6:] +
+                      ['--out', str(tmp_path / 'other.json')])
+    assert other.cached is None and other.data['meta']['grid']['points'] == 3
+    nocache = tool.main(args +
+                        ['--no-cache', '--out',
+                         str(tmp_path / 'n.json')])
+    assert nocache.cached is None
     # a missing config: one line, exit 2
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:

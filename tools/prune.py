@@ -171,7 +171,8 @@ def latency_budget(args, model, graph, size):
     the budget as a fraction of its dense prediction, and what the report
     needs."""
     from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import LatencyGrid, measure_grid
+    from mmprune.costs.latency_grid import (LatencyGrid, default_cache_dir,
+                                            measure_grid)
     if args.latency_table:
         try:
             grid = LatencyGrid.load(args.latency_table)
@@ -183,8 +184,17 @@ def latency_budget(args, model, graph, size):
     else:
         backend_name, batch = args.backend or 'torch', args.batch or 1
         try:
-            grid = measure_grid(model, size, batch, make_backend(backend_name),
-                                graph)
+            # a table timed before for this model, input and machine is
+            # reused (tools/analysis/latency_table.py --no-cache times anew)
+            grid = measure_grid(
+                model,
+                size,
+                batch,
+                make_backend(backend_name),
+                graph,
+                cache_dir=default_cache_dir())
+            if grid.cached:
+                print(f'latency table read from the cache: {grid.cached}')
         except RuntimeError as e:  # no CUDA here, no onnxruntime
             raise SystemExit(f'--backend: {e}')
     dense_ms = grid.predict(graph)

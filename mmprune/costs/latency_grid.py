@@ -64,6 +64,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import os.path as osp
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -311,6 +313,7 @@ class LatencyGrid:
     def __init__(self, data: dict, source: str = 'latency table'):
         self.data = data
         self.source = source
+        self.cached = None  # the cache file it was read from (measure_grid)
 
     # ------------------------------------------------------------ views
     @property
@@ -598,9 +601,8 @@ class LatencyGrid:
                 entry['calls'].append(dict(curve=cid, dense=[]))
                 continue
             ch = _channel_dim(mod)
-            dense = [mod.out_features, mod.in_features] if isinstance(
-                mod, nn.Linear) else ([mod.out_channels, mod.in_channels]
-                                      if kind == 'conv' else [shape[ch]])
+            # a conv/linear: (C_out, C_in); one axis: the channels it reads
+            dense = module_widths(mod) if kind == 'conv' else [shape[ch]]
             unit = (mod.num_channels // mod.num_groups) if kind == 'gn' \
                 else 1
             low = _lows_of(lows, name, kind, i, dense)
@@ -810,20 +812,96 @@ def _restore_device(model, inputs) -> None:
 
 
 # ------------------------------------------------------- detector helpers
+def default_cache_dir() -> str:
+    """Where measured tables are kept for reuse: ``$MMPRUNE_CACHE/latency``
+    (default ``~/.cache/mmprune/latency``)."""
+    root = os.environ.get('MMPRUNE_CACHE') or osp.join(
+        osp.expanduser('~'), '.cache', 'mmprune')
+    return osp.join(root, 'latency')
+
+
+def cache_name(model: nn.Module, inputs: Sequence[torch.Tensor], backend,
+               graph, settings: dict) -> str:
+    """File name of a table in the cache: a digest of everything that
+    decides it before timing (every parametric leaf's name, config and
+    widths; input shape and dtype; the backend with its device, threads,
+    runs and warm-up; the grid settings; the graph's narrowest widths;
+    torch and the format version). Another machine, thread count or graph
+    gives another name, so a cached table is never one measured for
+    something else (and :func:`measure_grid` checks it again)."""
+    struct = [[n, module_config(m), module_widths(m)]
+              for n, m in model.named_modules() if _parametric(m)]
+    lows = None
+    if graph is not None:
+        raw = _graph_lows(graph)
+        lows = dict(
+            idx={
+                n: {
+                    a: None if v is None else len(v)
+                    for a, v in e.items()
+                }
+                for n, e in sorted(raw['idx'].items())
+            },
+            passing=dict(sorted(raw['passing'].items())))
+    x = inputs[0]
+    key = [
+        FORMAT, VERSION, struct,
+        list(x.shape),
+        str(x.dtype), backend.name, backend.device_kind,
+        backend.device_name(),
+        backend.threads(), backend.runs, backend.warmup,
+        sorted(settings.items()), lows, torch.__version__
+    ]
+    return _digest(key)
+
+
 def measure_grid(model: nn.Module,
                  input_size: Sequence[int],
                  batch: int,
                  backend,
                  graph=None,
+                 cache_dir: Optional[str] = None,
                  **kwargs) -> LatencyGrid:
     """:meth:`LatencyGrid.measure` of a detector's tensor forward at
-    ``input_size`` (H, W) and ``batch``."""
+    ``input_size`` (H, W) and ``batch``.
+
+    With ``cache_dir`` a table measured before for the same model, input,
+    backend, machine, settings and graph (:func:`cache_name`) is read from
+    there instead of timed again (``grid.cached`` then holds its path), and
+    a new one is written there atomically. A cached file that does not load
+    or does not fit is measured again and replaced.
+    """
     from ..adapters.detector import tensor_forward
     was_training = model.training
     model.eval()
     try:
         fn, inputs = tensor_forward(model, tuple(input_size), batch)
-        return LatencyGrid.measure(model, fn, inputs, backend, graph, **kwargs)
+        path = None
+        if cache_dir:
+            settings = {
+                k: kwargs[k]
+                for k in ('points', 'align', 'min_ratio') if k in kwargs
+            }
+            name = cache_name(model, inputs, backend, graph, settings)
+            path = osp.join(cache_dir, name + '.json')
+            if osp.isfile(path):
+                try:
+                    grid = LatencyGrid.load(path)
+                    grid.check(
+                        model,
+                        input_size=input_size,
+                        batch=batch,
+                        backend=backend.name,
+                        threads=backend.threads())
+                    grid.cached = path
+                    return grid
+                except (ValueError, OSError):
+                    pass  # unreadable or not this model's: measure again
+        grid = LatencyGrid.measure(model, fn, inputs, backend, graph, **kwargs)
+        if path is not None:
+            os.makedirs(cache_dir, exist_ok=True)
+            grid.save(path)
+        return grid
     finally:
         model.train(was_training)
 

@@ -51,6 +51,16 @@ def parse_args(argv=None):
         help='torch (and onnxruntime) intra-op threads')
     add_residual_mode_arg(p, 'channel graph deciding which axes can change')
     p.add_argument('--no-progress', action='store_true')
+    p.add_argument(
+        '--cache-dir',
+        default=None,
+        help='reuse a table measured before for the same model, input, '
+        'backend, machine and settings (default: $MMPRUNE_CACHE/latency, '
+        'else ~/.cache/mmprune/latency)')
+    p.add_argument(
+        '--no-cache',
+        action='store_true',
+        help='always measure (and do not write the cache)')
     args = p.parse_args(argv)
     if min(args.input_size) < 32:
         p.error(f'--input-size must be at least 32x32, got {args.input_size}')
@@ -73,7 +83,7 @@ def main(argv=None):
     import mmprune  # noqa: F401
     from mmprune import apis
     from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import measure_grid
+    from mmprune.costs.latency_grid import default_cache_dir, measure_grid
     from mmprune.export import build_detector
 
     torch.set_num_threads(args.threads)
@@ -90,13 +100,18 @@ def main(argv=None):
         args.batch,
         backend,
         graph,
+        cache_dir=None if args.no_cache else
+        (args.cache_dir or default_cache_dir()),
         points=args.points,
         align=args.align,
         progress=not args.no_progress)
     grid.save(args.out)
     m, k = grid.data['meta'], grid.key
+    how = (f'read from the cache ({grid.cached}; measured in '
+           f"{m['seconds']:.1f} s, --no-cache to time again)"
+           if grid.cached else f"timed in {m['seconds']:.1f} s")
     print(f"{len(grid.data['modules'])} layers, {m['curves']} curves, "
-          f"{m['points_timed']} grid points timed in {m['seconds']:.1f} s; "
+          f"{m['points_timed']} grid points {how}; "
           f"dense {m['dense_ms']:.3f} ms ({k['backend']} on "
           f"{k['device_name']}, batch {k['batch']}, {k['input_size']}, "
           f"{k['threads']} threads), written to {args.out}")
