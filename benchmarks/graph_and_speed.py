@@ -10,10 +10,15 @@ For each model it reports:
 * Torch-Pruning 1.6.1 ``DependencyGraph.build_dependency`` time at 640 px
   (if torch-pruning is installed:
   ``pip install --no-deps torch-pruning==1.6.1``);
-* dense vs compact (L1, ``--ratio`` FLOPs kept, BudgetAllocator with its
-  default limits and with the "speed" limits ``max_prune_ratio=0.5,
-  round_to=8``) MACs and CPU latency at the model's usual input size,
-  batch 1, median of N runs, and realized speedup / FLOPs speedup.
+* a compact model pruned to ``--ratio`` of the dense *predicted latency*
+  (:func:`latency_budget_compact`: measured grid table, cached), with its
+  measured ratio;
+* dense vs compact (L1, ``--ratio`` FLOPs kept, each allocator setting of
+  :data:`SETTINGS`, coupled and fine residual mode) and Torch-Pruning's
+  compact model at the same FLOPs (global magnitude,
+  :func:`torch_pruning_compact`): MACs and CPU latency at the model's usual
+  input size, batch 1, median of N interleaved rounds, and realized
+  speedup / FLOPs speedup.
 Results are written atomically as JSON with the machine and versions.
 """
 import argparse
@@ -53,6 +58,10 @@ SETTINGS = {
         cost_measure='latency',
         max_prune_ratio=0.7,
         round_to=16),
+    # FCP's fine residual mode (streams stay whole; writers scatter into
+    # them): the default order on the fine graph
+    'fine':
+    dict(type='BudgetAllocator', residual_mode='fine'),
 }
 
 
@@ -70,7 +79,15 @@ CONFIGS = {
     ('mmdet::retinanet/retinanet_r50_fpn_1x_coco.py', (800, 1344)),
     'faster_rcnn_r50':
     ('mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py', (800, 1344)),
+    # a one-stage detector whose head uses GroupNorm (pruned by whole groups)
+    'atss_r50': ('mmdet::atss/atss_r50_fpn_1x_coco.py', (800, 1344)),
 }
+
+#: Torch-Pruning's compact model beside mmprune's (global magnitude, the
+#: same FLOPs target, prediction layers ignored: benchmarks/tp_peer.py). It
+#: traces at this size: its groups do not depend on the size, and a
+#: full-size trace of an 800x1344 detector costs seconds per bisection step
+TP_TRACE = (256, 256)
 
 
 def build(name):
@@ -163,7 +180,69 @@ def graph_times(name, model=None):
     return rec
 
 
-def run_model(name, ratio, runs):
+def torch_pruning_compact(model, ratio, size, dense_flops) -> dict:
+    """Torch-Pruning's compact copy of ``model`` at ``ratio`` of the dense
+    FLOPs: ``dict(model, allocator, tp_ratio, compact_gmacs)``, or
+    ``dict(error=...)`` when it is not installed or cannot prune it (the
+    two-stage tensor forward, for one, needs image metas it does not
+    pass)."""
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        return dict(error='torch-pruning is not installed')
+    from benchmarks.tp_peer import find_ratio, tp_prune
+    from mmprune import apis
+    try:
+        found = find_ratio(
+            model, 'magnitude', ratio, size, dense_flops, trace_size=TP_TRACE)
+        compact = copy.deepcopy(model)
+        tp_prune(compact, 'magnitude', found['ratio'], TP_TRACE)
+    except Exception as e:  # noqa: BLE001  (recorded, not hidden)
+        return dict(error=f'{type(e).__name__}: {e}'[:500])
+    return dict(
+        model=compact.eval(),
+        allocator='Torch-Pruning 1.6 global magnitude (MetaPruner)',
+        tp_ratio=found['ratio'],
+        compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
+
+
+def latency_budget_compact(model, graph, scores, ratio, size) -> dict:
+    """mmprune's compact copy at ``ratio`` of the dense *predicted
+    latency* (``budget='latency'``, L1, the default order): the measured
+    grid table of :mod:`mmprune.costs.latency_grid` (torch eager, batch 1,
+    this machine, this thread count; read from the cache when timed before)
+    predicts every candidate. Returns ``dict(model, compact_gmacs,
+    predicted_ratio, table_seconds, table_cached)``; the caller times it."""
+    from mmprune import apis
+    from mmprune.allocators import BudgetAllocator
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import default_cache_dir, measure_grid
+    grid = measure_grid(
+        model,
+        size,
+        1,
+        make_backend('torch'),
+        graph,
+        cache_dir=default_cache_dir(),
+        progress=False)
+    cost = apis.cost_model(model, size)
+    cost.latency = grid
+    keep = BudgetAllocator(
+        ratio, budget='latency').allocate(model, graph, scores, cost)
+    compact = copy.deepcopy(model)
+    apis.prune(compact, apis.make_plan(graph, keep), graph)
+    return dict(
+        model=compact.eval(),
+        allocator=dict(type='BudgetAllocator', budget='latency'),
+        residual_mode='coupled',
+        compact_gmacs=apis.cost_model(compact, size).flops() / 1e9,
+        predicted_ratio=grid.predict(graph, keep) / grid.predict(graph),
+        table_seconds=grid.data['meta']['seconds'],
+        table_points=grid.data['meta']['points_timed'],
+        table_cached=bool(grid.cached))
+
+
+def run_model(name, ratio, runs, latency_budget=True):
     from mmprune import apis
     from mmprune.adapters import tensor_forward
     from mmprune.criteria import L1Criterion
@@ -179,15 +258,33 @@ def run_model(name, ratio, runs):
     scores = L1Criterion().score(model, graph)
     fns = {'dense': fn_d}
     rec['settings'] = {}
+    graphs, all_scores = {'coupled': graph}, {'coupled': scores}
     for label, kw in SETTINGS.items():
+        kw = dict(kw)
+        mode = kw.pop('residual_mode', 'coupled')
+        if mode not in graphs:
+            graphs[mode] = apis.analyze(model, mode)
+            all_scores[mode] = L1Criterion().score(model, graphs[mode])
+        g = graphs[mode]
         alloc = build_from(ALLOCATORS, dict(kw, ratio=ratio), 'allocator')
-        keep = alloc.allocate(model, graph, scores, cost)
+        keep = alloc.allocate(model, g, all_scores[mode], cost)
         compact = copy.deepcopy(model)
-        apis.prune(compact, apis.make_plan(graph, keep), graph)
+        apis.prune(compact, apis.make_plan(g, keep), g)
         rec['settings'][label] = dict(
             allocator=kw,
+            residual_mode=mode,
             compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
         fns[label] = tensor_forward(compact, size)[0]
+    if latency_budget:
+        rec['settings']['latency_budget'] = r = latency_budget_compact(
+            model, graph, scores, ratio, size)
+        fns['latency_budget'] = tensor_forward(r.pop('model'), size)[0]
+    tp = torch_pruning_compact(model, ratio, size, rec['dense_gmacs'] * 1e9)
+    if 'error' in tp:
+        rec['torch_pruning_prune_error'] = tp['error']
+    else:
+        fns['torch_pruning'] = tensor_forward(tp.pop('model'), size)[0]
+        rec['settings']['torch_pruning'] = tp
     # interleaved rounds: every variant sees the same machine noise
     lat = latencies(fns, x[0], runs)
     rec['dense_latency_s'] = lat['dense']
@@ -197,6 +294,10 @@ def run_model(name, ratio, runs):
         r['realized_speedup'] = lat['dense'] / lat[label]
         r['realized_over_flops'] = r['realized_speedup'] / \
             r['flops_speedup']
+    if latency_budget:
+        r = rec['settings']['latency_budget']
+        r['measured_ratio'] = lat['latency_budget'] / lat['dense']
+        r['measured_over_target'] = r['measured_ratio'] / ratio
     return rec
 
 
@@ -208,6 +309,11 @@ def main():
         default=['yolox_s', 'retinanet_r50'],
         choices=sorted(CONFIGS))
     p.add_argument('--ratio', type=float, default=0.5)
+    p.add_argument(
+        '--no-latency-budget',
+        action='store_true',
+        help='skip the latency-budget model (its grid table is timed '
+        'first, or read from the cache)')
     p.add_argument('--runs', type=int, default=5)
     p.add_argument(
         '--threads',
@@ -235,7 +341,7 @@ def main():
         runs=a.runs,
         results=[])
     for m in a.models:
-        r = run_model(m, a.ratio, a.runs)
+        r = run_model(m, a.ratio, a.runs, not a.no_latency_budget)
         print(json.dumps(r))
         res['results'].append(r)
     os.makedirs(osp.dirname(a.out) or '.', exist_ok=True)
