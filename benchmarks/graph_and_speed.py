@@ -206,17 +206,22 @@ def torch_pruning_compact(model, ratio, size, dense_flops) -> dict:
         compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
 
 
-def latency_budget_compact(model, graph, scores, ratio, size) -> dict:
+def latency_budget_compact(model, graph, scores, ratio, size, runs) -> dict:
     """mmprune's compact copy at ``ratio`` of the dense *predicted
     latency* (``budget='latency'``, L1, the default order): the measured
     grid table of :mod:`mmprune.costs.latency_grid` (torch eager, batch 1,
     this machine, this thread count; read from the cache when timed before)
-    predicts every candidate. Returns ``dict(model, compact_gmacs,
-    predicted_ratio, table_seconds, table_cached)``; the caller times it."""
+    predicts every candidate; up to three rounds of prune, measure (``runs``
+    interleaved rounds) and correct the predicted target close the loop.
+    Returns ``dict(model, calibration, compact_gmacs, predicted_ratio,
+    table_seconds, table_cached)``; the caller times the model again beside
+    the others."""
     from mmprune import apis
     from mmprune.allocators import BudgetAllocator
     from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import default_cache_dir, measure_grid
+    from mmprune.costs.latency import calibrate_latency
+    from mmprune.costs.latency_grid import (default_cache_dir, measure_grid,
+                                            measure_models)
     grid = measure_grid(
         model,
         size,
@@ -227,11 +232,32 @@ def latency_budget_compact(model, graph, scores, ratio, size) -> dict:
         progress=False)
     cost = apis.cost_model(model, size)
     cost.latency = grid
-    keep = BudgetAllocator(
-        ratio, budget='latency').allocate(model, graph, scores, cost)
-    compact = copy.deepcopy(model)
-    apis.prune(compact, apis.make_plan(graph, keep), graph)
+    backend = make_backend('torch')
+
+    def allocate(r):
+        return BudgetAllocator(
+            r, budget='latency').allocate(model, graph, scores, cost)
+
+    def compact_of(keep):
+        compact = copy.deepcopy(model)
+        apis.prune(compact, apis.make_plan(graph, keep), graph)
+        return compact.eval()
+
+    def measure(keep):
+        t = measure_models(
+            dict(dense=model, pruned=compact_of(keep)),
+            size,
+            1,
+            backend,
+            runs=runs)
+        return t['pruned']['median_ms'] / t['dense']['median_ms']
+
+    # the table alone (round 1), then corrected by what this machine
+    # measures (mmprune.costs.latency.calibrate_latency)
+    keep, rounds = calibrate_latency(ratio, allocate, measure, rounds=3)
+    compact = compact_of(keep)
     return dict(
+        calibration=rounds,
         model=compact.eval(),
         allocator=dict(type='BudgetAllocator', budget='latency'),
         residual_mode='coupled',
@@ -277,7 +303,7 @@ def run_model(name, ratio, runs, latency_budget=True):
         fns[label] = tensor_forward(compact, size)[0]
     if latency_budget:
         rec['settings']['latency_budget'] = r = latency_budget_compact(
-            model, graph, scores, ratio, size)
+            model, graph, scores, ratio, size, runs)
         fns['latency_budget'] = tensor_forward(r.pop('model'), size)[0]
     tp = torch_pruning_compact(model, ratio, size, rec['dense_gmacs'] * 1e9)
     if 'error' in tp:

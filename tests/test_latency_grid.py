@@ -383,14 +383,22 @@ def test_prune_cli_latency_ratio(tmp_path):
         ])
     cli = load_tool(osp.join(ROOT, 'tools', 'prune.py'), 'prune_cli_lat')
     work = str(tmp_path / 'w')
-    report = cli.main([
+    args = [
         YOLOX, '--latency-ratio', '0.8', '--latency-table', table,
         '--input-size', '96', '96', '--round-to', '8', '--latency-runs', '2',
         '--work-dir', work
-    ])
+    ]
+    report = cli.main(args + ['--calibrate-rounds', '0'])
     lat = report['latency']
     assert report['budget'] == 'latency' and lat['ratio_target'] == 0.8
     assert lat['predicted_ms'] <= lat['target_ms'] + 1e-9
+    assert 'calibration' not in lat
+    # calibrated: every round measured the compact model beside the dense
+    # one, and the first round allocated at the target itself
+    rounds = cli.main(args +
+                      ['--calibrate-rounds', '2'])['latency']['calibration']
+    assert 1 <= len(rounds) <= 2 and rounds[0]['predicted_target'] == 0.8
+    assert all(r['measured_ratio'] > 0 for r in rounds)
     assert lat['measured_ms'] > 0 and lat['dense_measured_ms'] > 0
     assert lat['table']['input_size'] == [96, 96]
     assert report['flops_after'] < report['flops_before']
@@ -447,3 +455,26 @@ def test_grid_kinds_come_from_the_layer_table():
     finally:
         L.LAYER_KINDS = old
     assert LG.layer_kind(nn.GroupNorm(2, 8), (x, )) == 'gn'
+
+
+def test_calibration_closes_the_loop_on_the_measured_ratio():
+    """``calibrate_latency`` corrects the predicted target by what the
+    device measures: a device 0.1 slower than the table everywhere (plan
+    r measures r + 0.1) is met within tolerance in two rounds, and the
+    plan kept is the one that meets the budget, not the last or the
+    first."""
+    from mmprune.costs.latency import calibrate_latency
+    plan, rounds = calibrate_latency(0.5, lambda r: r, lambda p: p + 0.1)
+    assert [round(r['predicted_target'], 4) for r in rounds] == [0.5, 0.4167]
+    assert abs(plan + 0.1 - 0.5) <= 0.05 * 0.5 and plan < 0.5
+    # a device the table overestimates: the target goes up, never above 1
+    plan, rounds = calibrate_latency(
+        0.9, lambda r: r, lambda p: 0.5 * p, rounds=3)
+    assert max(r['predicted_target'] for r in rounds) == 1.0
+    assert plan == 1.0  # the closest measured ratio (0.5) that fits
+    # nothing within tolerance: keep the closest plan that is not above it
+    seen = iter([0.7, 0.45, 0.56])
+    plan, rounds = calibrate_latency(0.5, lambda r: r, lambda p: next(seen))
+    assert len(rounds) == 3 and plan == rounds[1]['predicted_target']
+    with pytest.raises(ValueError, match='target'):
+        calibrate_latency(0, lambda r: r, lambda p: p)

@@ -75,6 +75,12 @@ def parse_args(argv=None):
         type=int,
         help='latency batch (default: the table\'s, or 1)')
     p.add_argument(
+        '--calibrate-rounds',
+        type=int,
+        default=3,
+        help='latency budget: rounds of prune, measure, correct the '
+        'predicted target (0: trust the table)')
+    p.add_argument(
         '--latency-runs',
         type=int,
         default=10,
@@ -117,6 +123,9 @@ def parse_args(argv=None):
         p.error(f'--latency-ms must be > 0, got {args.latency_ms}')
     if args.batch is not None and args.batch < 1:
         p.error(f'--batch must be >= 1, got {args.batch}')
+    if args.calibrate_rounds < 0:
+        p.error(f'--calibrate-rounds must be >= 0, got '
+                f'{args.calibrate_rounds}')
     args.budget = 'flops' if args.flops_ratio is not None else 'latency'
     if args.round_to < 1:
         p.error(f'--round-to must be >= 1, got {args.round_to}')
@@ -215,6 +224,32 @@ def latency_budget(args, model, graph, size):
         ratio_target=ratio)
 
 
+def compact_ratio_fn(lat, graph, dense_model, size, runs):
+    """``measure(keep)`` -> measured compact / dense latency of the plan
+    ``keep`` (interleaved rounds on the table's backend and batch), or None
+    when that backend cannot run here (a CUDA table on a CPU machine)."""
+    from mmprune import apis
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import measure_models
+    try:
+        backend = make_backend(lat['backend'])
+    except RuntimeError:
+        return None
+
+    def measure(keep):
+        compact = copy.deepcopy(dense_model)
+        apis.prune(compact, apis.make_plan(graph, keep), graph)
+        times = measure_models(
+            dict(dense=dense_model, pruned=compact),
+            size,
+            lat['batch'],
+            backend,
+            runs=runs)
+        return times['pruned']['median_ms'] / times['dense']['median_ms']
+
+    return measure
+
+
 def latency_measured(args, lat, grid, graph, keep, models, size):
     """Predicted vs measured latency of the dense and compact models on
     this machine (median of ``--latency-runs`` interleaved rounds, with the
@@ -252,6 +287,7 @@ def main(argv=None):
     from mmprune import apis
     from mmprune.adapters import compare_with_reference, reference_outputs
     from mmprune.allocators import AdaptiveAllocator, BudgetAllocator
+    from mmprune.costs.latency import calibrate_latency
     from mmprune.pruners.masking import build_mask
     from mmprune.runtime.rebuild import build_detector, load_pruned_detector
     from mmprune.utils.io import (atomic_write, write_json_atomic,
@@ -286,16 +322,30 @@ def main(argv=None):
         max_prune_ratio=args.max_prune_ratio,
         round_to=args.round_to)
     limits['budget'] = args.budget
-    if args.order == 'score':
-        allocator = BudgetAllocator(ratio, **limits)
+
+    def allocate(r):
+        if args.order == 'score':
+            allocator = BudgetAllocator(r, **limits)
+        else:
+            allocator = AdaptiveAllocator(
+                r,
+                cost_weight=1.0,
+                normalize='median',
+                cost_measure='budget' if args.order == 'flops' else 'latency',
+                **limits)
+        return allocator.allocate(model, graph, scores, cost)
+
+    measure = None
+    if args.budget == 'latency' and args.calibrate_rounds > 0:
+        measure = compact_ratio_fn(lat, graph, dense_model, size,
+                                   args.latency_runs)
+    if measure is not None:
+        # the table predicts, the device decides: correct the predicted
+        # target until the measured ratio meets the budget
+        keep, lat['calibration'] = calibrate_latency(ratio, allocate, measure,
+                                                     args.calibrate_rounds)
     else:
-        allocator = AdaptiveAllocator(
-            ratio,
-            cost_weight=1.0,
-            normalize='median',
-            cost_measure='budget' if args.order == 'flops' else 'latency',
-            **limits)
-    keep = allocator.allocate(model, graph, scores, cost)
+        keep = allocate(ratio)
     plan = apis.make_plan(graph, keep)
     # masked vs compact on the same random input (the input size of the
     # FLOPs count): the cut must change nothing but the zeroed channels;
