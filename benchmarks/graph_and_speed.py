@@ -206,7 +206,13 @@ def torch_pruning_compact(model, ratio, size, dense_flops) -> dict:
         compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
 
 
-def latency_budget_compact(model, graph, scores, ratio, size, runs) -> dict:
+def latency_budget_compact(model,
+                           graph,
+                           scores,
+                           ratio,
+                           size,
+                           runs,
+                           points=5) -> dict:
     """mmprune's compact copy at ``ratio`` of the dense *predicted
     latency* (``budget='latency'``, L1, the default order): the measured
     grid table of :mod:`mmprune.costs.latency_grid` (torch eager, batch 1,
@@ -229,6 +235,7 @@ def latency_budget_compact(model, graph, scores, ratio, size, runs) -> dict:
         make_backend('torch'),
         graph,
         cache_dir=default_cache_dir(),
+        points=points,
         progress=False)
     cost = apis.cost_model(model, size)
     cost.latency = grid
@@ -264,11 +271,12 @@ def latency_budget_compact(model, graph, scores, ratio, size, runs) -> dict:
         compact_gmacs=apis.cost_model(compact, size).flops() / 1e9,
         predicted_ratio=grid.predict(graph, keep) / grid.predict(graph),
         table_seconds=grid.data['meta']['seconds'],
+        grid_points=points,
         table_points=grid.data['meta']['points_timed'],
         table_cached=bool(grid.cached))
 
 
-def run_model(name, ratio, runs, latency_budget=True):
+def run_model(name, ratio, runs, latency_budget=True, grid_points=5):
     from mmprune import apis
     from mmprune.adapters import tensor_forward
     from mmprune.criteria import L1Criterion
@@ -303,7 +311,7 @@ def run_model(name, ratio, runs, latency_budget=True):
         fns[label] = tensor_forward(compact, size)[0]
     if latency_budget:
         rec['settings']['latency_budget'] = r = latency_budget_compact(
-            model, graph, scores, ratio, size, runs)
+            model, graph, scores, ratio, size, runs, grid_points)
         fns['latency_budget'] = tensor_forward(r.pop('model'), size)[0]
     tp = torch_pruning_compact(model, ratio, size, rec['dense_gmacs'] * 1e9)
     if 'error' in tp:
@@ -336,6 +344,12 @@ def main():
         choices=sorted(CONFIGS))
     p.add_argument('--ratio', type=float, default=0.5)
     p.add_argument(
+        '--grid-points',
+        type=int,
+        default=5,
+        help='widths per axis of the latency table (fewer: faster to '
+        'measure on a large model)')
+    p.add_argument(
         '--no-latency-budget',
         action='store_true',
         help='skip the latency-budget model (its grid table is timed '
@@ -367,7 +381,8 @@ def main():
         runs=a.runs,
         results=[])
     for m in a.models:
-        r = run_model(m, a.ratio, a.runs, not a.no_latency_budget)
+        r = run_model(m, a.ratio, a.runs, not a.no_latency_budget,
+                      a.grid_points)
         print(json.dumps(r))
         res['results'].append(r)
     os.makedirs(osp.dirname(a.out) or '.', exist_ok=True)
