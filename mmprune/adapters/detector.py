@@ -3,36 +3,34 @@
 Two things, by design (everything else is traced):
 
 1. Which modules must keep their output width: prediction convs/linears,
-   whose width is fixed by classes, boxes, objectness, centerness or anchors.
+   whose width is fixed by classes, boxes, objectness, centerness or anchors
+   (each family names its own, :mod:`mmprune.adapters.families`).
    The tracer also pins whatever reaches the model output, so this list is a
    second line of defence for heads whose outputs are post-processed inside
    the tensor forward (the RPN of a two-stage detector).
 2. How to run a detector's tensor forward on a dummy batch, and which static
    width attributes to refresh after surgery.
 """
-import re
 from typing import Callable, List, Tuple
 
 import torch
 import torch.nn as nn
 
-# last name component of prediction layers in mmdet 3.x heads
-_PREDICTION = re.compile(
-    r'(^|\.)(multi_level_conv_(cls|reg|obj)|conv_(cls|reg|obj|centerness)|'
-    r'retina_(cls|reg)|rpn_(cls|reg)|fc_(cls|reg)|atss_(cls|reg|centerness)|'
-    r'gfl_(cls|reg)|vfnet_(cls|reg|reg_refine)|conv_logits|'
-    r'fcos_(cls|reg|centerness))(\.\d+)?$')
+from .families import family_of, prediction_pattern
 
 
 def fixed_output_module(name: str, module: nn.Module) -> bool:
-    """True for prediction layers (their output width never changes)."""
-    return bool(_PREDICTION.search(name))
+    """True for prediction layers (their output width never changes): the
+    names every registered family declares
+    (:mod:`mmprune.adapters.families`)."""
+    return bool(prediction_pattern().search(name))
 
 
 def is_two_stage(model) -> bool:
     """A two-stage detector (an RPN feeding RoI heads): its tensor forward
     needs image meta and runs the RPN's proposal selection."""
-    return hasattr(model, 'rpn_head') and hasattr(model, 'roi_head')
+    family = family_of(model)
+    return family is not None and family.two_stage
 
 
 def tensor_forward(model: nn.Module,
