@@ -98,21 +98,27 @@ def quality_jobs(preset: dict,
     q = preset['quality']
     jobs = []
     for protocol in q.get('protocols', ('scratch', )):
-        for model, m in q['models'].items():
-            ref = None
+        refs = {}
+        for model in q['models']:
+            refs[model] = None
             if protocol == 'trained':
                 if not references or model not in references:
                     raise ValueError(f'protocol trained: no reference job '
                                      f'for {model}')
                 r = references[model]
-                ref = dict(
+                refs[model] = dict(
                     job=r['id'],
                     key=r['key'],
                     checkpoint=r['checkpoint'],
                     record=r['out'])
-            epochs = model_setting(q, model, 'epochs')
-            for budget in q['budgets']:
-                for seed in seeds_for(q, budget):
+        # seed-major order: an interrupted bench (--resume spans sessions)
+        # holds whole seeds of every model and the first budget before the
+        # second, not every seed of one model and none of the next
+        for budget in q['budgets']:
+            for seed in seeds_for(q, budget):
+                for model, m in q['models'].items():
+                    ref = refs[model]
+                    epochs = model_setting(q, model, 'epochs')
                     for method in m['methods']:
                         if method in BUDGET_FREE and \
                                 budget != q['budgets'][0]:
