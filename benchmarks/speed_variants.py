@@ -25,33 +25,23 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from benchmarks.graph_and_speed import SETTINGS  # noqa: E402
+
+# graph_and_speed's settings with other limits (mpr: max_prune_ratio,
+# r: round_to)
 VARIANTS = {
     'budget_mpr0.5_r8':
-    dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=8),
+    SETTINGS['speed'],
     'budget_mpr0.5_r16':
-    dict(type='BudgetAllocator', max_prune_ratio=0.5, round_to=16),
+    dict(SETTINGS['speed'], round_to=16),
     'budget_mpr0.4_r16':
-    dict(type='BudgetAllocator', max_prune_ratio=0.4, round_to=16),
+    dict(SETTINGS['speed'], max_prune_ratio=0.4, round_to=16),
     'cost_aware_r16':
-    dict(
-        type='AdaptiveAllocator',
-        cost_weight=1.0,
-        max_prune_ratio=0.5,
-        round_to=16),
+    dict(SETTINGS['cost_aware'], round_to=16),
     'latency_aware_mpr0.5_r16':
-    dict(
-        type='AdaptiveAllocator',
-        cost_weight=1.0,
-        cost_measure='latency',
-        max_prune_ratio=0.5,
-        round_to=16),
+    dict(SETTINGS['latency_aware'], max_prune_ratio=0.5),
     'latency_aware_mpr0.7_r16':
-    dict(
-        type='AdaptiveAllocator',
-        cost_weight=1.0,
-        cost_measure='latency',
-        max_prune_ratio=0.7,
-        round_to=16),
+    SETTINGS['latency_aware'],
 }
 SPP_GROUP = 'backbone.stage4.1.conv1.conv'  # YOLOX CSPDarknet's SPP input
 

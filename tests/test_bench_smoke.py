@@ -8,6 +8,7 @@ The full suites are far too slow for tests; ``benchmarks/run.py --preset
 smoke`` exercises every path and its results (``benchmarks/results/smoke``)
 feed the report test here.
 """
+import copy
 import json
 import os.path as osp
 import shutil
@@ -22,6 +23,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import methods as M  # noqa: E402
 from benchmarks import report as R  # noqa: E402
+from benchmarks.presets import PRESETS  # noqa: E402
 
 SMOKE_RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'smoke')
 
@@ -159,25 +161,16 @@ def test_both_protocols_latency_and_report(tmp_path):
     from benchmarks.reference import run_job as run_reference
     from benchmarks.run import quality_latency, select
     from mmprune.utils.io import write_json_atomic
-    preset = dict(
-        name='test',
-        quality=dict(
-            protocols=('trained', 'scratch'),
-            data=dict(
-                difficulty='easy',
-                size=64,
-                num_train=8,
-                num_val=4,
-                num_classes=10,
-                seed=0),
-            epochs=2,
-            batch_size=4,
-            budgets=(0.5, ),
-            seeds=(0, ),
-            reference=dict(epochs=1, seed=0),
-            models=dict(
-                yolox_tiny=dict(methods=('dense', 'l1_uniform', 'random'))),
-            latency_runs=2))
+
+    # the smoke preset, smaller still: 64 px, 8 + 4 images, one model
+    preset = copy.deepcopy(PRESETS['smoke'])
+    preset['name'] = 'test'
+    q = preset['quality']
+    q['data'].update(size=64, num_train=8, num_val=4)
+    q['reference'] = dict(epochs=1, seed=0)
+    q['models'] = dict(
+        yolox_tiny=dict(methods=('dense', 'l1_uniform', 'random')))
+    q['latency_runs'] = 2
     data = prepare_data(str(tmp_path / 'data'), preset['quality']['data'])
     out = tmp_path / 'results'
     refs = reference_jobs(preset, str(out), str(tmp_path / 'work'), data,

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from test_stack_e2e import coco_dataset
 
 from mmprune.costs.flops import CostModel
 from mmprune.criteria import BlendedCriterion
@@ -550,15 +551,8 @@ def test_search_tool_on_faster_rcnn(tmp_path, mmdet_config, synth_data):
             dict(type='Resize', scale=size, keep_ratio=True),
             dict(type='PackDetInputs')
         ]
-        return dict(
-            type='CocoDataset',
-            data_root=synth_data['coco_root'],
-            ann_file=f'annotations/instances_{split}2017.json',
-            data_prefix=dict(img=f'{split}2017/'),
-            metainfo=dict(classes=classes),
-            filter_cfg=dict(filter_empty_gt=False),
-            test_mode=test_mode,
-            pipeline=pipeline)
+        return coco_dataset(synth_data['coco_root'], classes, split, pipeline,
+                            test_mode)
 
     def loader(dataset, batch_size):
         return dict(

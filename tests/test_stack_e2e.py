@@ -89,6 +89,20 @@ def _loader(dataset, batch_size, shuffle):
         dataset=dataset)
 
 
+def coco_dataset(coco_root, classes, split, pipeline, test_mode):
+    """mmdet's CocoDataset over the synthetic set's ``split`` (images
+    without boxes kept, so a tiny set stays whole)."""
+    return dict(
+        type='CocoDataset',
+        data_root=coco_root,
+        ann_file=f'annotations/instances_{split}2017.json',
+        data_prefix=dict(img=f'{split}2017/'),
+        metainfo=dict(classes=classes),
+        filter_cfg=dict(filter_empty_gt=False),
+        test_mode=test_mode,
+        pipeline=pipeline)
+
+
 def yolox_coco_cfg(load_cfg, synth, work_dir, max_epochs=1):
     """YOLOX-tiny from mmdet's config, on the synthetic COCO set at 128 px."""
     cfg = load_cfg(YOLOX_CFG)
@@ -119,15 +133,7 @@ def yolox_coco_cfg(load_cfg, synth, work_dir, max_epochs=1):
     ]
 
     def coco(split, pipeline, test_mode):
-        return dict(
-            type='CocoDataset',
-            data_root=coco_root,
-            ann_file=f'annotations/instances_{split}2017.json',
-            data_prefix=dict(img=f'{split}2017/'),
-            metainfo=dict(classes=classes),
-            filter_cfg=dict(filter_empty_gt=False),
-            test_mode=test_mode,
-            pipeline=pipeline)
+        return coco_dataset(coco_root, classes, split, pipeline, test_mode)
 
     cfg.train_dataloader = _loader(
         coco('train', train_pipeline, False), batch_size=4, shuffle=True)
