@@ -224,8 +224,8 @@ def latency_budget_compact(model,
     the others."""
     from mmprune import apis
     from mmprune.allocators import BudgetAllocator
-    from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency import calibrate_latency
+    from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import (default_cache_dir, measure_grid,
                                             measure_models)
     grid = measure_grid(
