@@ -39,8 +39,7 @@ def test_real_detectors_find_their_family(mmdet_config, mmdet_registry):
     want = {
         'yolox/yolox_tiny_8xb8-300e_coco.py': ('yolox', False),
         'retinanet/retinanet_r18_fpn_1x_coco.py': ('one_stage', False),
-        'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py':
-        ('two_stage', True),
+        'faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py': ('two_stage', True),
     }
     with DefaultScope.overwrite_default_scope('mmdet'):
         for path, (family, two) in want.items():
