@@ -39,6 +39,13 @@ def quiet(cfg):
     return cfg
 
 
+def method_cfg(fixtures, max_epochs, **hook):
+    """``quiet(pruning_cfg(...))``: YOLOX-tiny on the synthetic set with a
+    ChannelPruningHook of ``hook`` (``fixtures``: mmdet_config, synth_data
+    and the work dir)."""
+    return quiet(pruning_cfg(*fixtures, max_epochs=max_epochs, **hook))
+
+
 class RecordAfterEpoch(Hook):
     """Records the FLOPs ratio after each epoch (after the pruning hook)."""
     priority = 'LOW'
@@ -86,18 +93,14 @@ def test_per_event_flops_follow_the_preset_ramp(method, ramp, tmp_path,
     value (written out here, not read from the hook), within the
     allocator's one-unit tolerance; the other ramp is far off."""
     soft = method == 'acp_tp'  # TPP: removal one epoch after selection
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=4,
-            method=method,
-            target=0.5,
-            begin=1,
-            end=3,
-            interval=1,
-            scoring_batches=1))
+    cfg = method_cfg((mmdet_config, synth_data, tmp_path),
+                     4,
+                     method=method,
+                     target=0.5,
+                     begin=1,
+                     end=3,
+                     interval=1,
+                     scoring_batches=1)
     runner = Runner.from_cfg(cfg)
     rec = RecordAfterEpoch()
     runner.register_hook(rec)
@@ -158,17 +161,13 @@ def test_regularizer_term_is_logged_and_moves_its_gradients(
         method, tmp_path, mmdet_config, synth_data):
     # batch 1: 8 iterations per epoch, so TPP's lambda (+delta every 10
     # steps, reaching 1 at the cut two epochs after the selection) rises
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=3,
-            method=method,
-            target=0.7,
-            begin=1,
-            end=1,
-            interval=2))
+    cfg = method_cfg((mmdet_config, synth_data, tmp_path),
+                     3,
+                     method=method,
+                     target=0.7,
+                     begin=1,
+                     end=1,
+                     interval=2)
     cfg.train_dataloader.batch_size = 1
     # NOTE: lambda jumps 0 -> 0.625 -> 1 in this 16-iteration window, and
     # lw_opp=1000 then diverges at the config's lr 0.01: a small lr keeps
@@ -224,13 +223,8 @@ def test_preset_criterion_decides_the_kept_set(method, tmp_path, mmdet_config,
             scoring_batches=1)
         if crit:
             hook['criterion'] = crit
-        cfg = quiet(
-            pruning_cfg(
-                mmdet_config,
-                synth_data,
-                tmp_path / str(crit),
-                max_epochs=2,
-                **hook))
+        cfg = method_cfg((mmdet_config, synth_data, tmp_path / str(crit)), 2,
+                         **hook)
         runner = Runner.from_cfg(cfg)
         runner.train()
         ph = pruning_hook(runner)
@@ -263,17 +257,13 @@ def test_resumed_acp_tp_continues_the_same_lambda_trajectory(
     """Issue 14 item 4: the window's delta must come back on --resume."""
 
     def cfg_for(work):
-        cfg = quiet(
-            pruning_cfg(
-                mmdet_config,
-                synth_data,
-                work,
-                max_epochs=3,
-                method='acp_tp',
-                target=0.7,
-                begin=1,
-                end=1,
-                interval=2))
+        cfg = method_cfg((mmdet_config, synth_data, work),
+                         3,
+                         method='acp_tp',
+                         target=0.7,
+                         begin=1,
+                         end=1,
+                         interval=2)
         cfg.train_dataloader.batch_size = 1  # 8 iterations per epoch
         cfg.optim_wrapper.optimizer.lr = 1e-4  # see the test above
         return cfg
@@ -308,17 +298,13 @@ def test_method_without_begin_uses_the_preset_schedule_rescaled(
     """ACP-TP's 18 events after epochs 30..200 of 300 become events after
     epochs 1 and 2 of a 3-epoch run (removal after 2 and 3), not a single
     event after epoch 1."""
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=3,
-            method='acp_tp',
-            target=0.6,
-            begin=None,
-            end=None,
-            interval=None))
+    cfg = method_cfg((mmdet_config, synth_data, tmp_path),
+                     3,
+                     method='acp_tp',
+                     target=0.6,
+                     begin=None,
+                     end=None,
+                     interval=None)
     runner = Runner.from_cfg(cfg)
     ph = pruning_hook(runner)
     assert ph.schedule is None  # resolved against max_epochs
@@ -331,16 +317,12 @@ def test_method_without_begin_uses_the_preset_schedule_rescaled(
 
 def test_preset_without_an_epoch_schedule_asks_for_begin(
         tmp_path, mmdet_config, synth_data):
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=2,
-            method='bpc',
-            begin=None,
-            end=None,
-            interval=None))
+    cfg = method_cfg((mmdet_config, synth_data, tmp_path),
+                     2,
+                     method='bpc',
+                     begin=None,
+                     end=None,
+                     interval=None)
     runner = Runner.from_cfg(cfg)
     with pytest.raises(ValueError, match=r"method='bpc'.*set begin="):
         runner.train()
@@ -356,18 +338,14 @@ def test_data_driven_scoring_after_one_short_epoch(method, tmp_path,
     before BN's running statistics mean anything. The scoring pass uses
     batch statistics, and leaves the running ones untouched."""
     from mmprune.hooks.channel_pruning_hook import ChannelPruningHook
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=1,
-            method=method,
-            target=0.7,
-            begin=1,
-            end=1,
-            interval=1,
-            scoring_batches=2))
+    cfg = method_cfg((mmdet_config, synth_data, tmp_path),
+                     1,
+                     method=method,
+                     target=0.7,
+                     begin=1,
+                     end=1,
+                     interval=1,
+                     scoring_batches=2)
     # full learning rate from the first step (no warm-up): two steps move
     # the weights, and the running statistics (momentum 0.03) lag far
     # behind; an eval-mode scoring pass then overflows
@@ -442,16 +420,13 @@ def test_lrp_relevance_prunes_a_relu_retinanet_in_training(
 
 def test_lrp_relevance_refuses_silu_yolox_before_training(
         tmp_path, mmdet_config, synth_data):
-    cfg = quiet(
-        pruning_cfg(
-            mmdet_config,
-            synth_data,
-            tmp_path,
-            max_epochs=1,
-            method='gcp_frs',
-            begin=1,
-            end=1,
-            criterion=dict(type='FeatureRelevanceCriterion', relevance='lrp')))
+    cfg = method_cfg(
+        (mmdet_config, synth_data, tmp_path),
+        1,
+        method='gcp_frs',
+        begin=1,
+        end=1,
+        criterion=dict(type='FeatureRelevanceCriterion', relevance='lrp'))
     runner = Runner.from_cfg(cfg)
     with pytest.raises(
             NotImplementedError,
@@ -484,18 +459,14 @@ def test_bpc_searches_the_blend_in_training_and_resume_reuses_it(
     calls, uniform = [], []
 
     def cfg_for(work):
-        return quiet(
-            pruning_cfg(
-                mmdet_config,
-                synth_data,
-                work,
-                max_epochs=2,
-                method='bpc',
-                target=0.7,
-                begin=1,
-                end=2,
-                interval=1,
-                search=TINY_SEARCH))
+        return method_cfg((mmdet_config, synth_data, work),
+                          2,
+                          method='bpc',
+                          target=0.7,
+                          begin=1,
+                          end=2,
+                          interval=1,
+                          search=TINY_SEARCH)
 
     first = Runner.from_cfg(cfg_for(tmp_path))
     ph = pruning_hook(first)
