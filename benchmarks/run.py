@@ -68,6 +68,14 @@ def parse_args(argv=None):
         help="default: the preset's suites (all for most)")
     p.add_argument('--preset', default='session', choices=sorted(PRESETS))
     p.add_argument(
+        '--seeds',
+        type=int,
+        nargs='+',
+        default=None,
+        help="run these seeds at every budget instead of the preset's "
+        '(more seeds for a comparison; with --only, alongside a running '
+        'bench: its environment goes to env_seeds.json)')
+    p.add_argument(
         '--resume',
         action='store_true',
         help='skip jobs whose result JSON is already there')
@@ -393,6 +401,9 @@ def main(argv=None) -> int:
     if device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda: torch.cuda.is_available() is False')
     preset = get_preset(args.preset, args.difficulty)
+    if args.seeds:
+        preset['quality']['seeds'] = tuple(args.seeds)
+        preset['quality'].pop('seeds_by_budget', None)
     suites = args.suites or list(preset.get('suites', SUITES))
     tag = args.preset + ('_cuda' if device == 'cuda' else '')
     results_dir = osp.abspath(
@@ -473,7 +484,9 @@ def main(argv=None) -> int:
         threads=args.threads,
         argv=sys.argv[1:] if argv is None else list(argv),
         preset_settings=preset)
-    write_json_atomic(env, osp.join(results_dir, 'env.json'))
+    write_json_atomic(
+        env,
+        osp.join(results_dir, 'env_seeds.json' if args.seeds else 'env.json'))
     failed = 0
     if jobs.get('quality'):
         done = run_jobs(jobs['quality'], parallel, log_dir, child_env,
