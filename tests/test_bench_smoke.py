@@ -278,6 +278,22 @@ def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
     # the backbone-only row runs once per seed, not once per budget
     assert 'retinanet_r18__tr__f50__l1_backbone__s2' in ids
     assert not any('f30__l1_backbone' in i for i in ids)
+    # --seeds replaces every budget's seeds (extra seeds beside a bench)
+    assert main([
+        '--preset', 'session', '--list', '--seeds', '3', '--only',
+        'yolox_tiny__tr__*__bpc__*', '--out',
+        str(tmp_path), '--work-dir',
+        str(tmp_path), '--ref-cache',
+        str(tmp_path / 'cache')
+    ]) == 0
+    extra = [
+        line.split('\t')[1] for line in capsys.readouterr().out.splitlines()
+        if line.startswith('quality\t')
+    ]
+    assert sorted(extra) == [
+        'reference__yolox_tiny', 'yolox_tiny__tr__f30__bpc__s3',
+        'yolox_tiny__tr__f50__bpc__s3'
+    ]
     wall = float(text.split('estimated ')[1].split(' min')[0])
     assert wall <= 150, text
     assert schedule([], 2)['wall_seconds'] == 0
