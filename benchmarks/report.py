@@ -37,7 +37,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks.methods import (ALL_METHODS, FLOOR_METHOD, LABELS,
+from benchmarks.methods import (ALL_METHODS, BUDGET_FREE, FLOOR_METHOD, LABELS,
                                 MMPRUNE_METHODS, PEER_METHODS)
 from benchmarks.stats import mean_std, paired_difference
 
@@ -226,8 +226,11 @@ def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
     """The best pruning method against the random floor: discriminative
     when its mean beats random's by more than the larger seed std."""
     rand = by.get(FLOOR_METHOD)
-    top = _best(rows,
-                [m for m in ALL_METHODS if m not in ('dense', FLOOR_METHOD)])
+    top = _best(
+        rows,
+        # methods at the table's budget only (not the backbone-only
+        # row, whose FLOPs do not follow it)
+        [m for m in ALL_METHODS if m not in BUDGET_FREE + (FLOOR_METHOD, )])
     rec = dict(
         floor=rand and rand['mAP'],
         top=top and top['method'],
