@@ -227,7 +227,7 @@ def latency_budget_compact(model,
     from mmprune.costs.latency import calibrate_latency
     from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import (default_cache_dir, measure_grid,
-                                            measure_models)
+                                            measured_ratio)
     grid = measure_grid(
         model,
         size,
@@ -251,13 +251,7 @@ def latency_budget_compact(model,
         return compact.eval()
 
     def measure(keep):
-        t = measure_models(
-            dict(dense=model, pruned=compact_of(keep)),
-            size,
-            1,
-            backend,
-            runs=runs)
-        return t['pruned']['median_ms'] / t['dense']['median_ms']
+        return measured_ratio(model, compact_of(keep), size, 1, backend, runs)
 
     # the table alone (round 1), then corrected by what this machine
     # measures (mmprune.costs.latency.calibrate_latency)

@@ -230,7 +230,7 @@ def compact_ratio_fn(lat, graph, dense_model, size, runs):
     when that backend cannot run here (a CUDA table on a CPU machine)."""
     from mmprune import apis
     from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import measure_models
+    from mmprune.costs.latency_grid import measured_ratio
     try:
         backend = make_backend(lat['backend'])
     except RuntimeError:
@@ -239,13 +239,8 @@ def compact_ratio_fn(lat, graph, dense_model, size, runs):
     def measure(keep):
         compact = copy.deepcopy(dense_model)
         apis.prune(compact, apis.make_plan(graph, keep), graph)
-        times = measure_models(
-            dict(dense=dense_model, pruned=compact),
-            size,
-            lat['batch'],
-            backend,
-            runs=runs)
-        return times['pruned']['median_ms'] / times['dense']['median_ms']
+        return measured_ratio(dense_model, compact, size, lat['batch'],
+                              backend, runs)
 
     return measure
 

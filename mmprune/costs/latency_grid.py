@@ -906,6 +906,20 @@ def measure_grid(model: nn.Module,
         model.train(was_training)
 
 
+def measured_ratio(dense: nn.Module,
+                   compact: nn.Module,
+                   input_size: Sequence[int],
+                   batch: int,
+                   backend,
+                   runs: int = 20) -> float:
+    """Measured compact / dense latency on ``backend``: both detectors
+    timed in the same interleaved rounds (:func:`measure_models`), the
+    ratio of their medians (what a latency budget is checked against)."""
+    t = measure_models(
+        dict(dense=dense, pruned=compact), input_size, batch, backend, runs)
+    return t['pruned']['median_ms'] / t['dense']['median_ms']
+
+
 def measure_models(models: Dict[str, nn.Module],
                    input_size: Sequence[int],
                    batch: int,
