@@ -18,6 +18,14 @@ Methods:
   (seeded with the run's seed) with the same global allocator, coupled
   mode and one-shot cut as ``l1_coupled``: any criterion worth its cost
   must beat it by more than the seeds' spread.
+* ``bpc_latency``: BPC with a *latency* budget (``budget='latency'``, the
+  hook's latency-aware order, :func:`mmprune.hooks.settings.latency_order`)
+  at the latency the FLOPs-budget BPC rows measured
+  (:data:`LATENCY_MATCH`), from a grid table the run measures first
+  (batch 1, torch eager, its thread count, cached per machine): issue 13's
+  "at equal measured latency, a latency budget keeps at least the mAP of a
+  FLOPs budget". The final models of both are timed in the same rounds, so
+  the table shows whether the latencies really are equal.
 * ``l1_backbone``: ``l1_coupled`` with the neck and head left dense
   (``exclude_groups``), at the lowest FLOPs that scope reaches
   (:data:`BACKBONE_ONLY_TARGET`), whatever the table's budget: the row
@@ -60,8 +68,9 @@ PEER_METHODS = ('l1_uniform', 'tp_magnitude', 'tp_taylor')
 RESIDUAL_METHODS = ('l1_coupled', 'l1_fine')
 FLOOR_METHOD = 'random'
 BACKBONE_ONLY = 'l1_backbone'
+LATENCY_BUDGET = 'bpc_latency'
 ALL_METHODS = ('dense', ) + PEER_METHODS + MMPRUNE_METHODS + \
-    RESIDUAL_METHODS + (FLOOR_METHOD, BACKBONE_ONLY)
+    RESIDUAL_METHODS + (FLOOR_METHOD, BACKBONE_ONLY, LATENCY_BUDGET)
 #: methods whose FLOPs do not follow the table's budget (run once)
 BUDGET_FREE = ('dense', BACKBONE_ONLY)
 #: the groups ``l1_backbone`` leaves whole (group names are their first
@@ -72,6 +81,12 @@ NECK_AND_HEAD = (r'^neck\.', r'^(bbox|rpn)_head\.', r'^roi_head\.')
 #: by ``reachable_cost``; tests/test_bench_methods.py checks it still holds
 BACKBONE_ONLY_TARGET = 0.87
 PROTOCOLS = ('trained', 'scratch')
+#: FLOPs budget -> the latency fraction ``bpc_latency`` targets there: the
+#: dense-relative latency the FLOPs-budget ``bpc`` runs measured in the
+#: committed session run (YOLOX-tiny, 128 px, batch 1, torch, one thread:
+#: 15.1 / 21.1 ms at 50 %, 12.4 / 21.1 ms at 30 %;
+#: benchmarks/results/session/results.md)
+LATENCY_MATCH = {0.5: 0.72, 0.3: 0.59}
 
 LABELS = dict(
     dense='dense',
@@ -85,7 +100,8 @@ LABELS = dict(
     l1_coupled='L1 global, coupled residuals',
     l1_fine='L1 global, fine residuals (readers gather)',
     random='random channels (floor)',
-    l1_backbone='L1 global, backbone only (lowest reachable FLOPs)')
+    l1_backbone='L1 global, backbone only (lowest reachable FLOPs)',
+    bpc_latency='mmprune BPC, latency budget (at bpc\'s measured latency)')
 
 PRUNE_FRACTION = 0.4
 BEGIN_FRACTION = 0.1
@@ -217,6 +233,23 @@ def method_spec(method: str,
         hook.update(
             criterion=dict(type='RandomCriterion', seed=seed),
             residual_mode='coupled')
+    elif method == LATENCY_BUDGET:
+        key = round(target, 2)
+        if key not in LATENCY_MATCH:
+            raise ValueError(
+                f'{method}: no matched latency for the FLOPs '
+                f'budget {target}; known: {sorted(LATENCY_MATCH)}')
+        hook.update(
+            method='bpc',
+            budget='latency',
+            target=LATENCY_MATCH[key],
+            scoring_batches=min(32, batches_per_epoch))
+        # the run measures the table (benchmarks.quality.latency_table)
+        # and sets hook['latency_table'] to its path before training
+        return dict(
+            kind='mmprune',
+            hook=hook,
+            latency_table=dict(backend='torch', batch=1, points=3))
     else:
         hook['method'] = method
         if method == 'bpc':  # the preset's 32 calibration batches

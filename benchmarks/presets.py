@@ -138,7 +138,8 @@ PRESETS = {
             seeds_by_budget={0.3: (0, )},
             reference=dict(epochs=80, val_interval=8, seed=0),
             models=dict(
-                yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR),
+                yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR +
+                                ('bpc_latency', )),
                 retinanet_r18=dict(
                     methods=('dense', ) + RESNET_MODES + FLOOR +
                     ('l1_backbone', ),
@@ -189,7 +190,8 @@ PRESETS = {
             seeds=(0, 1, 2),
             reference=dict(epochs=150, val_interval=10, seed=0),
             models=dict(
-                yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR),
+                yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR +
+                                ('bpc_latency', )),
                 retinanet_r18=dict(methods=YOLOX_METHODS + RESNET_MODES +
                                    FLOOR)),
             latency_runs=30),

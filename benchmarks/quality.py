@@ -23,6 +23,7 @@ would say more about the neighbour than about the model.
 import copy
 import json
 import math
+import os
 import os.path as osp
 import sys
 import time
@@ -258,6 +259,10 @@ def run_job(job: dict) -> dict:
     protocol = job.get('protocol', 'scratch')
     spec = method_spec(job['method'], job['epochs'], job['budget'], size,
                        batches, protocol, job['seed'])
+    if spec.get('latency_table'):
+        spec['hook']['latency_table'] = latency_table(job,
+                                                      spec['latency_table'],
+                                                      size)
     hooks = [spec['hook']] if spec['kind'] == 'mmprune' else []
     ref = job.get('reference')
     trained = protocol == 'trained'
@@ -358,6 +363,41 @@ def run_job(job: dict) -> dict:
         log_dir=osp.join(job['work_dir'], runner.timestamp))
     write_json_atomic(res, job['out'])
     return res
+
+
+def latency_table(job: dict, how: dict, size) -> str:
+    """Measure (or read from the bench's cache) the latency grid of the
+    job's dense model, save it in the job's folder and return that path:
+    what a user runs with ``tools/analysis/latency_table.py`` before
+    training with ``budget='latency'``. The cache is keyed by the model,
+    input, backend, machine and thread count (every seed of a table reuses
+    one timing)."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
+
+    from benchmarks.train_config import build_train_config
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import measure_grid
+    cfg = build_train_config(job['model'], job['data'], job['size'], 1,
+                             job['batch_size'], job['seed'], job['work_dir'],
+                             [])
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(copy.deepcopy(cfg.model))
+    torch.set_num_threads(job['threads'])
+    cache = osp.join(
+        osp.dirname(osp.dirname(job['work_dir'])), 'latency_tables')
+    grid = measure_grid(
+        model,
+        size,
+        how['batch'],
+        make_backend(how['backend']),
+        cache_dir=cache,
+        points=how['points'])
+    os.makedirs(job['work_dir'], exist_ok=True)
+    path = osp.join(job['work_dir'], 'latency_table.json')
+    grid.save(path)
+    return path
 
 
 def _check_reference(ref: dict) -> None:

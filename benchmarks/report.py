@@ -38,7 +38,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.methods import (ALL_METHODS, BUDGET_FREE, FLOOR_METHOD, LABELS,
-                                MMPRUNE_METHODS, PEER_METHODS)
+                                LATENCY_BUDGET, MMPRUNE_METHODS, PEER_METHODS)
 from benchmarks.stats import mean_std, paired_difference
 
 QUALITY_BUDGET = 0.5
@@ -47,6 +47,9 @@ PEER_MARGIN = 1.0  # mAP points
 SPEED_TARGETS = {'coupled': 0.9, 'fine': 0.85}
 #: below this dense mAP (points) a quality comparison is not informative
 MEANINGFUL_MAP = 1.0
+#: measured latencies this close (relative) count as equal: the spread of
+#: one model timed twice in the bench's rounds on a shared 2-core machine
+LATENCY_EQUAL = 0.03
 
 
 # ------------------------------------------------------------------- load
@@ -218,8 +221,28 @@ def quality_targets(tables: Dict[tuple, List[dict]]) -> List[dict]:
         rec['fine_vs_coupled'] = _paired(fine, coupled)
         rec['fine_ge_coupled'] = None if not (fine and coupled) else \
             fine['mAP'] >= coupled['mAP']
+        rec.update(_latency_vs_flops(by))
         out.append(rec)
     return out
+
+
+def _latency_vs_flops(by: Dict[str, dict]) -> dict:
+    """BPC with a latency budget against BPC with the FLOPs budget (issue
+    13): the paired mAP difference, each one's measured latency, and the
+    verdict "at no more latency, at least the mAP" (None when either is
+    missing or unmeasured)."""
+    lat, flops = by.get(LATENCY_BUDGET), by.get('bpc')
+    rec = dict(
+        latency_vs_flops=_paired(lat, flops),
+        latency_ms=lat and lat.get('latency_ms'),
+        flops_budget_ms=flops and flops.get('latency_ms'),
+        latency_ge_flops=None)
+    if lat and flops and rec['latency_ms'] and rec['flops_budget_ms']:
+        # equal latency within the timing noise, or faster; a slower
+        # latency-budget model is not a comparison at equal latency
+        if rec['latency_ms'] <= rec['flops_budget_ms'] * (1 + LATENCY_EQUAL):
+            rec['latency_ge_flops'] = lat['mAP'] >= flops['mAP']
+    return rec
 
 
 def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
@@ -229,8 +252,11 @@ def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
     top = _best(
         rows,
         # methods at the table's budget only (not the backbone-only
-        # row, whose FLOPs do not follow it)
-        [m for m in ALL_METHODS if m not in BUDGET_FREE + (FLOOR_METHOD, )])
+        # row, whose FLOPs do not follow it, nor the latency budget's)
+        [
+            m for m in ALL_METHODS if m not in BUDGET_FREE +
+            (FLOOR_METHOD, LATENCY_BUDGET)
+        ])
     rec = dict(
         floor=rand and rand['mAP'],
         top=top and top['method'],
@@ -427,6 +453,14 @@ def _stats_md(targets: List[dict]) -> List[str]:
         if t['fine_vs_coupled']:
             L.append(pre + 'L1 fine − L1 coupled residuals | '
                      f"{_ci(t['fine_vs_coupled'])} |")
+        if t['latency_vs_flops']:
+            L.append(pre + 'BPC latency budget − BPC FLOPs budget '
+                     f"({_f(t['latency_ms'], '.1f')} vs "
+                     f"{_f(t['flops_budget_ms'], '.1f')} ms measured; at "
+                     f"equal latency (±{LATENCY_EQUAL:.0%}), at least the "
+                     f"mAP: "
+                     f"{_verdict(t['latency_ge_flops'])}) | "
+                     f"{_ci(t['latency_vs_flops'])} |")
     L.append('')
     for t in targets:
         if t['discriminative'] is False:

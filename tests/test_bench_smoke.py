@@ -106,6 +106,47 @@ def test_quality_targets_use_paired_intervals_and_the_floor():
         t['fine_vs_coupled']['low'] is None
 
 
+def test_latency_budget_row_is_bpc_at_its_matched_latency():
+    """``bpc_latency``: BPC's criterion with a latency budget at the
+    latency the FLOPs-budget BPC rows measured, a table to measure first,
+    and a report comparison that needs both mAP and measured latency."""
+    spec = M.method_spec(M.LATENCY_BUDGET, 6, 0.5, (128, 128), 40, 'trained',
+                         1)
+    h = spec['hook']
+    assert h['method'] == 'bpc' and h['budget'] == 'latency'
+    assert h['target'] == M.LATENCY_MATCH[0.5] != 0.5
+    assert spec['latency_table'] == dict(backend='torch', batch=1, points=3)
+    assert h['begin'] == h['end'] == 1 and h['by_epoch'] is False
+    with pytest.raises(ValueError, match='no matched latency'):
+        M.method_spec(M.LATENCY_BUDGET, 6, 0.7, (128, 128), 40, 'trained')
+    flops = dict(_row('bpc', {0: 29.0, 1: 30.0}), latency_ms=15.0)
+    lat = dict(_row('bpc_latency', {0: 29.5, 1: 30.5}), latency_ms=14.8)
+    dense = dict(_row('dense', {0: 33.0, 1: 33.0}), latency_ms=21.0)
+    t, = _targets([dense, flops, lat])
+    assert t['latency_vs_flops']['mean'] == pytest.approx(0.5)
+    assert t['latency_ge_flops'] is True
+    # not the best mmprune method at equal FLOPs, nor the floor's top
+    assert t['best'] == 'bpc' and t['top'] == 'bpc'
+    assert 'BPC latency budget − BPC FLOPs budget' in '\n'.join(
+        R._stats_md([t]))
+    # equal within the timing noise (3 %): the mAP decides
+    t, = _targets([dense, flops, dict(lat, latency_ms=15.3)])
+    assert t['latency_ge_flops'] is True
+    t, = _targets([
+        dense, flops,
+        dict(_row('bpc_latency', {
+            0: 28.0,
+            1: 30.0
+        }), latency_ms=15.0)
+    ])
+    assert t['latency_ge_flops'] is False
+    # slower than the band: not a comparison at equal latency
+    t, = _targets([dense, flops, dict(lat, latency_ms=15.6)])
+    assert t['latency_ge_flops'] is None
+    t, = _targets([dense, flops, dict(lat, latency_ms=None)])
+    assert t['latency_ge_flops'] is None  # not timed: no verdict
+
+
 @pytest.mark.parametrize('epochs', [1, 2, 3, 5, 8, 12, 30, 100])
 def test_schedules_fit_the_epochs(epochs):
     p = M.prune_epoch(epochs)
@@ -271,7 +312,7 @@ def test_session_plan_fits_and_has_the_protocol(capsys, tmp_path):
                     for s in (0, 1, 2)} <= set(ids)
         assert f'{model}__tr__f30__random__s0' in ids
         assert f'{model}__tr__f30__random__s1' not in ids
-    for method in M.PEER_METHODS + M.MMPRUNE_METHODS:
+    for method in M.PEER_METHODS + M.MMPRUNE_METHODS + (M.LATENCY_BUDGET, ):
         assert f'yolox_tiny__tr__f50__{method}__s2' in ids
     for method in M.RESIDUAL_METHODS:
         assert f'retinanet_r18__tr__f50__{method}__s2' in ids

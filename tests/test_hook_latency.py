@@ -61,6 +61,9 @@ def test_hook_prunes_to_a_latency_budget_and_resumes_without_the_file(
     with pytest.raises(_Stop):
         first.train()
     ph = pruning_hook(first)
+    # no allocator given: the latency budget's order is latency-aware
+    assert ph.allocator_cfg['type'] == 'AdaptiveAllocator'
+    assert ph.allocator_cfg['cost_measure'] == 'latency'
     dense = grid.total_ms
     assert ph.state['dense_cost'] == pytest.approx(dense)
     assert ph.state['latency_grid'] == json.load(open(table))
@@ -109,3 +112,35 @@ def test_latency_budget_refuses_a_missing_or_mismatched_table(
             match=r'input size \[96, 96\], but \[128, 128\]'):
         runner.train()
     assert runner.iter == 0
+
+
+def test_latency_budget_makes_a_methods_order_latency_aware():
+    """budget='latency' without an explicit allocator: every preset's
+    allocator (BPC's uniform one, FCP's global threshold, ACP-TP's and
+    GCP-FRS's adaptive ramps) becomes the latency-aware global order,
+    keeping the preset's ramp and limits and the method's criterion; an
+    allocator given explicitly is kept, and FLOPs budgets are untouched."""
+    from mmprune.hooks.settings import resolve
+    for method in ('bpc', 'fcp', 'acp_tp', 'gcp_frs'):
+        flops = resolve(method=method, begin=1, by_epoch=False)
+        lat = resolve(
+            method=method,
+            budget='latency',
+            latency_table='t.json',
+            begin=1,
+            by_epoch=False)
+        a = lat['allocator_cfg']
+        assert a['type'] == 'AdaptiveAllocator', method
+        assert a['cost_measure'] == 'latency' and a['cost_weight'] == 1.0
+        assert a['budget'] == 'latency'
+        assert a.get('ramp') == flops['allocator_cfg'].get('ramp'), method
+        for k in ('min_keep', 'max_prune_ratio', 'round_to'):
+            assert a[k] == flops['allocator_cfg'][k], (method, k)
+        assert type(lat['criterion']) is type(flops['criterion'])
+        assert flops['allocator_cfg'].get('cost_measure') != 'latency'
+    own = resolve(
+        budget='latency',
+        latency_table='t.json',
+        allocator=dict(type='BudgetAllocator'))
+    assert own['allocator_cfg']['type'] == 'BudgetAllocator'
+    assert own['allocator_cfg']['budget'] == 'latency'

@@ -478,3 +478,66 @@ def test_calibration_closes_the_loop_on_the_measured_ratio():
     assert len(rounds) == 3 and plan == rounds[1]['predicted_target']
     with pytest.raises(ValueError, match='target'):
         calibrate_latency(0, lambda r: r, lambda p: p)
+
+
+def test_paired_ratio_gives_an_interval_and_within_decides_only_by_it():
+    """The median of per-round ratios under a load that rises through the
+    measurement (every round slower than the last), the distribution-free
+    interval from the sorted ratios (none below six rounds), and
+    ``within`` deciding only when the interval does."""
+    from mmprune.costs.latency import paired_ratio, within
+    drift = [10.0 * (1 + i / 10) for i in range(10)]
+    per_round = [0.60, 0.40, 0.55, 0.48, 0.50, 0.49, 0.51, 0.52, 0.45, 0.50]
+    st = paired_ratio(drift, [d * r for d, r in zip(drift, per_round)])
+    assert st['ratio'] == pytest.approx(0.50) and st['n'] == 10
+    # n = 10: the 2nd and 9th order statistics cover the median at >= 95 %
+    # (the 3rd and 8th only at 89 %)
+    assert st['low'] == pytest.approx(0.45)
+    assert st['high'] == pytest.approx(0.55)
+    assert within(st, 0.5, 0.05) is None  # 0.45 < 0.475: cannot tell
+    assert within(st, 0.5, 0.2) is True
+    assert within(st, 0.9, 0.05) is False
+    few = paired_ratio([1.0] * 5, [0.5] * 5)
+    assert few['ratio'] == 0.5 and few['low'] is None
+    assert within(few, 0.5, 0.05) is None
+    assert paired_ratio([1.0] * 6, [0.5] * 6)['low'] == 0.5
+    with pytest.raises(ValueError, match='same non-zero number of rounds'):
+        paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_latency_order_sees_time_through_a_stepped_table():
+    """A measured grid is stepped: kernels pad widths to multiples of 8, so
+    one channel less often saves nothing. The latency-aware order must
+    still rank groups by the time their channels save (here b's cost 10x
+    a's per padded channel), not see zero savings everywhere."""
+    from mmprune.allocators import AdaptiveAllocator
+    model = Net().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = build_channel_graph(model, model, [x])
+    per = {'a': 1.0, 'b': 10.0}
+
+    class SteppedTable:
+
+        def predict(self, graph, keep=None):
+            keep = keep or {}
+            ms = 0.0
+            for g in graph.prunable_groups():
+                w = len(keep.get(g.name, range(g.width)))
+                ms += per.get(g.name, 0.0) * (-(-w // 8) * 8)
+            return ms
+
+    cost = CostModel(model, model, [x])
+    cost.latency = SteppedTable()
+    flat = {g.name: torch.ones(g.width) for g in graph.prunable_groups()}
+    assert set(flat) == {'a', 'b'}
+    keep = AdaptiveAllocator(
+        0.8,
+        budget='latency',
+        cost_weight=1.0,
+        cost_measure='latency',
+        min_keep=1,
+        max_prune_ratio=0.9).allocate(model, graph, flat, cost)
+    assert len(keep.get('b', range(48))) < 48
+    assert len(keep.get('a', range(64))) == 64
+    assert cost.latency.predict(graph, keep) <= \
+        0.8 * cost.latency.predict(graph) + 1e-9

@@ -179,6 +179,8 @@ def latency_budget(args, model, graph, size):
     ``--latency-table`` and checked against the model, or measured here),
     the budget as a fraction of its dense prediction, and what the report
     needs."""
+    import torch
+
     from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import (LatencyGrid, default_cache_dir,
                                             measure_grid)
@@ -190,6 +192,8 @@ def latency_budget(args, model, graph, size):
         except ValueError as e:  # LatencyTableMismatch names the field
             raise SystemExit(f'--latency-table: {e}')
         backend_name, batch = grid.key['backend'], grid.key['batch']
+        # time the compact model as the table was timed
+        torch.set_num_threads(grid.key['threads'])
     else:
         backend_name, batch = args.backend or 'torch', args.batch or 1
         try:
@@ -219,9 +223,19 @@ def latency_budget(args, model, graph, size):
     return grid, ratio, dict(
         backend=backend_name,
         batch=batch,
+        threads=grid.key['threads'],
         dense_predicted_ms=dense_ms,
         target_ms=ratio * dense_ms,
         ratio_target=ratio)
+
+
+def timing_backend(lat):
+    """The backend that times dense vs compact: the table's, with its
+    thread count (onnxruntime's is its own setting)."""
+    from mmprune.costs.latency_backends import make_backend
+    kw = dict(threads=lat['threads']) \
+        if lat['backend'] == 'onnxruntime' else {}
+    return make_backend(lat['backend'], **kw)
 
 
 def compact_ratio_fn(lat, graph, dense_model, size, runs):
@@ -229,10 +243,9 @@ def compact_ratio_fn(lat, graph, dense_model, size, runs):
     ``keep`` (interleaved rounds on the table's backend and batch), or None
     when that backend cannot run here (a CUDA table on a CPU machine)."""
     from mmprune import apis
-    from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import measured_ratio
     try:
-        backend = make_backend(lat['backend'])
+        backend = timing_backend(lat)
     except RuntimeError:
         return None
 
@@ -249,8 +262,8 @@ def latency_measured(args, lat, grid, graph, keep, models, size):
     """Predicted vs measured latency of the dense and compact models on
     this machine (median of ``--latency-runs`` interleaved rounds, with the
     grid's backend, batch and input size)."""
-    from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import measure_models
+    from mmprune.costs.latency import within
+    from mmprune.costs.latency_grid import ratio_stats
     out = dict(
         lat,
         predicted_ms=grid.predict(graph, keep),
@@ -260,15 +273,26 @@ def latency_measured(args, lat, grid, graph, keep, models, size):
         dense_measured_ms=None,
         runs=args.latency_runs)
     try:
-        backend = make_backend(lat['backend'])
+        backend = timing_backend(lat)
     except RuntimeError as e:  # e.g. a CUDA table used on a CPU machine
         out['not_measured'] = str(e)
         return out
-    times = measure_models(
-        models, size, lat['batch'], backend, runs=args.latency_runs)
-    out['dense_measured_ms'] = times['dense']['median_ms']
-    out['measured_ms'] = times['pruned']['median_ms']
-    out['measured_ratio'] = out['measured_ms'] / out['dense_measured_ms']
+    st = ratio_stats(
+        models['dense'],
+        models['pruned'],
+        size,
+        lat['batch'],
+        backend,
+        runs=args.latency_runs)
+    out['dense_measured_ms'] = st['dense_ms']
+    out['measured_ms'] = st['compact_ms']
+    # the median of per-round ratios (each round times both models back to
+    # back under the same load) and its distribution-free interval
+    out['measured_ratio'] = st['ratio']
+    out['measured_ratio_interval'] = [st['low'], st['high']]
+    # the budget met within 5 %: True/False when the interval decides it,
+    # None when it straddles an edge of the band (too noisy to tell)
+    out['within_5pct'] = within(st, lat['ratio_target'], 0.05)
     out['measured_on'] = backend.device_name()
     return out
 

@@ -149,7 +149,12 @@ class AdaptiveAllocator(BaseAllocator):
                         'tools/prune.py attach one, or use '
                         'mmprune.apis.cost_model(model, size, latency=True)')
                 timed = lambda keep: table.predict(graph, keep)  # noqa: E731
-                weights = self._cost_weights(groups, timed, timed({}))
+                # a measured grid is stepped (kernels pad widths to
+                # multiples of 8): one channel less can save nothing or
+                # sit on a cliff, so time about a quarter of the group,
+                # a multiple of 8 channels
+                weights = self._cost_weights(
+                    groups, timed, timed({}), span=0.25, align=8)
             else:
                 weights = self._cost_weights(groups, measure, base)
         entries = global_entries(gs, self.normalize, weights)
@@ -170,12 +175,28 @@ class AdaptiveAllocator(BaseAllocator):
                                order.round_to, measure, target, order.keep)
         return order.keep(drop)
 
-    def _cost_weights(self, groups, measure, base):
-        """``(delta_g / mean delta)^eta`` per group slot."""
+    def _cost_weights(self,
+                      groups,
+                      measure,
+                      base,
+                      span: float = 0.0,
+                      align: int = 1):
+        """``(delta_g / mean delta)^eta`` per group slot: ``delta_g`` the
+        cost saved per channel when one channel of the group goes, or
+        (``span`` > 0) when about ``span`` of its free channels go, rounded
+        to a multiple of ``align`` (at least ``align``)."""
         delta = []
         for g in groups:
             free = np.nonzero(~np.asarray(g.pinned))[0]
-            kept = np.setdiff1d(np.arange(g.width), free[:1])
-            delta.append(max(base - measure({g.name: kept}), 1e-12))
+            step = 1
+            if span > 0:
+                step = min(
+                    len(free),
+                    max(align,
+                        int(round(len(free) * span / align)) * align))
+                step = max(step, 1)
+            kept = np.setdiff1d(np.arange(g.width), free[:step])
+            saved = (base - measure({g.name: kept})) / step
+            delta.append(max(saved, 1e-12))
         delta = np.asarray(delta, dtype=np.float64)
         return (delta / delta.mean())**self.cost_weight

@@ -6,8 +6,9 @@ burst of load then slows both alike instead of whichever ran during it.
 The caller sets the thread count (``torch.set_num_threads``); batch and
 input are whatever the callables run.
 """
+import math
 import time
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -23,7 +24,9 @@ def measure_latency(fns: Dict[str, Callable[[], Any]],
         warmup (int): untimed rounds first. Defaults to 3.
 
     Returns:
-        dict: name -> ``{'median_ms', 'min_ms', 'runs'}``.
+        dict: name -> ``{'median_ms', 'min_ms', 'runs', 'times_ms'}``,
+        ``times_ms`` in round order (round ``i`` of every name ran back to
+        back, so :func:`paired_ratio` can pair them).
     """
     if runs < 1:
         raise ValueError(f'runs must be >= 1, got {runs}')
@@ -39,12 +42,81 @@ def measure_latency(fns: Dict[str, Callable[[], Any]],
                     times[name].append(time.perf_counter() - t)
     out = {}
     for name, ts in times.items():
-        ts = sorted(ts)
-        mid = len(ts) // 2
-        median = ts[mid] if len(ts) % 2 else (ts[mid - 1] + ts[mid]) / 2
         out[name] = dict(
-            median_ms=median * 1e3, min_ms=ts[0] * 1e3, runs=len(ts))
+            median_ms=_median(ts) * 1e3,
+            min_ms=min(ts) * 1e3,
+            runs=len(ts),
+            times_ms=[t * 1e3 for t in ts])
     return out
+
+
+def _median(xs: Sequence[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def paired_ratio(base_ms: Sequence[float],
+                 other_ms: Sequence[float],
+                 confidence: float = 0.95) -> dict:
+    """``other / base`` from interleaved rounds, with an interval.
+
+    Why per round: on a shared machine the load drifts over a measurement;
+    the two models of one round ran back to back under about the same load,
+    so the per-round ratio cancels the drift that a ratio of two medians
+    taken over the whole measurement keeps. The ratio is the median of the
+    ``n`` per-round ratios, and ``[low, high]`` a distribution-free interval
+    for it: the order statistics ``(k, n + 1 - k)`` of the sorted ratios
+    with the largest ``k`` whose binomial(n, 1/2) coverage is still at least
+    ``confidence`` (None when ``n`` is too small for any, ``n < 6`` at
+    95 %).
+
+    Args:
+        base_ms (Sequence[float]): per-round times of the reference (dense).
+        other_ms (Sequence[float]): per-round times of the other model, the
+            same rounds in the same order.
+        confidence (float): coverage of the interval. Defaults to 0.95.
+
+    Returns:
+        dict: ``ratio``, ``low``, ``high`` (None without an interval),
+        ``n`` and ``confidence``.
+    """
+    if len(base_ms) != len(other_ms) or not base_ms:
+        raise ValueError(f'paired_ratio needs the same non-zero number of '
+                         f'rounds, got {len(base_ms)} and {len(other_ms)}')
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    r = sorted(o / b for b, o in zip(base_ms, other_ms))
+    n = len(r)
+    low = high = None
+    # coverage of [r_(k), r_(n+1-k)] is 1 - 2 P(Binomial(n, 1/2) < k)
+    tail, best = 0.0, None
+    for k in range(1, n // 2 + 1):
+        tail += math.comb(n, k - 1) / 2**n  # P(X <= k - 1)
+        if 1 - 2 * tail >= confidence:
+            best = k
+        else:
+            break
+    if best is not None:
+        low, high = r[best - 1], r[n - best]
+    return dict(
+        ratio=_median(r), low=low, high=high, n=n, confidence=confidence)
+
+
+def within(stats: dict, target: float, tol: float) -> Any:
+    """Whether a :func:`paired_ratio` meets ``target`` within ``tol``
+    (relative): True when its whole interval lies in the band, False when
+    the whole interval lies outside it, None when the interval straddles an
+    edge (the measurement cannot tell on this machine) or there is none."""
+    lo_band, hi_band = target * (1 - tol), target * (1 + tol)
+    low, high = stats.get('low'), stats.get('high')
+    if low is None or high is None:
+        return None
+    if lo_band <= low and high <= hi_band:
+        return True
+    if high < lo_band or low > hi_band:
+        return False
+    return None
 
 
 def calibrate_latency(target: float,

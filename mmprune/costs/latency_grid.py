@@ -912,12 +912,30 @@ def measured_ratio(dense: nn.Module,
                    batch: int,
                    backend,
                    runs: int = 20) -> float:
-    """Measured compact / dense latency on ``backend``: both detectors
-    timed in the same interleaved rounds (:func:`measure_models`), the
-    ratio of their medians (what a latency budget is checked against)."""
+    """Measured compact / dense latency on ``backend`` (what a latency
+    budget is checked against): the ``ratio`` of :func:`ratio_stats`."""
+    return ratio_stats(dense, compact, input_size, batch, backend,
+                       runs)['ratio']
+
+
+def ratio_stats(dense: nn.Module,
+                compact: nn.Module,
+                input_size: Sequence[int],
+                batch: int,
+                backend,
+                runs: int = 20) -> dict:
+    """Compact / dense latency on ``backend``, both detectors timed in the
+    same interleaved rounds (:func:`measure_models`): the median of the
+    per-round ratios with its interval
+    (:func:`mmprune.costs.latency.paired_ratio`), and each model's median
+    ms (``dense_ms``, ``compact_ms``)."""
+    from .latency import paired_ratio
     t = measure_models(
         dict(dense=dense, pruned=compact), input_size, batch, backend, runs)
-    return t['pruned']['median_ms'] / t['dense']['median_ms']
+    out = paired_ratio(t['dense']['times_ms'], t['pruned']['times_ms'])
+    out.update(
+        dense_ms=t['dense']['median_ms'], compact_ms=t['pruned']['median_ms'])
+    return out
 
 
 def measure_models(models: Dict[str, nn.Module],

@@ -78,7 +78,10 @@ class ChannelPruningHook(Hook):
             in (0, 1]. Defaults to 0.5.
         budget (str): ``'flops'``, ``'params'`` or ``'latency'`` (ms
             predicted by ``latency_table``; ``target`` is then a fraction
-            of the dense model's predicted latency). Defaults to 'flops'.
+            of the dense model's predicted latency; without an explicit
+            ``allocator`` the order becomes latency-aware,
+            :func:`mmprune.hooks.settings.latency_order`). Defaults to
+            'flops'.
         latency_table (str, optional): with ``budget='latency'`` (and
             only then, where it is required): a table written by
             ``tools/analysis/latency_table.py`` for this model at

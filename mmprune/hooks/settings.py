@@ -52,6 +52,7 @@ def resolve(method: Optional[str] = None,
                          f"'latency' (budget is {budget!r})")
     preset = get_method(method, family) if method is not None else None
     search = search_options(preset, search, criterion)
+    own_allocator = allocator is not None
     if preset is not None:
         criterion = criterion or preset.criterion
         allocator = allocator or preset.allocator
@@ -93,6 +94,8 @@ def resolve(method: Optional[str] = None,
         raise ValueError(f"allocator budget={alloc_cfg['budget']!r} differs "
                          f'from the hook\'s budget={budget!r}: set budget= '
                          f'on the hook only')
+    if budget == 'latency' and not own_allocator:
+        alloc_cfg = latency_order(alloc_cfg)
     alloc_cfg['ratio'] = 1.0  # set per event
     build_from(ALLOCATORS, alloc_cfg, 'allocator')  # validate now
     regs = [
@@ -142,6 +145,32 @@ def resolve(method: Optional[str] = None,
         derive=derive,
         search=search,
         latency_table=latency_table)
+
+
+def latency_order(alloc_cfg: dict) -> dict:
+    """The allocator of a latency budget when the config names none.
+
+    A method's own allocator orders channels for FLOPs (or, uniform, not
+    across layers at all); under a latency budget that order would spend
+    the time budget where FLOPs go, not where time goes. So a preset's
+    (or the default) allocator becomes the global latency-aware order:
+    :class:`~mmprune.allocators.AdaptiveAllocator` with scores normalised
+    per group and divided by the time one channel's removal saves
+    (``cost_measure='latency'``, predicted by the same measured table as
+    the budget), keeping the preset's ramp and limits. The criterion, the
+    regularisers and the schedule stay the method's. An allocator given
+    explicitly is kept as it is.
+    """
+    out = dict(
+        type='AdaptiveAllocator',
+        normalize='median',
+        cost_weight=1.0,
+        cost_measure='latency')
+    for k in ('ramp', 'min_keep', 'max_prune_ratio', 'round_to', 'budget',
+              'nan_policy', 'fill'):
+        if k in alloc_cfg:
+            out[k] = alloc_cfg[k]
+    return out
 
 
 def search_options(preset, search, criterion) -> Optional[dict]:
