@@ -58,6 +58,17 @@ SETTINGS = {
         cost_measure='latency',
         max_prune_ratio=0.7,
         round_to=16),
+    # the same order from the *measured grid* (mmprune/costs/latency_grid.py:
+    # per-layer times on a width grid, the cliffs of misaligned widths
+    # included), with the `speed` limits: the table a latency budget uses
+    'grid_aware':
+    dict(
+        type='AdaptiveAllocator',
+        cost_weight=1.0,
+        cost_measure='latency',
+        max_prune_ratio=0.5,
+        round_to=8,
+        table='grid'),
     # FCP's fine residual mode (streams stay whole; writers scatter into
     # them): the default order on the fine graph
     'fine':
@@ -67,7 +78,8 @@ SETTINGS = {
 
 def needs_latency(settings) -> bool:
     """Whether any of ``settings`` orders channels by measured latency."""
-    return any(SETTINGS[s].get('cost_measure') == 'latency' for s in settings
+    return any(SETTINGS[s].get('cost_measure') == 'latency'
+               and SETTINGS[s].get('table') != 'grid' for s in settings
                if s in SETTINGS)
 
 
@@ -206,13 +218,30 @@ def torch_pruning_compact(model, ratio, size, dense_flops) -> dict:
         compact_gmacs=apis.cost_model(compact, size).flops() / 1e9)
 
 
+def measured_grid(model, graph, size, points=5):
+    """The torch, batch-1 grid table of ``model`` on this machine (read
+    from the cache when timed before with the same settings)."""
+    from mmprune.costs.latency_backends import make_backend
+    from mmprune.costs.latency_grid import default_cache_dir, measure_grid
+    return measure_grid(
+        model,
+        size,
+        1,
+        make_backend('torch'),
+        graph,
+        cache_dir=default_cache_dir(),
+        points=points,
+        progress=False)
+
+
 def latency_budget_compact(model,
                            graph,
                            scores,
                            ratio,
                            size,
                            runs,
-                           points=5) -> dict:
+                           points=5,
+                           grid=None) -> dict:
     """mmprune's compact copy at ``ratio`` of the dense *predicted
     latency* (``budget='latency'``, L1, the default order): the measured
     grid table of :mod:`mmprune.costs.latency_grid` (torch eager, batch 1,
@@ -226,17 +255,9 @@ def latency_budget_compact(model,
     from mmprune.allocators import BudgetAllocator
     from mmprune.costs.latency import calibrate_latency
     from mmprune.costs.latency_backends import make_backend
-    from mmprune.costs.latency_grid import (default_cache_dir, measure_grid,
-                                            measured_ratio)
-    grid = measure_grid(
-        model,
-        size,
-        1,
-        make_backend('torch'),
-        graph,
-        cache_dir=default_cache_dir(),
-        points=points,
-        progress=False)
+    from mmprune.costs.latency_grid import measured_ratio
+    if grid is None:
+        grid = measured_grid(model, graph, size, points)
     cost = apis.cost_model(model, size)
     cost.latency = grid
     backend = make_backend('torch')
@@ -286,16 +307,24 @@ def run_model(name, ratio, runs, latency_budget=True, grid_points=5):
     scores = L1Criterion().score(model, graph)
     fns = {'dense': fn_d}
     rec['settings'] = {}
+    grid = None
+    if latency_budget or any(
+            kw.get('table') == 'grid' for kw in SETTINGS.values()):
+        grid = measured_grid(model, graph, size, grid_points)
+        grid_cost = apis.cost_model(model, size)
+        grid_cost.latency = grid
     graphs, all_scores = {'coupled': graph}, {'coupled': scores}
     for label, kw in SETTINGS.items():
         kw = dict(kw)
         mode = kw.pop('residual_mode', 'coupled')
+        on_grid = kw.pop('table', None) == 'grid'
         if mode not in graphs:
             graphs[mode] = apis.analyze(model, mode)
             all_scores[mode] = L1Criterion().score(model, graphs[mode])
         g = graphs[mode]
         alloc = build_from(ALLOCATORS, dict(kw, ratio=ratio), 'allocator')
-        keep = alloc.allocate(model, g, all_scores[mode], cost)
+        keep = alloc.allocate(model, g, all_scores[mode],
+                              grid_cost if on_grid else cost)
         compact = copy.deepcopy(model)
         apis.prune(compact, apis.make_plan(g, keep), g)
         rec['settings'][label] = dict(
@@ -305,7 +334,7 @@ def run_model(name, ratio, runs, latency_budget=True, grid_points=5):
         fns[label] = tensor_forward(compact, size)[0]
     if latency_budget:
         rec['settings']['latency_budget'] = r = latency_budget_compact(
-            model, graph, scores, ratio, size, runs, grid_points)
+            model, graph, scores, ratio, size, runs, grid_points, grid)
         fns['latency_budget'] = tensor_forward(r.pop('model'), size)[0]
     tp = torch_pruning_compact(model, ratio, size, rec['dense_gmacs'] * 1e9)
     if 'error' in tp:

@@ -18,7 +18,9 @@ per-round compact/dense ratios with its distribution-free 95 % interval
 (``mmprune.costs.latency.paired_ratio``). "Within 5 %" is PASS when the
 whole interval lies in [0.475, 0.525], FAIL when the whole interval lies
 outside, and "cannot tell" when the interval straddles an edge: on a shared
-2-core VM the same model timed twice can move by more than the band.
+2-core VM the same model timed twice can move by more than the band. The
+1-minute load average before and after each cell is recorded (``load``):
+above 1, another process shared the cores while it was timed.
 
 Each cell runs in its own process with one intra-op thread and writes
 ``<out>/<cell>.json`` atomically; ``--resume`` skips cells already there.
@@ -72,6 +74,7 @@ def run_cell(model, backend, batch, args) -> dict:
     os.makedirs(work, exist_ok=True)
     table = osp.join(work, 'table.json')
     env = dict(os.environ, OMP_NUM_THREADS='1')
+    load_before = os.getloadavg()[0]
     py = sys.executable
     size = ['--input-size', str(h), str(w)]
     t0 = time.perf_counter()
@@ -126,13 +129,21 @@ def run_cell(model, backend, batch, args) -> dict:
         compact_ms=lat.get('measured_ms'),
         runs=lat.get('runs'),
         flops_ratio=report['flops_ratio'],
-        max_rel_diff=report['max_rel_diff'])
+        max_rel_diff=report['max_rel_diff'],
+        # 1-minute load average before the table and after the check: a
+        # load above 1 means another process shared the timing cores
+        loadavg=[load_before, os.getloadavg()[0]])
     write_json_atomic(res, osp.join(args.out, cid + '.json'), indent=1)
     return res
 
 
 def _verdict(v) -> str:
     return {True: '**PASS**', False: '**FAIL**'}.get(v, 'cannot tell')
+
+
+def _load(r: dict) -> str:
+    la = r.get('loadavg')
+    return '–' if not la else f'{la[0]:.1f}–{la[1]:.1f}'
 
 
 def write_report(out: str) -> str:
@@ -154,7 +165,8 @@ def write_report(out: str) -> str:
         'interval].', '',
         '| model | backend | batch | input | table s (points) | predicted | '
         'calibration rounds (measured) | final check | within 5 % | FLOPs '
-        'kept | dense ms |', '|---|---|---|---|---|---|---|---|---|---|---|'
+        'kept | dense ms | load |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|'
     ]
     for r in rows:
         cal = ', '.join(f"{c['measured_ratio']:.3f}"
@@ -168,7 +180,7 @@ def write_report(out: str) -> str:
                  f"{r['table_seconds']:.0f} ({r['table_points_timed']}) | "
                  f"{r['predicted_ratio']:.3f} | {cal} | {final} | "
                  f"{_verdict(r.get('within'))} | {r['flops_ratio']:.3f} | "
-                 f"{r['dense_ms']:.0f} |")
+                 f"{r['dense_ms']:.0f} | {_load(r)} |")
     path = osp.join(out, 'results.md')
     write_text_atomic(path, '\n'.join(L) + '\n')
     return path
