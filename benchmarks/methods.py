@@ -18,14 +18,19 @@ Methods:
   (seeded with the run's seed) with the same global allocator, coupled
   mode and one-shot cut as ``l1_coupled``: any criterion worth its cost
   must beat it by more than the seeds' spread.
-* ``bpc_latency``: BPC with a *latency* budget (``budget='latency'``, the
-  hook's latency-aware order, :func:`mmprune.hooks.settings.latency_order`)
-  at the latency the FLOPs-budget BPC rows measured
-  (:data:`LATENCY_MATCH`), from a grid table the run measures first
-  (batch 1, torch eager, its thread count, cached per machine): issue 13's
+* ``bpc_latency``: BPC with a *latency* budget (``budget='latency'``;
+  BPC's own uniform allocation solved in ms,
+  :func:`mmprune.hooks.settings.latency_order`) at the latency the
+  FLOPs-budget BPC rows measured (:data:`LATENCY_MATCH`), from a grid
+  table the run measures first (batch 1, torch eager, its thread count, cached per machine): issue 13's
   "at equal measured latency, a latency budget keeps at least the mAP of a
   FLOPs budget". The final models of both are timed in the same rounds, so
   the table shows whether the latencies really are equal.
+* ``bpc_latency_global``: the same with the latency-aware *global* order
+  (``AdaptiveAllocator(cost_weight=1, cost_measure='latency')``: scores
+  divided by the time a channel saves, HALP's value per cost), BPC's
+  limits; the hook's default under a latency budget before the first
+  accuracy run showed its cost.
 * ``l1_backbone``: ``l1_coupled`` with the neck and head left dense
   (``exclude_groups``), at the lowest FLOPs that scope reaches
   (:data:`BACKBONE_ONLY_TARGET`), whatever the table's budget: the row
@@ -69,8 +74,11 @@ RESIDUAL_METHODS = ('l1_coupled', 'l1_fine')
 FLOOR_METHOD = 'random'
 BACKBONE_ONLY = 'l1_backbone'
 LATENCY_BUDGET = 'bpc_latency'
+LATENCY_GLOBAL = 'bpc_latency_global'
+#: runs at a latency budget (not the table's FLOPs budget)
+LATENCY_METHODS = (LATENCY_BUDGET, LATENCY_GLOBAL)
 ALL_METHODS = ('dense', ) + PEER_METHODS + MMPRUNE_METHODS + \
-    RESIDUAL_METHODS + (FLOOR_METHOD, BACKBONE_ONLY, LATENCY_BUDGET)
+    RESIDUAL_METHODS + (FLOOR_METHOD, BACKBONE_ONLY) + LATENCY_METHODS
 #: methods whose FLOPs do not follow the table's budget (run once)
 BUDGET_FREE = ('dense', BACKBONE_ONLY)
 #: the groups ``l1_backbone`` leaves whole (group names are their first
@@ -101,7 +109,9 @@ LABELS = dict(
     l1_fine='L1 global, fine residuals (readers gather)',
     random='random channels (floor)',
     l1_backbone='L1 global, backbone only (lowest reachable FLOPs)',
-    bpc_latency='mmprune BPC, latency budget (at bpc\'s measured latency)')
+    bpc_latency='mmprune BPC, latency budget (at bpc\'s measured latency)',
+    bpc_latency_global='mmprune BPC, latency budget, global latency-aware '
+    'order')
 
 PRUNE_FRACTION = 0.4
 BEGIN_FRACTION = 0.1
@@ -233,7 +243,7 @@ def method_spec(method: str,
         hook.update(
             criterion=dict(type='RandomCriterion', seed=seed),
             residual_mode='coupled')
-    elif method == LATENCY_BUDGET:
+    elif method in LATENCY_METHODS:
         key = round(target, 2)
         if key not in LATENCY_MATCH:
             raise ValueError(
@@ -244,6 +254,15 @@ def method_spec(method: str,
             budget='latency',
             target=LATENCY_MATCH[key],
             scoring_batches=min(32, batches_per_epoch))
+        if method == LATENCY_GLOBAL:  # BPC's limits, HALP-like order
+            hook['allocator'] = dict(
+                type='AdaptiveAllocator',
+                normalize='median',
+                cost_weight=1.0,
+                cost_measure='latency',
+                min_keep=8,
+                max_prune_ratio=0.8,
+                round_to=1)
         # the run measures the table (benchmarks.quality.latency_table)
         # and sets hook['latency_table'] to its path before training
         return dict(

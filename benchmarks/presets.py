@@ -139,7 +139,7 @@ PRESETS = {
             reference=dict(epochs=80, val_interval=8, seed=0),
             models=dict(
                 yolox_tiny=dict(methods=YOLOX_METHODS + FLOOR +
-                                ('bpc_latency', )),
+                                ('bpc_latency', 'bpc_latency_global')),
                 retinanet_r18=dict(
                     methods=('dense', ) + RESNET_MODES + FLOOR +
                     ('l1_backbone', ),

@@ -38,7 +38,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.methods import (ALL_METHODS, BUDGET_FREE, FLOOR_METHOD, LABELS,
-                                LATENCY_BUDGET, MMPRUNE_METHODS, PEER_METHODS)
+                                LATENCY_BUDGET, LATENCY_GLOBAL,
+                                LATENCY_METHODS, MMPRUNE_METHODS, PEER_METHODS)
 from benchmarks.stats import mean_std, paired_difference
 
 QUALITY_BUDGET = 0.5
@@ -222,16 +223,19 @@ def quality_targets(tables: Dict[tuple, List[dict]]) -> List[dict]:
         rec['fine_ge_coupled'] = None if not (fine and coupled) else \
             fine['mAP'] >= coupled['mAP']
         rec.update(_latency_vs_flops(by))
+        rec.update(_latency_vs_flops(by, LATENCY_GLOBAL, 'global_'))
         out.append(rec)
     return out
 
 
-def _latency_vs_flops(by: Dict[str, dict]) -> dict:
-    """BPC with a latency budget against BPC with the FLOPs budget (issue
-    13): the paired mAP difference, each one's measured latency, and the
-    verdict "at no more latency, at least the mAP" (None when either is
-    missing or unmeasured)."""
-    lat, flops = by.get(LATENCY_BUDGET), by.get('bpc')
+def _latency_vs_flops(by: Dict[str, dict],
+                      method: str = LATENCY_BUDGET,
+                      prefix: str = '') -> dict:
+    """BPC with a latency budget (``method``) against BPC with the FLOPs
+    budget (issue 13): the paired mAP difference, each one's measured
+    latency, and the verdict "at no more latency, at least the mAP" (None
+    when either is missing or unmeasured); keys start with ``prefix``."""
+    lat, flops = by.get(method), by.get('bpc')
     rec = dict(
         latency_vs_flops=_paired(lat, flops),
         latency_ms=lat and lat.get('latency_ms'),
@@ -242,7 +246,7 @@ def _latency_vs_flops(by: Dict[str, dict]) -> dict:
         # latency-budget model is not a comparison at equal latency
         if rec['latency_ms'] <= rec['flops_budget_ms'] * (1 + LATENCY_EQUAL):
             rec['latency_ge_flops'] = lat['mAP'] >= flops['mAP']
-    return rec
+    return {prefix + k: v for k, v in rec.items()}
 
 
 def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
@@ -255,7 +259,7 @@ def _floor(rows: List[dict], by: Dict[str, dict]) -> dict:
         # row, whose FLOPs do not follow it, nor the latency budget's)
         [
             m for m in ALL_METHODS if m not in BUDGET_FREE +
-            (FLOOR_METHOD, LATENCY_BUDGET)
+            (FLOOR_METHOD, ) + LATENCY_METHODS
         ])
     rec = dict(
         floor=rand and rand['mAP'],
@@ -453,14 +457,16 @@ def _stats_md(targets: List[dict]) -> List[str]:
         if t['fine_vs_coupled']:
             L.append(pre + 'L1 fine − L1 coupled residuals | '
                      f"{_ci(t['fine_vs_coupled'])} |")
-        if t['latency_vs_flops']:
-            L.append(pre + 'BPC latency budget − BPC FLOPs budget '
-                     f"({_f(t['latency_ms'], '.1f')} vs "
-                     f"{_f(t['flops_budget_ms'], '.1f')} ms measured; at "
-                     f"equal latency (±{LATENCY_EQUAL:.0%}), at least the "
-                     f"mAP: "
-                     f"{_verdict(t['latency_ge_flops'])}) | "
-                     f"{_ci(t['latency_vs_flops'])} |")
+        for pfx, what in (('', 'BPC latency budget'),
+                          ('global_', 'BPC latency budget, global order')):
+            if t.get(pfx + 'latency_vs_flops'):
+                L.append(pre + f'{what} − BPC FLOPs budget '
+                         f"({_f(t[pfx + 'latency_ms'], '.1f')} vs "
+                         f"{_f(t[pfx + 'flops_budget_ms'], '.1f')} ms "
+                         f'measured; at equal latency '
+                         f'(±{LATENCY_EQUAL:.0%}), at least the mAP: '
+                         f"{_verdict(t[pfx + 'latency_ge_flops'])}) | "
+                         f"{_ci(t[pfx + 'latency_vs_flops'])} |")
     L.append('')
     for t in targets:
         if t['discriminative'] is False:

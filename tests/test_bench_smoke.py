@@ -147,6 +147,33 @@ def test_latency_budget_row_is_bpc_at_its_matched_latency():
     assert t['latency_ge_flops'] is None  # not timed: no verdict
 
 
+def test_latency_global_row_differs_only_by_its_order():
+    """``bpc_latency_global``: the ``bpc_latency`` run with the global
+    latency-aware allocator given explicitly (the hook keeps BPC's uniform
+    one otherwise), reported as its own comparison and never the best."""
+    base = M.method_spec(M.LATENCY_BUDGET, 6, 0.5, (128, 128), 40, 'trained',
+                         1)
+    spec = M.method_spec(M.LATENCY_GLOBAL, 6, 0.5, (128, 128), 40, 'trained',
+                         1)
+    h = spec['hook']
+    a = h.pop('allocator')
+    assert 'allocator' not in base['hook'] and h == base['hook']
+    assert a['type'] == 'AdaptiveAllocator' and \
+        a['cost_measure'] == 'latency' and a['cost_weight'] == 1.0
+    flops = dict(_row('bpc', {0: 29.0, 1: 30.0}), latency_ms=15.0)
+    glob = dict(
+        _row('bpc_latency_global', {
+            0: 25.0,
+            1: 27.0
+        }), latency_ms=15.2)
+    t, = _targets([flops, glob])
+    assert t['global_latency_vs_flops']['mean'] == pytest.approx(-3.5)
+    assert t['global_latency_ge_flops'] is False
+    assert t['latency_vs_flops'] is None and t['top'] == 'bpc'
+    assert 'BPC latency budget, global order − BPC FLOPs budget' in \
+        '\n'.join(R._stats_md([t]))
+
+
 @pytest.mark.parametrize('epochs', [1, 2, 3, 5, 8, 12, 30, 100])
 def test_schedules_fit_the_epochs(epochs):
     p = M.prune_epoch(epochs)

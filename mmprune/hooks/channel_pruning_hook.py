@@ -78,8 +78,8 @@ class ChannelPruningHook(Hook):
             in (0, 1]. Defaults to 0.5.
         budget (str): ``'flops'``, ``'params'`` or ``'latency'`` (ms
             predicted by ``latency_table``; ``target`` is then a fraction
-            of the dense model's predicted latency; without an explicit
-            ``allocator`` the order becomes latency-aware,
+            of the dense model's predicted latency; the method keeps its
+            allocation and solves that budget from the table,
             :func:`mmprune.hooks.settings.latency_order`). Defaults to
             'flops'.
         latency_table (str, optional): with ``budget='latency'`` (and
