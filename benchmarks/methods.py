@@ -22,10 +22,11 @@ Methods:
   BPC's own uniform allocation solved in ms,
   :func:`mmprune.hooks.settings.latency_order`) at the latency the
   FLOPs-budget BPC rows measured (:data:`LATENCY_MATCH`), from a grid
-  table the run measures first (batch 1, torch eager, its thread count, cached per machine): issue 13's
-  "at equal measured latency, a latency budget keeps at least the mAP of a
-  FLOPs budget". The final models of both are timed in the same rounds, so
-  the table shows whether the latencies really are equal.
+  table the run measures first (batch 1, torch eager, its thread count,
+  cached per machine): issue 13's "at equal measured latency, a latency
+  budget keeps at least the mAP of a FLOPs budget". The final models of
+  both are timed in the same rounds, so the table shows whether the
+  latencies really are equal.
 * ``bpc_latency_global``: the same with the latency-aware *global* order
   (``AdaptiveAllocator(cost_weight=1, cost_measure='latency')``: scores
   divided by the time a channel saves, HALP's value per cost), BPC's
