@@ -269,7 +269,8 @@ def method_spec(method: str,
         return dict(
             kind='mmprune',
             hook=hook,
-            latency_table=dict(backend='torch', batch=1, points=3))
+            latency_table=dict(
+                backend='torch', batch=1, points=3, level_runs=10))
     else:
         hook['method'] = method
         if method == 'bpc':  # the preset's 32 calibration batches

@@ -387,12 +387,15 @@ def latency_table(job: dict, how: dict, size) -> str:
     torch.set_num_threads(job['threads'])
     cache = osp.join(
         osp.dirname(osp.dirname(job['work_dir'])), 'latency_tables')
+    from mmprune import apis
     grid = measure_grid(
         model,
         size,
         how['batch'],
         make_backend(how['backend']),
+        apis.analyze(model),
         cache_dir=cache,
+        level_runs=how.get('level_runs', 0),
         points=how['points'])
     os.makedirs(job['work_dir'], exist_ok=True)
     path = osp.join(job['work_dir'], 'latency_table.json')

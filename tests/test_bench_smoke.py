@@ -115,7 +115,8 @@ def test_latency_budget_row_is_bpc_at_its_matched_latency():
     h = spec['hook']
     assert h['method'] == 'bpc' and h['budget'] == 'latency'
     assert h['target'] == M.LATENCY_MATCH[0.5] != 0.5
-    assert spec['latency_table'] == dict(backend='torch', batch=1, points=3)
+    assert spec['latency_table'] == dict(
+        backend='torch', batch=1, points=3, level_runs=10)
     assert h['begin'] == h['end'] == 1 and h['by_epoch'] is False
     with pytest.raises(ValueError, match='no matched latency'):
         M.method_spec(M.LATENCY_BUDGET, 6, 0.7, (128, 128), 40, 'trained')

@@ -205,7 +205,8 @@ def latency_budget(args, model, graph, size):
                 batch,
                 make_backend(backend_name),
                 graph,
-                cache_dir=default_cache_dir())
+                cache_dir=default_cache_dir(),
+                level_runs=args.latency_runs)
             if grid.cached:
                 print(f'latency table read from the cache: {grid.cached}')
         except RuntimeError as e:  # no CUDA here, no onnxruntime

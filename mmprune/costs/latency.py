@@ -15,13 +15,16 @@ import torch
 
 def measure_latency(fns: Dict[str, Callable[[], Any]],
                     runs: int = 20,
-                    warmup: int = 3) -> Dict[str, dict]:
+                    warmup: int = 3,
+                    clock: Callable[[], float] = None) -> Dict[str, dict]:
     """Time each callable ``runs`` times, interleaved, under ``no_grad``.
 
     Args:
         fns (dict): name -> a callable running one forward.
         runs (int): timed rounds. Defaults to 20.
         warmup (int): untimed rounds first. Defaults to 3.
+        clock (Callable | None): seconds now (a backend's clock, so tests
+            can time with a fake one). Defaults to ``time.perf_counter``.
 
     Returns:
         dict: name -> ``{'median_ms', 'min_ms', 'runs', 'times_ms'}``,
@@ -32,14 +35,15 @@ def measure_latency(fns: Dict[str, Callable[[], Any]],
         raise ValueError(f'runs must be >= 1, got {runs}')
     if warmup < 0:
         raise ValueError(f'warmup must be >= 0, got {warmup}')
+    clock = clock or time.perf_counter
     times = {k: [] for k in fns}
     with torch.no_grad():
         for r in range(warmup + runs):
             for name, fn in fns.items():
-                t = time.perf_counter()
+                t = clock()
                 fn()
                 if r >= warmup:
-                    times[name].append(time.perf_counter() - t)
+                    times[name].append(clock() - t)
     out = {}
     for name, ts in times.items():
         out[name] = dict(

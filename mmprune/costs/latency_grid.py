@@ -44,14 +44,22 @@ The model:
 * **Level**: the isolated times are rescaled by ``leaf_scale = dense
   forward / sum of isolated dense times``, so the dense prediction equals
   the measured dense forward and the grid gives the *shape* (cliffs,
-  non-linearity) of each layer's curve. The gap is given to the layers in
-  proportion, not held as a constant: an isolated layer runs with its
-  weights and input hot in cache, so isolated times sum to less than the
-  forward (YOLOX-tiny at 128 px, one thread: 18 ms of layers in a 60-85 ms
-  forward, while concat/add/Python are a few ms in a profile), and a
-  constant gap made the compact model far faster than its target (34 ms
-  measured for a 58 ms target). ``other_ms`` (time no layer owns) is kept
-  in the format at 0 for a finer attribution later.
+  non-linearity) of each layer's curve. By default the gap is given to the
+  layers in proportion, not held as a constant: an isolated layer runs
+  with its weights and input hot in cache, so isolated times sum to less
+  than the forward (YOLOX-tiny at 128 px, one thread: 18 ms of layers in a
+  60-85 ms forward, while concat/add/Python are a few ms in a profile),
+  and a constant gap made the compact model far faster than its target
+  (34 ms measured for a 58 ms target).
+* **Two-point level** (``level_runs`` > 0, :func:`level_grid`; the
+  command-line tools' default): all-proportional is wrong the other way
+  on small inputs, where per-op dispatch that no width changes is a real
+  share (YOLOX-tiny at 128 px: a BPC plan predicted at 0.72 of the dense
+  time measured 0.746). So a uniformly half-width copy of the model is
+  timed beside the dense one in interleaved rounds, and the two measured
+  forwards fix both unknowns of ``t = other_ms + leaf_scale * leaf``: the
+  dense forward is still predicted exactly, and so is the compact one. A
+  compact copy no slower than proportional keeps ``other_ms = 0``.
 
 A table is versioned JSON keyed by the model's structure (a hash of every
 timed module's name, config and dense widths), input size, batch, backend
@@ -861,9 +869,11 @@ def measure_grid(model: nn.Module,
                  backend,
                  graph=None,
                  cache_dir: Optional[str] = None,
+                 level_runs: int = 0,
                  **kwargs) -> LatencyGrid:
     """:meth:`LatencyGrid.measure` of a detector's tensor forward at
-    ``input_size`` (H, W) and ``batch``.
+    ``input_size`` (H, W) and ``batch``; with ``level_runs`` > 0 (and a
+    ``graph``) then leveled by :func:`level_grid` with that many rounds.
 
     With ``cache_dir`` a table measured before for the same model, input,
     backend, machine, settings and graph (:func:`cache_name`) is read from
@@ -882,6 +892,8 @@ def measure_grid(model: nn.Module,
                 k: kwargs[k]
                 for k in ('points', 'align', 'min_ratio') if k in kwargs
             }
+            if level_runs:
+                settings['level_runs'] = level_runs
             name = cache_name(model, inputs, backend, graph, settings)
             path = osp.join(cache_dir, name + '.json')
             if osp.isfile(path):
@@ -898,12 +910,87 @@ def measure_grid(model: nn.Module,
                 except (ValueError, OSError):
                     pass  # unreadable or not this model's: measure again
         grid = LatencyGrid.measure(model, fn, inputs, backend, graph, **kwargs)
+        if level_runs:
+            if graph is None:
+                raise ValueError('measure_grid: level_runs needs the '
+                                 "model's channel graph (graph=)")
+            level_grid(grid, model, graph, input_size, batch, backend,
+                       level_runs)
         if path is not None:
             os.makedirs(cache_dir, exist_ok=True)
             grid.save(path)
         return grid
     finally:
         model.train(was_training)
+
+
+def level_grid(grid: LatencyGrid,
+               model: nn.Module,
+               graph,
+               input_size: Sequence[int],
+               batch: int,
+               backend,
+               runs: int = 10,
+               keep_ratio: float = 0.5) -> dict:
+    """Fit ``grid``'s ``other_ms`` and ``leaf_scale`` to two measured
+    forwards: the dense model and a copy of it with every prunable group at
+    ``keep_ratio`` of the FLOPs (uniform, L1 order, widths multiples of the
+    grid's ``align``), timed in the same interleaved rounds.
+
+    With ``L`` the grid's raw layer sum (dense ``L_d``, compact ``L_c``,
+    ``rho = L_c / L_d``), ``D`` the dense forward and ``r`` the measured
+    compact / dense ratio, ``leaf_scale = D (1 - r) / (L_d - L_c)`` and
+    ``other_ms = D (1 - (1 - r) / (1 - rho))``. When ``r <= rho`` (the
+    compact copy no slower than proportional) or ``r >= 1`` (no measured
+    gain: noise) the grid stays proportional. Returns the record stored
+    as ``meta['level']``.
+    """
+    # lazy: the planning and surgery stages sit above the cost models
+    from .. import apis
+    from ..allocators import UniformAllocator
+    from ..criteria import L1Criterion
+    if isinstance(runs, bool) or not (isinstance(runs, int) and runs >= 1):
+        raise ValueError(f'level_grid: runs must be an int >= 1, got '
+                         f'{runs!r}')
+    t0 = time.perf_counter()
+    model.eval()
+    align = int(grid.data['meta'].get('grid', {}).get('align', 8))
+    keep = UniformAllocator(
+        keep_ratio, budget='flops',
+        round_to=align).allocate(model, graph,
+                                 L1Criterion().score(model, graph),
+                                 apis.cost_model(model, tuple(input_size)))
+    compact = copy.deepcopy(model).eval()
+    apis.prune(compact, apis.make_plan(graph, keep), graph)
+    stats = ratio_stats(model, compact, input_size, batch, backend, runs)
+    del compact
+    data = grid.data
+    raw_dense = (grid.total_ms - data['other_ms']) / data['leaf_scale']
+    raw_compact = (grid.predict(graph, keep) -
+                   data['other_ms']) / data['leaf_scale']
+    dense_ms = grid.total_ms
+    rho, r = raw_compact / raw_dense, float(stats['ratio'])
+    rec = dict(
+        keep_ratio=keep_ratio,
+        runs=runs,
+        measured_ratio=round(r, 4),
+        interval=[
+            None if v is None else round(v, 4)
+            for v in (stats.get('low'), stats.get('high'))
+        ],
+        proportional_ratio=round(rho, 4),
+        applied=False)
+    if rho < r < 1:
+        scale = dense_ms * (1 - r) / (raw_dense - raw_compact)
+        data['leaf_scale'] = scale
+        data['other_ms'] = max(dense_ms - scale * raw_dense, 0.0)
+        rec['applied'] = True
+    rec['other_share'] = round(data['other_ms'] / dense_ms, 4)
+    rec['seconds'] = round(time.perf_counter() - t0, 2)
+    data['meta']['seconds'] = round(data['meta']['seconds'] + rec['seconds'],
+                                    2)
+    data['meta']['level'] = rec
+    return rec
 
 
 def measured_ratio(dense: nn.Module,
@@ -953,4 +1040,5 @@ def measure_models(models: Dict[str, nn.Module],
         model.eval()
         fn, inputs = tensor_forward(model, tuple(input_size), batch)
         fns[name] = backend.runner(_Forward(model, fn), inputs)
-    return measure_latency(fns, runs=runs, warmup=warmup)
+    return measure_latency(
+        fns, runs=runs, warmup=warmup, clock=getattr(backend, 'clock', None))

@@ -45,6 +45,13 @@ def parse_args(argv=None):
     p.add_argument('--runs', type=int, default=5, help='timed calls/point')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument(
+        '--level-runs',
+        type=int,
+        default=10,
+        help='interleaved rounds timing a uniformly half-width copy beside '
+        'the dense model, to split the time no width changes from the '
+        "layers' (0: give all of it to the layers in proportion)")
+    p.add_argument(
         '--threads',
         type=int,
         default=1,
@@ -65,7 +72,7 @@ def parse_args(argv=None):
     if min(args.input_size) < 32:
         p.error(f'--input-size must be at least 32x32, got {args.input_size}')
     for name, least in (('batch', 1), ('runs', 1), ('warmup', 0),
-                        ('threads', 1), ('align', 1)):
+                        ('threads', 1), ('align', 1), ('level_runs', 0)):
         if getattr(args, name) < least:
             p.error(f'--{name} must be >= {least}, got '
                     f'{getattr(args, name)}')
@@ -102,6 +109,7 @@ def main(argv=None):
         graph,
         cache_dir=None if args.no_cache else
         (args.cache_dir or default_cache_dir()),
+        level_runs=args.level_runs,
         points=args.points,
         align=args.align,
         progress=not args.no_progress)
@@ -115,6 +123,13 @@ def main(argv=None):
           f"dense {m['dense_ms']:.3f} ms ({k['backend']} on "
           f"{k['device_name']}, batch {k['batch']}, {k['input_size']}, "
           f"{k['threads']} threads), written to {args.out}")
+    lv = m.get('level')
+    if lv:
+        print(f"level: half-width copy measured {lv['measured_ratio']:.3f} "
+              f"of the dense time ({lv['runs']} rounds, interval "
+              f"{lv['interval']}), {lv['proportional_ratio']:.3f} if all "
+              f"time scaled with the layers; time no width changes: "
+              f"{lv['other_share']:.1%} of the dense forward")
     return grid
 
 
