@@ -5,8 +5,9 @@ batch 1 and 8?
 Each *cell* (model, input size, backend, batch) runs what a user runs:
 
 1. ``tools/analysis/latency_table.py CONFIG --backend B --batch N
-   --input-size H W --points P --out TABLE`` (per-layer times on a width
-   grid; the seconds it took go into the result);
+   --input-size H W --points P --level-runs L --out TABLE`` (per-layer
+   times on a width grid, leveled by a half-width copy timed beside the
+   dense model; the seconds it took go into the result);
 2. ``tools/prune.py CONFIG --latency-ratio 0.5 --latency-table TABLE
    --calibrate-rounds 3 --latency-runs R --round-to 8``: allocate to the
    predicted target, time the compact model beside the dense one, correct
@@ -84,8 +85,9 @@ def run_cell(model, backend, batch, args) -> dict:
             osp.join(ROOT, 'tools', 'analysis', 'latency_table.py'), config,
             '--backend', backend, '--batch',
             str(batch), '--points',
-            str(args.points), '--threads', '1', '--no-cache', '--no-progress',
-            '--out', table
+            str(args.points), '--level-runs',
+            str(args.level_runs), '--threads', '1', '--no-cache',
+            '--no-progress', '--out', table
         ] + size,
         check=True,
         env=env)
@@ -118,6 +120,8 @@ def run_cell(model, backend, batch, args) -> dict:
         tolerance=TOLERANCE,
         table_seconds=meta['seconds'],
         table_points_timed=meta['points_timed'],
+        # the two-point level (mmprune.costs.latency_grid.level_grid)
+        table_level=meta.get('level'),
         table_wall_s=table_s,
         prune_wall_s=prune_s,
         predicted_ratio=lat['predicted_ms'] / lat['dense_predicted_ms'],
@@ -141,6 +145,11 @@ def _verdict(v) -> str:
     return {True: '**PASS**', False: '**FAIL**'}.get(v, 'cannot tell')
 
 
+def _fixed(r: dict) -> str:
+    lv = r.get('table_level')
+    return '–' if not lv else f"{lv['other_share']:.1%}"
+
+
 def _load(r: dict) -> str:
     la = r.get('loadavg')
     return '–' if not la else f'{la[0]:.1f}–{la[1]:.1f}'
@@ -162,11 +171,13 @@ def write_report(out: str) -> str:
         '`tools/prune.py --latency-ratio 0.5 --calibrate-rounds 3`; '
         '"final check" is a fresh interleaved timing of the chosen compact '
         'model beside the dense one: median of per-round ratios [95 % '
-        'interval].', '',
-        '| model | backend | batch | input | table s (points) | predicted | '
+        'interval]. "fixed share": the time no width changes, as the '
+        "table's two-point level found it (– : no level).", '',
+        '| model | backend | batch | input | table s (points) | fixed share '
+        '| predicted | '
         'calibration rounds (measured) | final check | within 5 % | FLOPs '
         'kept | dense ms | load |',
-        '|---|---|---|---|---|---|---|---|---|---|---|---|'
+        '|---|---|---|---|---|---|---|---|---|---|---|---|---|'
     ]
     for r in rows:
         cal = ', '.join(f"{c['measured_ratio']:.3f}"
@@ -178,6 +189,7 @@ def write_report(out: str) -> str:
         L.append(f"| {r['model']} | {r['backend']} | {r['batch']} | "
                  f"{r['input_size'][0]}×{r['input_size'][1]} | "
                  f"{r['table_seconds']:.0f} ({r['table_points_timed']}) | "
+                 f'{_fixed(r)} | '
                  f"{r['predicted_ratio']:.3f} | {cal} | {final} | "
                  f"{_verdict(r.get('within'))} | {r['flops_ratio']:.3f} | "
                  f"{r['dense_ms']:.0f} | {_load(r)} |")
@@ -208,6 +220,12 @@ def parse_args(argv=None):
         choices=BATCHES)
     p.add_argument('--points', type=int, default=3, help='grid points/axis')
     p.add_argument('--runs', type=int, default=10, help='timing rounds')
+    p.add_argument(
+        '--level-runs',
+        type=int,
+        default=6,
+        help="the table's two-point level: rounds of a half-width copy "
+        'beside the dense model (0: proportional)')
     p.add_argument('--calibrate-rounds', type=int, default=3)
     p.add_argument(
         '--out',
