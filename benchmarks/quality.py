@@ -377,6 +377,7 @@ def latency_table(job: dict, how: dict, size) -> str:
     from mmengine.registry import DefaultScope
 
     from benchmarks.train_config import build_train_config
+    from mmprune import apis
     from mmprune.costs.latency_backends import make_backend
     from mmprune.costs.latency_grid import measure_grid
     cfg = build_train_config(job['model'], job['data'], job['size'], 1,
@@ -387,7 +388,6 @@ def latency_table(job: dict, how: dict, size) -> str:
     torch.set_num_threads(job['threads'])
     cache = osp.join(
         osp.dirname(osp.dirname(job['work_dir'])), 'latency_tables')
-    from mmprune import apis
     grid = measure_grid(
         model,
         size,

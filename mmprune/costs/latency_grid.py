@@ -882,6 +882,9 @@ def measure_grid(model: nn.Module,
     or does not fit is measured again and replaced.
     """
     from ..adapters.detector import tensor_forward
+    if level_runs and graph is None:  # refused before any timing
+        raise ValueError("measure_grid: level_runs needs the model's "
+                         'channel graph (graph=)')
     was_training = model.training
     model.eval()
     try:
@@ -911,9 +914,6 @@ def measure_grid(model: nn.Module,
                     pass  # unreadable or not this model's: measure again
         grid = LatencyGrid.measure(model, fn, inputs, backend, graph, **kwargs)
         if level_runs:
-            if graph is None:
-                raise ValueError('measure_grid: level_runs needs the '
-                                 "model's channel graph (graph=)")
             level_grid(grid, model, graph, input_size, batch, backend,
                        level_runs)
         if path is not None:
